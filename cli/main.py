@@ -1,0 +1,45 @@
+"""The `tinyexaone` command: a click group; each subcommand lives in its own module.
+
+`main()` is the console-script entry point. It turns the project's own `TinyExaoneError` into one
+line on stderr and exit code 2 (the same code click uses for bad flags), and Ctrl-C into exit
+code 130, so users never see a traceback for a problem they caused.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tinyexaone.errors import TinyExaoneError
+
+from .info import info
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinyexaone")
+def cli():
+    """tinyexaone: run EXAONE 4.0 language models on the CPU."""
+
+
+cli.add_command(info)
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="tinyexaone", standalone_mode=False)
+    except TinyExaoneError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)

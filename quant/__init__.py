@@ -1,0 +1,1 @@
+"""Offline quantizer of tinyexaone (installed as `tinyexaone.quant`)."""

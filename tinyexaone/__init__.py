@@ -1,0 +1,15 @@
+"""tinyexaone: a framework-free CPU runtime for EXAONE 4.0 language models.
+
+Public API: `load(path) -> Model`; `Model.config`, `Model.new_cache()`,
+`Model.forward(token_ids, cache=None) -> logits [T, vocab]`; `TinyExaoneError` for every
+user-facing failure.
+"""
+
+from .config import Exaone4Config
+from .errors import TinyExaoneError
+from .loading import load
+from .model import Model
+
+__version__ = "0.1.0"
+
+__all__ = ["Exaone4Config", "Model", "TinyExaoneError", "load", "__version__"]

@@ -1,0 +1,149 @@
+"""Key/value caches: growable for full-attention layers, a ring buffer for sliding layers.
+
+Each layer cache stores float32 keys and values as [capacity, kv_heads, head_dim] and counts
+`length`, the number of tokens seen (the next absolute position). `extend(k_new, v_new)` stores
+T new tokens and returns the keys and values the new queries attend over, as contiguous arrays
+[S, kv_heads, head_dim] whose first row is absolute position `length_before + T - S`.
+
+- `GrowableCache` (full layers) grows in steps of at least 256 positions (an eighth of the
+  capacity once that is larger), never to `max_position_embeddings` up front, and returns views
+  of its buffers. `trim(n)` forgets every position from n on.
+- `RingCache` (sliding layers) holds only the last `window` positions, so its memory is
+  constant. For a multi-token prefill it returns the held positions followed by all new ones
+  (the caller masks by the window), then keeps the newest `window`. `trim(n)` is possible only
+  while every position a query at n would see (n - window < j < n) is still held; otherwise it
+  raises `TinyExaoneError` and the caller must reset and re-prefill.
+
+`KVCache` bundles one cache per layer, enforces `max_tokens` (the model's
+`max_position_embeddings` or a smaller context size), and reports `length` and `nbytes`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TinyExaoneError
+
+GROW_STEP = 256
+
+
+class GrowableCache:
+    def __init__(self, kv_heads: int, head_dim: int):
+        self.length = 0
+        self.keys = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity, kv_heads, head_dim]
+        self.values = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity, kv_heads, head_dim]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def _reserve(self, needed: int) -> None:
+        capacity = self.keys.shape[0]
+        if needed <= capacity:
+            return
+        step = max(GROW_STEP, -(-capacity // 8 // GROW_STEP) * GROW_STEP)
+        new_capacity = max(capacity + step, -(-needed // GROW_STEP) * GROW_STEP)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            grown = np.empty((new_capacity,) + old.shape[1:], np.float32)
+            grown[: self.length] = old[: self.length]
+            setattr(self, name, grown)
+
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append k_new, v_new [T, kv_heads, head_dim]; return all keys and values [length, ...]."""
+        end = self.length + k_new.shape[0]
+        self._reserve(end)
+        self.keys[self.length : end] = k_new
+        self.values[self.length : end] = v_new
+        self.length = end
+        return self.keys[:end], self.values[:end]
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.length
+
+    def trim(self, n: int) -> None:
+        if not self.can_trim(n):
+            raise TinyExaoneError(f"cannot trim a cache of {self.length} tokens to {n}")
+        self.length = n
+
+
+class RingCache:
+    def __init__(self, kv_heads: int, head_dim: int, window: int):
+        self.window = window
+        self.length = 0
+        self.keys = np.zeros((window, kv_heads, head_dim), np.float32)  # [window, kv_heads, head_dim], slot = pos % window
+        self.values = np.zeros((window, kv_heads, head_dim), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def first_held(self) -> int:
+        """Absolute position of the oldest token still held."""
+        return max(0, self.length - self.window)
+
+    def _held_in_order(self, buffer: np.ndarray) -> np.ndarray:
+        slots = np.arange(self.first_held, self.length) % self.window
+        return buffer[slots]  # [held, kv_heads, head_dim]
+
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store k_new, v_new [T, ...]; return held + new keys/values in temporal order."""
+        t = k_new.shape[0]
+        keys = np.concatenate([self._held_in_order(self.keys), k_new])  # [held + T, kv_heads, head_dim]
+        values = np.concatenate([self._held_in_order(self.values), v_new])
+        keep = min(t, self.window)
+        slots = np.arange(self.length + t - keep, self.length + t) % self.window
+        self.keys[slots] = k_new[t - keep :]
+        self.values[slots] = v_new[t - keep :]
+        self.length += t
+        return keys, values
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.length and n - (self.window - 1) >= self.first_held
+
+    def trim(self, n: int) -> None:
+        if not self.can_trim(n):
+            raise TinyExaoneError(
+                f"sliding-window cache holds positions {self.first_held}..{self.length - 1} and cannot roll back "
+                f"to {n}: reset the cache and prefill again"
+            )
+        self.length = n
+
+
+class KVCache:
+    """One cache per layer, for one sequence; not shared between threads."""
+
+    def __init__(self, layers: list, max_tokens: int):
+        self.layers = layers
+        self.max_tokens = max_tokens
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def check_room(self, new_tokens: int) -> None:
+        if self.length + new_tokens > self.max_tokens:
+            raise TinyExaoneError(
+                f"context is full: {self.length} cached + {new_tokens} new tokens exceed the limit of "
+                f"{self.max_tokens} tokens"
+            )
+
+    def can_trim(self, n: int) -> bool:
+        return all(layer.can_trim(n) for layer in self.layers)
+
+    def trim(self, n: int) -> None:
+        """Roll back to the first n tokens (raises if a sliding layer no longer holds them)."""
+        for layer in self.layers:
+            if not layer.can_trim(n):
+                layer.trim(n)  # raises with the reason
+        for layer in self.layers:
+            layer.trim(n)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.length = 0

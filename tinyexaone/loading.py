@@ -1,0 +1,30 @@
+"""Opening a model: `load(path)` -> `Model`.
+
+A path is a Hugging Face model directory (config.json plus model.safetensors or shards). The
+config is parsed and every tensor's presence, dtype and shape is checked against it before any
+weight data is read, so a wrong or damaged checkpoint fails fast with one line naming the
+problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import check_tensors, open_checkpoint
+from .config import load_config
+from .errors import TinyExaoneError
+from .model import Model
+from .weights import dense_weights_from_checkpoint
+
+
+def load(path) -> Model:
+    """Load an EXAONE 4 model from a Hugging Face model directory."""
+    path = Path(path)
+    if not path.exists():
+        raise TinyExaoneError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise TinyExaoneError(f"{path}: not a model directory")
+    config = load_config(path)
+    checkpoint = open_checkpoint(path)
+    check_tensors(config, checkpoint)
+    return Model(config, dense_weights_from_checkpoint(config, checkpoint))

@@ -1,0 +1,158 @@
+"""The EXAONE 4 forward pass (Exaone4ForCausalLM), in float32 NumPy.
+
+`Model.forward(token_ids, cache)` returns logits [T, vocab] for T new tokens whose positions
+continue after what `cache` holds; prefill and decode run the same code. The math follows
+transformers exactly (EXAONE4-ARCHITECTURE.md §3):
+
+    h = E[ids]
+    for each layer:
+        q, k, v = h Wq^T, h Wk^T, h Wv^T            split into heads
+        q, k = RMSNorm(q), RMSNorm(k)                per head (QK-norm)
+        q, k = RoPE(q), RoPE(k)                      unless a full layer of a hybrid model (NoPE)
+        a = softmax(q k^T / sqrt(d) + mask) v        GQA; causal, plus the window on sliding layers
+        h = h + RMSNorm(a Wo^T)                      reorder-norm: post-norm inside the branch
+        h = h + RMSNorm(W_down (silu(W_gate h) * W_up h))
+    logits = RMSNorm(h) E^T                          (or lm_head when untied)
+
+A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()`, so one
+Model can serve several sessions. If a forward pass fails or is interrupted, the cache is rolled
+back to where it was (or emptied when a ring buffer cannot roll back), never left half-written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import GrowableCache, KVCache, RingCache
+from .config import Exaone4Config
+from .errors import TinyExaoneError
+from .rope import apply_rope, cos_sin, inverse_frequencies
+from .weights import LayerWeights, ModelWeights
+
+QUERY_BLOCK = 256  # queries per attention block in prefill: bounds the score matrix's memory
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """weight * x / sqrt(mean(x^2) + eps) over the last axis."""
+    variance = np.mean(np.square(x), axis=-1, keepdims=True)
+    return (x / np.sqrt(variance + np.float32(eps))) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), with sigmoid written through tanh so large |x| cannot overflow."""
+    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+
+
+def attention(
+    q: np.ndarray, keys: np.ndarray, values: np.ndarray, first_query_pos: int, first_key_pos: int, window: int | None
+) -> np.ndarray:
+    """Causal GQA attention; q [T, heads, d], keys/values [S, kv_heads, d] -> [T, heads * d].
+
+    Query t sits at absolute position first_query_pos + t and key s at first_key_pos + s. A query
+    at i sees keys j <= i, and with a window W only those with i - W < j.
+    """
+    t_len, heads, head_dim = q.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    scale = np.float32(head_dim**-0.5)
+    keys_t = keys.transpose(1, 2, 0)  # [kv_heads, d, S]
+    values_h = values.transpose(1, 0, 2)  # [kv_heads, S, d]
+    key_pos = first_key_pos + np.arange(keys.shape[0])  # [S]
+    out = np.empty((t_len, kv_heads, group, head_dim), np.float32)
+    for start in range(0, t_len, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, t_len)
+        query_pos = first_query_pos + np.arange(start, stop)  # [B]
+        visible = key_pos[None, :] <= query_pos[:, None]  # [B, S]
+        if window is not None:
+            visible &= key_pos[None, :] > query_pos[:, None] - window
+        qb = q[start:stop].reshape(stop - start, kv_heads, group, head_dim).transpose(1, 2, 0, 3)  # [kv, g, B, d]
+        scores = np.matmul(qb, keys_t[:, None]) * scale  # [kv, g, B, S]
+        scores = np.where(visible, scores, np.float32(-np.inf))
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out[start:stop] = np.matmul(probs, values_h[:, None]).transpose(2, 0, 1, 3)  # [B, kv, g, d]
+    return out.reshape(t_len, heads * head_dim)
+
+
+class Model:
+    """An EXAONE 4 causal language model ready to run; see `tinyexaone.load`."""
+
+    def __init__(self, config: Exaone4Config, weights: ModelWeights, tokenizer=None):
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
+
+    def new_cache(self, max_tokens: int | None = None) -> KVCache:
+        """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""
+        cfg = self.config
+        limit = cfg.max_position_embeddings if max_tokens is None else min(max_tokens, cfg.max_position_embeddings)
+        if limit < 1:
+            raise TinyExaoneError(f"context size must be at least 1 token, got {max_tokens}")
+        layers = [
+            RingCache(cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window)
+            if cfg.layer_is_sliding(i)
+            else GrowableCache(cfg.num_key_value_heads, cfg.head_dim)
+            for i in range(cfg.num_hidden_layers)
+        ]
+        return KVCache(layers, limit)
+
+    def _token_array(self, token_ids) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise TinyExaoneError(f"token_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TinyExaoneError(f"token_ids must be integers, got {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise TinyExaoneError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
+        return ids.astype(np.int64)
+
+    def forward(self, token_ids, cache: KVCache | None = None) -> np.ndarray:
+        """Logits [T, vocab] float32 for T new tokens; extends `cache` when one is given."""
+        ids = self._token_array(token_ids)
+        cache = self.new_cache() if cache is None else cache
+        cache.check_room(len(ids))
+        start = cache.length
+        try:
+            hidden = self._forward_hidden(ids, cache, start)
+        except BaseException:
+            if cache.can_trim(start):
+                cache.trim(start)
+            else:
+                cache.reset()
+            raise
+        return self.weights.lm_head.matmul(hidden)  # [T, vocab]
+
+    def _forward_hidden(self, ids: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
+        cfg, w = self.config, self.weights
+        positions = np.arange(start, start + len(ids))  # [T]
+        cos, sin = cos_sin(self.inv_freq, positions)  # [T, head_dim] each
+        h = w.embed_tokens.rows(ids)  # [T, hidden]
+        for i, layer in enumerate(w.layers):
+            rope = (cos, sin) if cfg.layer_uses_rope(i) else None
+            window = cfg.sliding_window if cfg.layer_is_sliding(i) else None
+            a = self._attention_block(layer, h, cache.layers[i], start, rope, window)
+            h = h + rms_norm(a, layer.post_attention_layernorm, cfg.rms_norm_eps)
+            m = self._mlp_block(layer, h)
+            h = h + rms_norm(m, layer.post_feedforward_layernorm, cfg.rms_norm_eps)
+        return rms_norm(h, w.norm, cfg.rms_norm_eps)  # [T, hidden]
+
+    def _attention_block(self, layer: LayerWeights, h, layer_cache, start, rope, window) -> np.ndarray:
+        cfg = self.config
+        t_len, d = h.shape[0], cfg.head_dim
+        q = layer.q_proj.matmul(h).reshape(t_len, cfg.num_attention_heads, d)  # [T, heads, d]
+        k = layer.k_proj.matmul(h).reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
+        v = layer.v_proj.matmul(h).reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
+        q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+        k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        keys, values = layer_cache.extend(k, v)  # [S, kv_heads, d] each, ending at position start + T - 1
+        first_key_pos = start + t_len - keys.shape[0]
+        a = attention(q, keys, values, start, first_key_pos, window)  # [T, heads * d]
+        return layer.o_proj.matmul(a)  # [T, hidden]
+
+    def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
+        return layer.down_proj.matmul(silu(layer.gate_proj.matmul(h)) * layer.up_proj.matmul(h))  # [T, hidden]
