@@ -8,23 +8,39 @@ T new tokens and returns the keys and values the new queries attend over, as con
 - `GrowableCache` (full layers) grows in steps of at least 256 positions (an eighth of the
   capacity once that is larger), never to `max_position_embeddings` up front, and returns views
   of its buffers. `trim(n)` forgets every position from n on.
-- `RingCache` (sliding layers) holds only the last `window` positions, so its memory is
-  constant. For a multi-token prefill it returns the held positions followed by all new ones
+- `RingCache` (sliding layers) holds only the last `window` positions, so its memory never
+  exceeds `window` rows (it grows to that like the growable cache). For a multi-token prefill it returns the held positions followed by all new ones
   (the caller masks by the window), then keeps the newest `window`. `trim(n)` is possible only
   while every position a query at n would see (n - window < j < n) is still held; otherwise it
   raises `TinyExaoneError` and the caller must reset and re-prefill.
 
 `KVCache` bundles one cache per layer, enforces `max_tokens` (the model's
-`max_position_embeddings` or a smaller context size), and reports `length` and `nbytes`.
+`max_position_embeddings` or a smaller context size), and reports `length` and `nbytes`;
+`new_kv_cache(config)` builds the right kind of cache for every layer and allocates nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .config import Exaone4Config
 from .errors import TinyExaoneError
 
 GROW_STEP = 256
+
+
+def _grown(buffer: np.ndarray, capacity: int, keep: int) -> np.ndarray:
+    """A copy of `buffer` with `capacity` rows, the first `keep` rows preserved."""
+    grown = np.empty((capacity,) + buffer.shape[1:], np.float32)
+    grown[:keep] = buffer[:keep]
+    return grown
+
+
+def _next_capacity(capacity: int, needed: int, limit: int | None = None) -> int:
+    """Grow by at least GROW_STEP (or an eighth of the capacity), in whole steps, at most `limit`."""
+    step = max(GROW_STEP, capacity // 8 // GROW_STEP * GROW_STEP)
+    grown = max(capacity + step, -(-needed // GROW_STEP) * GROW_STEP)
+    return grown if limit is None else min(limit, grown)
 
 
 class GrowableCache:
@@ -37,22 +53,13 @@ class GrowableCache:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    def _reserve(self, needed: int) -> None:
-        capacity = self.keys.shape[0]
-        if needed <= capacity:
-            return
-        step = max(GROW_STEP, -(-capacity // 8 // GROW_STEP) * GROW_STEP)
-        new_capacity = max(capacity + step, -(-needed // GROW_STEP) * GROW_STEP)
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            grown = np.empty((new_capacity,) + old.shape[1:], np.float32)
-            grown[: self.length] = old[: self.length]
-            setattr(self, name, grown)
-
     def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Append k_new, v_new [T, kv_heads, head_dim]; return all keys and values [length, ...]."""
         end = self.length + k_new.shape[0]
-        self._reserve(end)
+        if end > self.keys.shape[0]:
+            capacity = _next_capacity(self.keys.shape[0], end)
+            self.keys = _grown(self.keys, capacity, self.length)
+            self.values = _grown(self.values, capacity, self.length)
         self.keys[self.length : end] = k_new
         self.values[self.length : end] = v_new
         self.length = end
@@ -68,11 +75,13 @@ class GrowableCache:
 
 
 class RingCache:
+    """Position p lives in slot p % window; the buffers grow like GrowableCache up to `window` rows."""
+
     def __init__(self, kv_heads: int, head_dim: int, window: int):
         self.window = window
         self.length = 0
-        self.keys = np.zeros((window, kv_heads, head_dim), np.float32)  # [window, kv_heads, head_dim], slot = pos % window
-        self.values = np.zeros((window, kv_heads, head_dim), np.float32)
+        self.keys = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity <= window, kv_heads, head_dim]
+        self.values = np.empty((0, kv_heads, head_dim), np.float32)
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +101,11 @@ class RingCache:
         t = k_new.shape[0]
         keys = np.concatenate([self._held_in_order(self.keys), k_new])  # [held + T, kv_heads, head_dim]
         values = np.concatenate([self._held_in_order(self.values), v_new])
+        needed = min(self.length + t, self.window)
+        if needed > self.keys.shape[0]:  # no slot has wrapped yet, so rows [0, length) are positions
+            capacity = _next_capacity(self.keys.shape[0], needed, limit=self.window)
+            self.keys = _grown(self.keys, capacity, self.length)
+            self.values = _grown(self.values, capacity, self.length)
         keep = min(t, self.window)
         slots = np.arange(self.length + t - keep, self.length + t) % self.window
         self.keys[slots] = k_new[t - keep :]
@@ -147,3 +161,17 @@ class KVCache:
     def reset(self) -> None:
         for layer in self.layers:
             layer.length = 0
+
+
+def new_kv_cache(config: Exaone4Config, max_tokens: int | None = None) -> KVCache:
+    """An empty cache for one sequence: a ring per sliding layer, a growable cache per full layer."""
+    limit = config.max_position_embeddings if max_tokens is None else min(max_tokens, config.max_position_embeddings)
+    if limit < 1:
+        raise TinyExaoneError(f"context size must be at least 1 token, got {max_tokens}")
+    layers = [
+        RingCache(config.num_key_value_heads, config.head_dim, config.sliding_window)
+        if config.layer_is_sliding(i)
+        else GrowableCache(config.num_key_value_heads, config.head_dim)
+        for i in range(config.num_hidden_layers)
+    ]
+    return KVCache(layers, limit)

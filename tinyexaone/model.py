@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache import GrowableCache, KVCache, RingCache
+from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
 from .rope import apply_rope, cos_sin, inverse_frequencies
@@ -86,17 +86,7 @@ class Model:
 
     def new_cache(self, max_tokens: int | None = None) -> KVCache:
         """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""
-        cfg = self.config
-        limit = cfg.max_position_embeddings if max_tokens is None else min(max_tokens, cfg.max_position_embeddings)
-        if limit < 1:
-            raise TinyExaoneError(f"context size must be at least 1 token, got {max_tokens}")
-        layers = [
-            RingCache(cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window)
-            if cfg.layer_is_sliding(i)
-            else GrowableCache(cfg.num_key_value_heads, cfg.head_dim)
-            for i in range(cfg.num_hidden_layers)
-        ]
-        return KVCache(layers, limit)
+        return new_kv_cache(self.config, max_tokens)
 
     def _token_array(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids)
