@@ -50,7 +50,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict]:
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
                 raise TinyExaoneError(
-                    f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {file_size})"
+                    f"{path}: truncated safetensors file (its header claims {header_len} bytes, the file has {file_size})"
                 )
             raw = f.read(header_len)
     except OSError as exc:
