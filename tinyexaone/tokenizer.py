@@ -1,0 +1,210 @@
+"""The tokenizer: BPE from tokenizer.json, special tokens from the files, streaming decode, chat template.
+
+`load_tokenizer(path)` reads a Hugging Face directory (tokenizer files only are enough):
+tokenizer.json (BPE, pre-tokenizer, added tokens -- run by the `tokenizers` library),
+tokenizer_config.json / special_tokens_map.json (which added tokens are bos/eos/pad/unk),
+generation_config.json (more end-of-sequence ids) and chat_template.jinja (or the
+`chat_template` entry of tokenizer_config.json). No token id is hard-coded here: everything
+is looked up in those files.
+
+`Tokenizer.encode(text)` / `decode(ids)` behave like transformers' `encode` / `decode` for the
+same files. `Tokenizer.detokenizer()` returns a `StreamingDetokenizer` for byte-level BPE: it
+turns ids into their raw bytes and emits only complete UTF-8 characters, so a Korean syllable
+or an emoji split over several tokens is never cut, and the concatenation of everything it
+emits (including `flush()`) equals `decode()` of the same ids. `apply_chat_template` renders
+the model's own template (see chat_template.py) and can tokenize the result.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders
+
+from .chat_template import compile_chat_template, render_chat_template
+from .errors import TinyExaoneError
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-character table, inverted: character -> byte.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, 0x7F-0xA0,
+    0xAD) are mapped in order to U+0100, U+0101, ...
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    char_to_byte = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:
+            char_to_byte[chr(256 + shifted)] = b
+            shifted += 1
+    return char_to_byte
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TinyExaoneError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise TinyExaoneError(f"{path}: expected a JSON object")
+    return data
+
+
+def _token_text(value) -> str | None:
+    """A special-token entry is a string or a serialized AddedToken {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer with the model's special tokens and chat template."""
+
+    def __init__(self, backend: BackendTokenizer, tokenizer_config: dict, special_tokens_map: dict,
+                 generation_config: dict, chat_template: str | None, source: str = "tokenizer"):
+        self.backend = backend
+        self.source = source
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        if not isinstance(backend.decoder, decoders.ByteLevel):
+            kind = type(backend.decoder).__name__ if backend.decoder is not None else "none"
+            raise TinyExaoneError(f"{source}: unsupported tokenizer decoder {kind} (need ByteLevel)")
+        added = backend.get_added_tokens_decoder()  # id -> AddedToken
+        self.added_tokens = {tok.content: i for i, tok in added.items()}  # content -> id
+        self.special_token_ids = frozenset(i for i, tok in added.items() if tok.special)
+        for name in SPECIAL_TOKEN_NAMES:
+            text = _token_text(tokenizer_config.get(name)) or _token_text(special_tokens_map.get(name))
+            token_id = backend.token_to_id(text) if text is not None else None
+            if text is not None and token_id is None:
+                raise TinyExaoneError(f"{source}: {name} {text!r} is not in the vocabulary")
+            setattr(self, name, text)
+            setattr(self, name + "_id", token_id)
+        self.eos_token_ids = self._end_of_sequence_ids(generation_config)
+        self.chat_template_source = chat_template
+        self._template = None
+        self._char_to_byte = byte_level_alphabet()
+        self._bytes_cache: dict[int, bytes] = {}
+
+    def _end_of_sequence_ids(self, generation_config: dict) -> tuple[int, ...]:
+        configured = generation_config.get("eos_token_id")
+        ids = configured if isinstance(configured, list) else [] if configured is None else [configured]
+        if self.eos_token_id is not None:
+            ids = [*ids, self.eos_token_id]
+        for token_id in ids:
+            if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                raise TinyExaoneError(f"{self.source}: eos_token_id {token_id!r} is not a valid token id")
+        return tuple(dict.fromkeys(ids))
+
+    # --- ids <-> text ---------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; added tokens (role markers, <think>, ...) in the text become their ids."""
+        if not isinstance(text, str):
+            raise TinyExaoneError(f"encode expects a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def _check_ids(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise TinyExaoneError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (as the ByteLevel decoder maps it)."""
+        cached = self._bytes_cache.get(token_id)
+        if cached is None:
+            token = self.backend.id_to_token(token_id) if 0 <= token_id < self.vocab_size else None
+            if token is None:
+                raise TinyExaoneError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+            table = self._char_to_byte
+            if all(c in table for c in token):
+                cached = bytes(table[c] for c in token)
+            else:  # added tokens such as runs of spaces are stored as plain text
+                cached = token.encode("utf-8")
+            self._bytes_cache[token_id] = cached
+        return cached
+
+    def detokenizer(self, skip_special_tokens: bool = False) -> StreamingDetokenizer:
+        return StreamingDetokenizer(self, skip_special_tokens)
+
+    # --- chat template ----------------------------------------------------------------------------------
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None}
+
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **kwargs):
+        """Render `messages` with the model's template -> str, or token ids when `tokenize`.
+
+        kwargs (e.g. `enable_thinking=True`, `skip_think=False`) become template variables.
+        """
+        if self._template is None:
+            if self.chat_template_source is None:
+                raise TinyExaoneError(f"{self.source}: no chat template (chat_template.jinja or tokenizer_config.json)")
+            self._template = compile_chat_template(self.chat_template_source)
+        text = render_chat_template(self._template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                    special_tokens=self.special_tokens_map, **kwargs)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+class StreamingDetokenizer:
+    """Incremental byte-level decoding: `add(id)` returns the newly completed text; `flush()`
+    returns what is still held (an unfinished UTF-8 sequence, shown as U+FFFD like decode())."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token_id: int) -> str:
+        if self.skip_special_tokens and token_id in self.tokenizer.special_token_ids:
+            return ""
+        return self._utf8.decode(self.tokenizer.token_bytes(int(token_id)), final=False)
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """Load the tokenizer from a Hugging Face directory holding tokenizer.json (weights not needed)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TinyExaoneError(f"{path}: not a directory with tokenizer files")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise TinyExaoneError(f"{path}: no tokenizer.json")
+    try:
+        backend = BackendTokenizer.from_file(str(tokenizer_file))
+    except Exception as e:  # the tokenizers library raises plain Exception subclasses from Rust
+        raise TinyExaoneError(f"{tokenizer_file}: not a valid tokenizer file ({' '.join(str(e).split())})") from None
+    tokenizer_config = _read_json(path / "tokenizer_config.json")
+    template_file = path / "chat_template.jinja"
+    if template_file.exists():
+        chat_template = template_file.read_text(encoding="utf-8")
+    else:
+        chat_template = tokenizer_config.get("chat_template")
+        if isinstance(chat_template, list):  # [{"name": ..., "template": ...}, ...]
+            named = {entry.get("name"): entry.get("template") for entry in chat_template if isinstance(entry, dict)}
+            chat_template = named.get("default")
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TinyExaoneError(f"{path}: chat_template in tokenizer_config.json is not text")
+    return Tokenizer(backend, tokenizer_config, _read_json(path / "special_tokens_map.json"),
+                     _read_json(path / "generation_config.json"), chat_template, source=str(path))
