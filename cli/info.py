@@ -1,41 +1,33 @@
-"""`tinyexaone info PATH`: what a model is, without running it.
+"""`tinyexaone info PATH [--verify]`: what a model is, without running it.
 
-Prints the config summary (sizes, layer kinds, RoPE, head tying), the tensor count and the
-checkpoint size of a Hugging Face model directory, after validating every tensor against the
-config. Reads no weight data.
+For a Hugging Face model directory: the config summary (sizes, layer kinds, RoPE, head tying),
+the tensor count and the checkpoint size, after validating every tensor against the config.
+For a compact file: the same config summary, the compact format version, the quantization
+scheme, the tensor count, the file size and the embedded tokenizer files, after validating the
+whole header (checksum included). Reads no weight data, except with `--verify`, which checks a
+compact file's data against its SHA-256 (and names the damaged tensor on a mismatch).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
 import click
 
 from tinyexaone.checkpoint import check_tensors, open_checkpoint
-from tinyexaone.config import load_config
+from tinyexaone.compact import open_compact, verify_data
+from tinyexaone.config import Exaone4Config, load_config
 from tinyexaone.errors import TinyExaoneError
 
 
-@click.command()
-@click.argument("path", type=click.Path(path_type=Path))
-def info(path: Path):
-    """Describe the model at PATH (a Hugging Face model directory)."""
-    if not path.exists():
-        raise TinyExaoneError(f"{path}: no such file or directory")
-    config = load_config(path)
-    checkpoint = open_checkpoint(path)
-    check_tensors(config, checkpoint)
-    entries = checkpoint.entries.values()
-    files = {e.file for e in entries}
-    dtypes = Counter(e.dtype for e in entries)
+def _describe_config(config: Exaone4Config) -> None:
     kinds = Counter(config.layer_types)
-    params = sum(e.nbytes // {"BF16": 2, "F16": 2, "F32": 4}[e.dtype] for e in entries)
     rope = config.rope
     rope_text = f"{rope.rope_type}, theta {rope.theta:g}"
     if rope.rope_type == "llama3":
         rope_text += f", factor {rope.factor:g}, original context {rope.original_max_position_embeddings}"
-    click.echo(f"model       {path}  (Hugging Face directory)")
     click.echo(
         f"shape       {config.num_hidden_layers} layers, hidden {config.hidden_size}, MLP {config.intermediate_size}, "
         f"heads {config.num_attention_heads}/{config.num_key_value_heads} x {config.head_dim}, vocab {config.vocab_size}"
@@ -45,6 +37,61 @@ def info(path: Path):
     click.echo(f"rope        {rope_text}")
     click.echo(f"head        {'tied to the embedding' if config.tie_word_embeddings else 'separate lm_head'}")
     click.echo(f"context     {config.max_position_embeddings} positions")
+
+
+def _describe_directory(path: Path) -> None:
+    config = load_config(path)
+    checkpoint = open_checkpoint(path)
+    check_tensors(config, checkpoint)
+    entries = checkpoint.entries.values()
+    files = {e.file for e in entries}
+    dtypes = Counter(e.dtype for e in entries)
+    params = sum(e.nbytes // {"BF16": 2, "F16": 2, "F32": 4}[e.dtype] for e in entries)
+    click.echo(f"model       {path}  (Hugging Face directory)")
+    _describe_config(config)
     click.echo(f"tensors     {len(checkpoint.entries)} ({', '.join(f'{n} {d}' for d, n in dtypes.items())}), "
                f"{params:,} parameters")
     click.echo(f"files       {len(files)}, {sum(f.stat().st_size for f in files) / 1e6:,.1f} MB")
+
+
+def _describe_compact(path: Path, verify: bool) -> None:
+    compact = open_compact(path)
+    quant = compact.quantization
+    tensors = quant["tensors"]
+    schemes = Counter(
+        spec["scheme"] if spec["scheme"] == "float32" else f"{spec['scheme']} g{spec['group_size']}"
+        for spec in tensors.values()
+    )
+    embed = tensors["model.embed_tokens.weight"]
+    params = sum(math.prod(spec["shape"]) for spec in tensors.values())
+    matrices = [spec for spec in tensors.values() if spec["scheme"] != "float32"]
+    matrix_params = sum(spec["shape"][0] * spec["shape"][1] for spec in matrices)
+    matrix_bytes = sum(compact.entries[a].nbytes for spec in matrices for a in spec["arrays"].values())
+    click.echo(f"model       {path}  (tinyexaone compact file, format version {compact.format_version})")
+    _describe_config(compact.config)
+    click.echo(f"quantized   layers int{quant.get('bits')} g{quant.get('group_size')}, embedding "
+               f"{embed['scheme']} g{embed['group_size']}, norms float32 (symmetric, float16 scales); "
+               f"{8 * matrix_bytes / max(matrix_params, 1):.3f} bits per matrix weight")
+    click.echo(f"tensors     {len(tensors)} model tensors ({', '.join(f'{n} {s}' for s, n in schemes.items())}) "
+               f"in {len(compact.entries)} arrays, {params:,} parameters")
+    click.echo(f"file        {compact.file_size / 2**20:,.1f} MiB ({compact.file_size:,} bytes)")
+    embedded = [name for name in compact.files if name != "config.json"]
+    click.echo(f"embedded    {', '.join(embedded) if embedded else 'no tokenizer files'}")
+    if verify:
+        digest = verify_data(compact)
+        click.echo(f"verified    data SHA-256 {digest[:16]}... matches")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Check a compact file's data checksum (reads the whole file).")
+def info(path: Path, verify: bool):
+    """Describe the model at PATH (a Hugging Face model directory or a compact file)."""
+    if not path.exists():
+        raise TinyExaoneError(f"{path}: no such file or directory")
+    if path.is_file():
+        _describe_compact(path, verify)
+    else:
+        _describe_directory(path)
+        if verify:
+            click.echo("verified    nothing: a Hugging Face directory carries no checksums")

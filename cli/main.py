@@ -14,6 +14,7 @@ import click
 from tinyexaone.errors import TinyExaoneError
 
 from .info import info
+from .quantize import quantize
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ def cli():
 
 
 cli.add_command(info)
+cli.add_command(quantize)
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Opening a model: `load(path)` -> `Model`.
 
-A path is a Hugging Face model directory (config.json plus model.safetensors or shards). The
+A path is a Hugging Face model directory (config.json plus model.safetensors or shards), or a
+compact file written by `tinyexaone quantize` (see compact.py: validated, then memory-mapped). The
 config is parsed and every tensor's presence, dtype and shape is checked against it before any
 weight data is read, so a wrong or damaged checkpoint fails fast with one line naming the
 problem.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import check_tensors, open_checkpoint
+from .compact import load_compact
 from .config import load_config
 from .errors import TinyExaoneError
 from .model import Model
@@ -18,10 +20,12 @@ from .weights import dense_weights_from_checkpoint
 
 
 def load(path) -> Model:
-    """Load an EXAONE 4 model from a Hugging Face model directory."""
+    """Load an EXAONE 4 model from a Hugging Face model directory or a compact file."""
     path = Path(path)
     if not path.exists():
         raise TinyExaoneError(f"{path}: no such file or directory")
+    if path.is_file():
+        return load_compact(path)
     if not path.is_dir():
         raise TinyExaoneError(f"{path}: not a model directory")
     config = load_config(path)

@@ -1,0 +1,261 @@
+"""Streaming conversion of a Hugging Face EXAONE 4 checkpoint into one compact file.
+
+`convert(src, out, bits=, group_size=, embedding_bits=, force=)` validates SRC like the loader
+does (config, every tensor's name, dtype and shape), then quantizes one tensor at a time: the
+matrices to int`bits` (the embedding, and an untied lm_head, to int`embedding_bits`), all with
+`group_size`, the norms kept float32; a tied head is stored once, as the embedding. Each matrix
+is read from the source file in row slices of about `SLICE_ELEMENTS` weights and quantized
+slice by slice (the group-wise layout stacks rows, so the slices' arrays are written one after
+another), so peak memory stays near one slice plus one quantized tensor, never the model.
+
+The output is written to a hidden temporary file in OUT's directory (`.<name>.<random>.tmp`),
+flushed to disk and renamed to OUT only when complete. Any exception, Ctrl-C (SIGINT) or SIGTERM
+(turned into `SystemExit(143)` while converting in the main thread) removes the temporary file,
+so an interrupted run never leaves a file that looks valid. An existing OUT is refused unless
+`force`. Setting the environment variable `TINYEXAONE_TEST_QUANTIZE_DELAY` to a number of
+seconds sleeps that long after each tensor (a test hook, so a signal can land mid-way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tinyexaone.checkpoint import TensorEntry, check_tensors, expected_tensors, open_checkpoint
+from tinyexaone.compact import EMBEDDED_FILES, CompactWriter
+from tinyexaone.config import load_config
+from tinyexaone.errors import TinyExaoneError
+from tinyexaone.quantized import expected_arrays, quantize
+
+SLICE_ELEMENTS = 1 << 22  # weights per quantized row slice (quantize works in float64: ~32 MB)
+DELAY_ENV = "TINYEXAONE_TEST_QUANTIZE_DELAY"
+SOURCE_STORAGE = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
+HEAD_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    file_bytes: int = 0
+    total_params: int = 0
+    matrix_params: int = 0
+    matrix_bytes: int = 0  # stored bytes of the quantized matrices (codes + scales)
+    relative_errors: dict[str, float] = field(default_factory=dict)  # matrix -> ||W - Q(W)|| / ||W||
+    seconds: float = 0.0
+
+    @property
+    def matrix_bits_per_weight(self) -> float:
+        return 8 * self.matrix_bytes / max(self.matrix_params, 1)
+
+    @property
+    def file_bits_per_weight(self) -> float:
+        return 8 * self.file_bytes / max(self.total_params, 1)
+
+    @property
+    def worst_error(self) -> tuple[str, float]:
+        return max(self.relative_errors.items(), key=lambda item: item[1])
+
+
+def array_name(tensor: str, key: str) -> str:
+    """The file name of one stored array of a quantized tensor, e.g. 'model.layers.0.mlp.up_proj.scales'."""
+    return f"{tensor.removesuffix('.weight')}.{key}"
+
+
+def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
+    """Elements [first, first + count) of a source tensor as a fresh float32 array (no memory map,
+    so the pages read do not stay in this process's resident memory)."""
+    storage = SOURCE_STORAGE[entry.dtype]
+    try:
+        with open(entry.file, "rb") as f:
+            f.seek(entry.start + first * storage.itemsize)
+            raw = np.fromfile(f, dtype=storage, count=count)
+    except OSError as exc:
+        raise TinyExaoneError(f"{entry.file}: cannot read ({exc.strerror})") from None
+    if raw.size != count:
+        raise TinyExaoneError(f"{entry.file}: file ended while reading tensor '{entry.name}' (truncated?)")
+    if entry.dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
+
+
+def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[dict[str, list[np.ndarray]], float]:
+    """The stored arrays of `entry`, as row-slice parts per array name, and its relative error."""
+    out_dim, in_dim = entry.shape
+    rows_per_slice = max(1, SLICE_ELEMENTS // in_dim)
+    parts: dict[str, list[np.ndarray]] = {}
+    error_sq = weight_sq = 0.0
+    for first in range(0, out_dim, rows_per_slice):
+        rows = min(rows_per_slice, out_dim - first)
+        w = _read_float32(entry, first * in_dim, rows * in_dim).reshape(rows, in_dim)  # [rows, in]
+        try:
+            qw = quantize(w, bits, group_size)
+        except TinyExaoneError as exc:
+            raise TinyExaoneError(f"tensor '{entry.name}': {exc}") from None
+        diff = qw.dequantize() - w  # [rows, in]
+        error_sq += float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+        weight_sq += float(np.einsum("ij,ij->", w, w, dtype=np.float64))
+        for key, array in qw.arrays.items():
+            parts.setdefault(key, []).append(array)
+    relative = math.sqrt(error_sq / weight_sq) if weight_sq > 0 else (0.0 if error_sq == 0 else math.inf)
+    return parts, relative
+
+
+def _plan(config, bits: int, group_size: int, embedding_bits: int) -> dict[str, int | None]:
+    """Model tensor -> its bits (None: kept float32); checks every matrix fits the group size."""
+    plan = {}
+    for name, shape in expected_tensors(config).items():
+        if len(shape) == 1:
+            plan[name] = None
+            continue
+        plan[name] = embedding_bits if name in HEAD_NAMES else bits
+        if shape[1] % group_size:
+            raise TinyExaoneError(
+                f"tensor '{name}' has {shape[1]} input columns, not a multiple of the group size {group_size}"
+                f" (choose a group size that divides it)"
+            )
+    return plan
+
+
+def _quantization_record(plan: dict[str, int | None], shapes: dict, bits: int, group_size: int,
+                         embedding_bits: int) -> dict:
+    tensors = {}
+    for name, tensor_bits in plan.items():
+        if tensor_bits is None:
+            tensors[name] = {"scheme": "float32", "shape": list(shapes[name]), "arrays": {"weight": name}}
+        else:
+            keys = expected_arrays(tensor_bits, group_size, shapes[name])
+            tensors[name] = {
+                "scheme": f"int{tensor_bits}", "group_size": group_size, "shape": list(shapes[name]),
+                "arrays": {key: array_name(name, key) for key in keys},
+            }
+    return {"bits": bits, "group_size": group_size, "embedding_bits": embedding_bits, "tensors": tensors}
+
+
+def _embedded_texts(src: Path) -> dict[str, str]:
+    texts = {}
+    for name in ("config.json",) + EMBEDDED_FILES:
+        path = src / name
+        if path.is_file():
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TinyExaoneError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+    return texts
+
+
+def _raise_terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While converting in the main thread, SIGTERM raises SystemExit(143) so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _test_delay() -> float:
+    try:
+        return max(0.0, float(os.environ.get(DELAY_ENV, "0")))
+    except ValueError:
+        return 0.0
+
+
+def _check_paths(src: Path, out: Path, force: bool) -> None:
+    if not src.exists():
+        raise TinyExaoneError(f"{src}: no such file or directory")
+    if not src.is_dir():
+        raise TinyExaoneError(f"{src}: not a Hugging Face model directory (SRC must be a directory with config.json)")
+    if out.is_dir():
+        raise TinyExaoneError(f"{out}: is a directory (OUT must be a file path)")
+    if out.exists() and not force:
+        raise TinyExaoneError(f"{out}: already exists (use --force to overwrite it)")
+    if not out.parent.is_dir():
+        raise TinyExaoneError(f"{out.parent}: no such directory for OUT")
+
+
+def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: int = 8, force: bool = False,
+            show_progress: bool = True) -> ConversionReport:
+    """Quantize the model directory `src` into the compact file `out`; see the module docstring."""
+    started = time.monotonic()
+    src, out = Path(src), Path(out)
+    if bits not in (4, 8) or embedding_bits not in (4, 8) or group_size not in (32, 64, 128):
+        raise TinyExaoneError(f"unsupported scheme: bits {bits}, embedding bits {embedding_bits}, group size {group_size}")
+    _check_paths(src, out, force)
+    config = load_config(src)
+    checkpoint = open_checkpoint(src)
+    check_tensors(config, checkpoint)
+    plan = _plan(config, bits, group_size, embedding_bits)
+    shapes = expected_tensors(config)
+    quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
+    metadata = _embedded_texts(src)
+    metadata["quantization"] = json.dumps(quantization, separators=(",", ":"))
+    names = [a for spec in quantization["tensors"].values() for a in spec["arrays"].values()]
+    # source order, so the source files are read front to back
+    order = sorted(plan, key=lambda name: (str(checkpoint.entries[name].file), checkpoint.entries[name].start))
+    report = ConversionReport(out)
+    delay = _test_delay()
+
+    with _sigterm_raises():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        tmp = Path(tmp_name)
+        try:
+            os.chmod(tmp, 0o644)
+            with open(fd, "wb+") as f:
+                writer = CompactWriter(f, metadata, names)
+                progress = (
+                    click.progressbar(order, label="quantizing", file=sys.stderr, show_pos=True,
+                                      item_show_func=lambda name: name or "")
+                    if show_progress else contextlib.nullcontext(order)
+                )
+                with progress as tensors:
+                    for name in tensors:
+                        _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report)
+                        if delay:
+                            time.sleep(delay)
+                writer.finish()
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    report.file_bytes = out.stat().st_size
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _convert_tensor(writer: CompactWriter, entry: TensorEntry, bits: int | None, quantization: dict,
+                    report: ConversionReport) -> None:
+    spec = quantization["tensors"][entry.name]
+    params = math.prod(entry.shape)
+    report.total_params += params
+    if bits is None:
+        writer.add(spec["arrays"]["weight"], _read_float32(entry, 0, params).reshape(entry.shape))
+        return
+    parts, relative = _quantize_matrix(entry, bits, spec["group_size"])
+    if set(parts) != set(spec["arrays"]):
+        raise RuntimeError(f"quantize() returned arrays {sorted(parts)}, expected {sorted(spec['arrays'])}")
+    for key, slices in parts.items():
+        writer.add_stacked(spec["arrays"][key], slices)
+        report.matrix_bytes += sum(s.nbytes for s in slices)
+    report.matrix_params += params
+    report.relative_errors[entry.name] = relative
