@@ -1,0 +1,261 @@
+"""Regenerate the exaone4-demo model: corpus -> tokenizer -> transformers training -> HF directory.
+
+Run `nice -n 10 python models/exaone4-demo/make.py [--out DIR] [--steps N]` from the repository
+root with the test extras installed (torch==2.13.0, transformers==5.24.0; dev-only: the runtime
+never imports them). Steps, each printed with its time:
+  1. `corpus.conversations(CORPUS_SIZE, CORPUS_SEED)` rendered with the real EXAONE template;
+  2. a byte-level BPE tokenizer trained with `tokenizers` on that text: EXAONE's special and added
+     tokens first (same strings and flags as upstream: the think/tool tags are non-special),
+     digits kept as single tokens, the same pre-tokenizer/decoder/post-processor as upstream;
+  3. an `Exaone4ForCausalLM` (all global layers, llama3 RoPE, tied head, GQA) trained from a
+     fixed seed with AdamW on the assistant replies only (the template's generation prompt,
+     `<think>\n\n</think>\n\n` or `<think>\n`, is masked like every non-assistant token);
+  4. `save_pretrained` in bfloat16 plus tokenizer.json, tokenizer_config.json,
+     special_tokens_map.json, generation_config.json and chat_template.jinja.
+torch runs on 2 threads with deterministic settings, so a rerun on the same machine gives the
+same weights; other CPUs may differ in the last bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import corpus  # noqa: E402
+
+CORPUS_SEED = 20260101
+CORPUS_SIZE = 20000
+VOCAB_SIZE = 3072
+SPECIAL_TOKENS = [  # (string, special) in id order; flags as in the upstream tokenizer.json
+    ("[PAD]", True), ("[BOS]", True), ("[EOS]", True), ("[UNK]", True),
+    ("</tool_call>", False), ("<tool_call>", False), ("</tool_result>", False), ("<tool_result>", False),
+    ("</think>", False), ("<think>", False),
+    ("[|system|]", True), ("[|tool|]", True), ("[|assistant|]", True), ("[|user|]", True), ("[|endofturn|]", True),
+]
+MODEL_SHAPE = dict(
+    hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+    head_dim=32, max_position_embeddings=4096,
+)
+ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 16.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}
+TRAIN = dict(seed=1234, steps=1300, batch_tokens=1024, lr=2e-3, warmup=60, min_lr_ratio=0.05, weight_decay=0.05,
+             grad_clip=1.0)
+# the generation prompt that precedes every assistant reply (masked out of the loss)
+REPLY_START = re.compile(r"\[\|assistant\|\]\n(<think>\n\n</think>\n\n|<think>\n)")
+END_OF_TURN = "[|endofturn|]"
+
+
+def log(message: str, t0: float) -> None:
+    print(f"[{time.time() - t0:7.1f}s] {message}", flush=True)
+
+
+def train_tokenizer(texts: list[str]):
+    """Byte-level BPE with EXAONE's added tokens at ids 0..14 and single-token digits."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    split = re.compile("|".join(re.escape(s) for s, _ in SPECIAL_TOKENS))
+    pieces = [p for text in texts for p in split.split(text) if p]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer = Tokenizer(models.BPE())
+    # digits are split off before training so no merge ever joins a digit; the saved tokenizer
+    # then uses the plain upstream ByteLevel pre-tokenizer and still yields one token per digit
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=[s for s, _ in SPECIAL_TOKENS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(pieces, trainer=trainer)
+    tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(s, normalized=False, special=True) for s, sp in SPECIAL_TOKENS if sp])
+    tokenizer.add_tokens([AddedToken(s, normalized=False, special=False) for s, sp in SPECIAL_TOKENS if not sp])
+    data = json.loads(tokenizer.to_str())
+    flags = dict(SPECIAL_TOKENS)
+    for entry in data["added_tokens"]:
+        entry["special"] = flags[entry["content"]]
+    tokenizer = Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
+    for i, (s, _) in enumerate(SPECIAL_TOKENS):
+        assert tokenizer.token_to_id(s) == i, s
+    for d in "0123456789":
+        assert len(tokenizer.encode(f"x {d}{d}7{d}").ids) == 6
+    return tokenizer
+
+
+def tokenizer_config() -> dict:
+    decoder = {
+        str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": sp}
+        for i, (s, sp) in enumerate(SPECIAL_TOKENS)
+    }
+    return {
+        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": decoder,
+        "additional_special_tokens": ["[|system|]", "[|tool|]", "[|assistant|]", "[|user|]", "[|endofturn|]"],
+        "bos_token": "[BOS]", "clean_up_tokenization_spaces": False, "eos_token": "[|endofturn|]", "errors": "replace",
+        "extra_special_tokens": {}, "model_max_length": MODEL_SHAPE["max_position_embeddings"], "pad_token": "[PAD]",
+        "padding_side": "right", "split_special_tokens": False, "tokenizer_class": "GPT2Tokenizer", "unk_token": "[UNK]",
+    }
+
+
+def special_tokens_map() -> dict:
+    return {
+        "additional_special_tokens": ["[|system|]", "[|tool|]", "[|assistant|]", "[|user|]", "[|endofturn|]"],
+        "bos_token": "[BOS]", "eos_token": "[|endofturn|]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+    }
+
+
+def loss_mask(text: str, offsets: list) -> list[bool]:
+    """True for the tokens a model must produce: each assistant reply after its generation prompt,
+    through its [|endofturn|]."""
+    spans = []
+    for match in REPLY_START.finditer(text):
+        end = text.index(END_OF_TURN, match.end()) + len(END_OF_TURN)
+        spans.append((match.end(), end))
+    return [any(a <= start < b for a, b in spans) for start, _ in offsets]
+
+
+def encode_for_training(tokenizer, texts: list[str]) -> list[tuple[list[int], list[bool]]]:
+    out = []
+    for enc, text in zip(tokenizer.encode_batch(texts), texts):
+        out.append((enc.ids, loss_mask(text, enc.offsets)))
+    return out
+
+
+def batches(examples, batch_tokens: int, rng: random.Random):
+    """Length-bucketed batches of about batch_tokens padded tokens, in random order."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i][0]), rng.random()))
+    groups, current, longest = [], [], 0
+    for i in order:
+        n = len(examples[i][0])
+        if current and max(longest, n) * (len(current) + 1) > batch_tokens:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    groups.append(current)
+    rng.shuffle(groups)
+    return groups
+
+
+def build_model(vocab_size: int):
+    import torch
+    from transformers import Exaone4Config, Exaone4ForCausalLM
+
+    layers = MODEL_SHAPE["num_hidden_layers"]
+    config = Exaone4Config(
+        vocab_size=vocab_size, hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=True,
+        sliding_window=None, sliding_window_pattern=None, layer_types=["full_attention"] * layers,
+        rope_parameters=dict(ROPE), bos_token_id=1, eos_token_id=14, pad_token_id=0, attention_dropout=0.0,
+        initializer_range=0.02, **MODEL_SHAPE,
+    )
+    torch.manual_seed(TRAIN["seed"])
+    return Exaone4ForCausalLM(config)
+
+
+def train(model, examples, steps: int, t0: float):
+    import torch
+
+    torch.manual_seed(TRAIN["seed"])
+    rng = random.Random(TRAIN["seed"])
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": TRAIN["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=TRAIN["lr"], betas=(0.9, 0.95), eps=1e-8,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < TRAIN["warmup"]:
+            return TRAIN["lr"] * (step + 1) / TRAIN["warmup"]
+        progress = (step - TRAIN["warmup"]) / max(1, steps - TRAIN["warmup"])
+        floor = TRAIN["min_lr_ratio"]
+        return TRAIN["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    queue: list = []
+    epoch, seen_loss, seen_tokens = 0, 0.0, 0
+    for step in range(steps):
+        if not queue:
+            queue = batches(examples, TRAIN["batch_tokens"], rng)
+            epoch += 1
+            log(f"epoch {epoch}: {len(queue)} batches", t0)
+        group = queue.pop()
+        width = max(len(examples[i][0]) for i in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)  # [B, T], padded with [PAD]
+        labels = torch.full((len(group), width), -100, dtype=torch.long)  # [B, T]
+        attention = torch.zeros((len(group), width), dtype=torch.long)  # [B, T]
+        for row, i in enumerate(group):
+            tokens, mask = examples[i]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention[row, : len(tokens)] = 1
+            labels[row, : len(tokens)] = torch.tensor([t if m else -100 for t, m in zip(tokens, mask)])
+        # transformers shifts labels inside the loss: position t predicts labels[t + 1]
+        for group_ in optimizer.param_groups:
+            group_["lr"] = lr_at(step)
+        out = model(input_ids=ids, attention_mask=attention, labels=labels)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
+        optimizer.step()
+        n = int((labels[:, 1:] != -100).sum())
+        seen_loss += out.loss.item() * n
+        seen_tokens += n
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            log(f"step {step + 1}/{steps} epoch {epoch} lr {lr_at(step):.2e} loss {seen_loss / seen_tokens:.4f}", t0)
+            seen_loss, seen_tokens = 0.0, 0
+    model.eval()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: this directory)")
+    parser.add_argument("--steps", type=int, default=TRAIN["steps"], help="optimizer steps")
+    parser.add_argument("--corpus-size", type=int, default=CORPUS_SIZE)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="saved weight dtype")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    t0 = time.time()
+    items = corpus.conversations(args.corpus_size, CORPUS_SEED)
+    texts = [corpus.render_item(item) for item in items]
+    log(f"corpus: {len(texts)} conversations, {sum(map(len, texts))} characters", t0)
+
+    tokenizer = train_tokenizer(texts)
+    examples = encode_for_training(tokenizer, texts)
+    total = sum(len(ids) for ids, _ in examples)
+    trained = sum(sum(mask) for _, mask in examples)
+    log(f"tokenizer: {tokenizer.get_vocab_size()} entries; corpus {total} tokens, {trained} in replies "
+        f"(longest conversation {max(len(ids) for ids, _ in examples)})", t0)
+
+    model = build_model(tokenizer.get_vocab_size())
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model: {params} parameters, {MODEL_SHAPE}", t0)
+    model = train(model, examples, args.steps, t0)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    model.to(dtype).save_pretrained(out)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2, ensure_ascii=False) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(), indent=2) + "\n")
+    if out.resolve() != HERE:
+        shutil.copyfile(corpus.TEMPLATE_PATH, out / "chat_template.jinja")
+    log(f"saved {args.dtype} model to {out}", t0)
+
+
+if __name__ == "__main__":
+    main()
