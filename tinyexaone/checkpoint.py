@@ -74,7 +74,7 @@ def _validate_entry(path: Path, name: str, info, data_start: int, data_size: int
     if not isinstance(info, dict):
         raise TinyExaoneError(f"{path}: corrupt header entry for tensor '{name}'")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise TinyExaoneError(f"{path}: tensor '{name}' has unsupported dtype {dtype!r} (supported: BF16, F16, F32)")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise TinyExaoneError(f"{path}: tensor '{name}' has an invalid shape {shape!r}")
