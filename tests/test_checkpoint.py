@@ -157,7 +157,10 @@ def test_missing_shard(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tinyexaone", *map(str, args)], capture_output=True, text=True)
+    # cwd outside the checkout: the installed package must be imported, not the source folder
+    return subprocess.run(
+        [sys.executable, "-m", "tinyexaone", *map(str, args)], capture_output=True, text=True, cwd=REAL_DIR.anchor
+    )
 
 
 def test_cli_errors_are_one_line_without_traceback(tiny_dir, tmp_path):
