@@ -4,7 +4,7 @@ A path is a Hugging Face model directory (config.json plus model.safetensors or 
 compact file written by `tinyexaone quantize` (see compact.py: validated, then memory-mapped). The
 config is parsed and every tensor's presence, dtype and shape is checked against it before any
 weight data is read, so a wrong or damaged checkpoint fails fast with one line naming the
-problem.
+problem. A directory with a tokenizer.json also gets its tokenizer as `Model.tokenizer`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .compact import load_compact
 from .config import load_config
 from .errors import TinyExaoneError
 from .model import Model
+from .tokenizer import load_tokenizer
 from .weights import dense_weights_from_checkpoint
 
 
@@ -31,4 +32,5 @@ def load(path) -> Model:
     config = load_config(path)
     checkpoint = open_checkpoint(path)
     check_tensors(config, checkpoint)
-    return Model(config, dense_weights_from_checkpoint(config, checkpoint))
+    tokenizer = load_tokenizer(path) if (path / "tokenizer.json").exists() else None
+    return Model(config, dense_weights_from_checkpoint(config, checkpoint), tokenizer)

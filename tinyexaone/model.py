@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import generation
 from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
@@ -146,3 +147,26 @@ class Model:
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         return layer.down_proj.matmul(silu(layer.gate_proj.matmul(h)) * layer.up_proj.matmul(h))  # [T, hidden]
+
+    # --- generation API: thin wrappers over generation.py (which needs self.tokenizer) ---
+
+    def generate(self, prompt, **options) -> generation.GenerationResult:
+        """Continue raw text (no chat template); see generation.py for the options."""
+        return generation.generate(self, prompt, **options)
+
+    def stream(self, prompt, **options) -> generation.TextStream:
+        """Like generate(), yielding text chunks; `.result` holds the GenerationResult at the end."""
+        return generation.stream(self, prompt, **options)
+
+    def chat(self, messages, tools=None, enable_thinking: bool = False, stream: bool = False, **options):
+        """One assistant reply to `messages` -> ChatResponse, or an iterator of events if `stream`."""
+        return generation.chat(self, messages, tools=tools, enable_thinking=enable_thinking, stream=stream, **options)
+
+    def chat_session(self, system: str | None = None, tools=None, enable_thinking: bool = False,
+                     **options) -> generation.ChatSession:
+        """A multi-turn conversation that reuses its KV cache between turns."""
+        return generation.ChatSession(self, system=system, tools=tools, enable_thinking=enable_thinking, **options)
+
+    def cancel(self) -> None:
+        """Stop every generation running on this model before its next forward pass."""
+        generation.cancel(self)

@@ -1,0 +1,160 @@
+"""Choosing the next token from a logits vector.
+
+Every filter is a pure function from a logits vector [vocab] to a new one (rejected tokens get
+-inf), so each can be tested on hand-made numbers. `Sampler` chains them in this order:
+
+    repetition penalty (prompt + generated ids) -> presence / frequency penalties (generated ids)
+    -> greedy argmax if temperature == 0, else: temperature -> top-k -> top-p -> min-p -> draw
+
+Penalties follow the usual definitions: repetition divides a positive logit by the penalty and
+multiplies a negative one (CTRL / transformers); presence subtracts a constant from every token
+already generated, frequency subtracts its count times the penalty (OpenAI). The draw uses one
+`numpy.random.Generator` per generation, seeded from `seed`, so the same seed, prompt and
+settings give the same tokens. Defaults follow the EXAONE 4.0 model card: temperature 0.5 and
+top-p 0.95 without reasoning (the card asks for < 0.6), temperature 0.6 and top-p 0.95 with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import TinyExaoneError
+
+NON_REASONING_DEFAULTS = {"temperature": 0.5, "top_p": 0.95}
+REASONING_DEFAULTS = {"temperature": 0.6, "top_p": 0.95}
+
+
+def apply_repetition_penalty(logits: np.ndarray, context_ids, penalty: float) -> np.ndarray:
+    """Make every token in context_ids less likely: positive logits / penalty, negative * penalty."""
+    out = np.array(logits, dtype=np.float64)  # [vocab]
+    if penalty == 1.0 or len(context_ids) == 0:
+        return out
+    seen = np.unique(np.asarray(context_ids, dtype=np.int64))
+    values = out[seen]
+    out[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def apply_presence_frequency_penalty(logits: np.ndarray, generated_ids, presence: float,
+                                     frequency: float) -> np.ndarray:
+    """logit -= presence * [token was generated] + frequency * (times it was generated)."""
+    out = np.array(logits, dtype=np.float64)  # [vocab]
+    if (presence == 0.0 and frequency == 0.0) or len(generated_ids) == 0:
+        return out
+    counts = np.bincount(np.asarray(generated_ids, dtype=np.int64), minlength=out.shape[0])[: out.shape[0]]  # [vocab]
+    return out - frequency * counts - presence * (counts > 0)
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return np.asarray(logits, dtype=np.float64) / temperature
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest logits (and any tied with the k-th); k == 0 keeps all."""
+    out = np.array(logits, dtype=np.float64)
+    if k <= 0 or k >= out.shape[0]:
+        return out
+    kth = np.partition(out, out.shape[0] - k)[out.shape[0] - k]
+    out[out < kth] = -np.inf
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities [vocab] in float64; -inf logits get probability 0."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
+    weights = np.exp(shifted)
+    return weights / weights.sum()
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probabilities add up to at least p."""
+    out = np.array(logits, dtype=np.float64)
+    if p >= 1.0:
+        return out
+    probs = softmax(out)
+    vocab = probs.shape[0]
+    k = 64  # sort only the k most likely tokens, growing k until they hold mass p (a full sort is slow)
+    while True:
+        k = min(k, vocab)
+        top = np.argpartition(-probs, k - 1)[:k] if k < vocab else np.arange(vocab)
+        top = top[np.argsort(-probs[top], kind="stable")]  # most likely first
+        if k == vocab or probs[top].sum() >= p:
+            break
+        k *= 4
+    mass_before = np.cumsum(probs[top]) - probs[top]  # probability of the tokens ranked above each one
+    keep = top[mass_before < p]  # the first token always has mass_before 0 < p
+    filtered = np.full_like(out, -np.inf)
+    filtered[keep] = out[keep]
+    return filtered
+
+
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Drop tokens whose probability is below min_p times the top token's probability."""
+    out = np.array(logits, dtype=np.float64)
+    if min_p <= 0.0:
+        return out
+    probs = softmax(out)
+    out[probs < min_p * probs.max()] = -np.inf
+    return out
+
+
+def draw(logits: np.ndarray, rng: np.random.Generator) -> int:
+    """One token drawn from softmax(logits) using one uniform number from rng."""
+    candidates = np.flatnonzero(np.isfinite(logits))  # ids that filters left
+    cumulative = np.cumsum(softmax(np.asarray(logits, dtype=np.float64)[candidates]))
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return int(candidates[min(index, len(candidates) - 1)])
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = NON_REASONING_DEFAULTS["temperature"]  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = NON_REASONING_DEFAULTS["top_p"]  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 = off
+    seed: int | None = None  # None = fresh entropy each generation
+
+    def __post_init__(self):
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TinyExaoneError(f"{name} must be a number, got {value!r}")
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+             "top_k must be an integer >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (np.isfinite(self.presence_penalty) and np.isfinite(self.frequency_penalty), "penalties must be finite"),
+            (self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
+             "seed must be a non-negative integer or None"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TinyExaoneError(f"{message} (got {self!r})")
+
+
+class Sampler:
+    """Applies SamplingParams to successive logits vectors of one generation."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def next_token(self, logits: np.ndarray, prompt_ids, generated_ids) -> int:
+        p = self.params
+        scores = logits
+        if p.repetition_penalty != 1.0:
+            scores = apply_repetition_penalty(scores, [*prompt_ids, *generated_ids], p.repetition_penalty)
+        scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
+        if p.temperature == 0:
+            return int(np.argmax(scores))
+        scores = top_k_filter(apply_temperature(scores, p.temperature), p.top_k)
+        scores = min_p_filter(top_p_filter(scores, p.top_p), p.min_p)
+        return draw(scores, self.rng)
