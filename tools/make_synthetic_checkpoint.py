@@ -1,0 +1,118 @@
+"""Write a random-weight EXAONE 4 checkpoint of a given shape (default: the real 1.2B) for testing.
+
+    python tools/make_synthetic_checkpoint.py OUT_DIR [--like HF_DIR] [--seed N]
+
+OUT_DIR receives config.json and model.safetensors (bf16, tensor names and shapes exactly as
+the Hugging Face checkpoint of EXAONE-4.0-1.2B: tied head, 30 layers, 102,400 x 2048
+embedding). With `--like HF_DIR`, config.json and the tokenizer/template/generation files are
+copied from that directory instead (its weights are not needed). Tensors are generated and
+written one slice at a time, so memory stays small; the 1.2B file is about 2.6 GB, so put it
+in an ignored folder such as .cache/ and delete it afterwards. Matrices are N(0, 0.02^2) (the
+initializer range of the real config), norm weights 1 + N(0, 0.1^2), rounded to bf16.
+
+`write_synthetic_checkpoint(directory, config, seed)` is importable for tests with tiny shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
+)
+SLICE_ELEMENTS = 1 << 22
+
+EXAONE_4_0_1_2B = {
+    "architectures": ["Exaone4ForCausalLM"],
+    "model_type": "exaone4",
+    "bos_token_id": 1, "eos_token_id": 361, "pad_token_id": 0,
+    "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 4096,
+    "initializer_range": 0.02, "layer_types": ["full_attention"] * 30, "max_position_embeddings": 65536,
+    "num_attention_heads": 32, "num_hidden_layers": 30, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 16.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 1000000.0, "sliding_window": None, "sliding_window_pattern": None,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "vocab_size": 102400,
+}
+
+
+def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of an EXAONE 4 checkpoint, in the Hugging Face file's order."""
+    h, d = config["hidden_size"], config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    q_out, kv_out, mlp = config["num_attention_heads"] * d, config["num_key_value_heads"] * d, config["intermediate_size"]
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], h)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "mlp.down_proj.weight": (h, mlp), p + "mlp.gate_proj.weight": (mlp, h), p + "mlp.up_proj.weight": (mlp, h),
+            p + "post_attention_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,),
+            p + "self_attn.k_norm.weight": (d,), p + "self_attn.k_proj.weight": (kv_out, h),
+            p + "self_attn.o_proj.weight": (h, q_out), p + "self_attn.q_norm.weight": (d,),
+            p + "self_attn.q_proj.weight": (q_out, h), p + "self_attn.v_proj.weight": (kv_out, h),
+        })
+    shapes["model.norm.weight"] = (h,)
+    if not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (config["vocab_size"], h)
+    return shapes
+
+
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounding to nearest even."""
+    bits = x.astype(np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def write_synthetic_checkpoint(directory, config: dict, seed: int = 0) -> Path:
+    """Write config.json and a bf16 model.safetensors of random weights into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    shapes = tensor_shapes(config)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        nbytes = 2 * int(np.prod(shape))
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    rng = np.random.default_rng(seed)
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            for first in range(0, size, SLICE_ELEMENTS):
+                count = min(SLICE_ELEMENTS, size - first)
+                values = rng.standard_normal(count, dtype=np.float32)
+                values = 1.0 + 0.1 * values if len(shape) == 1 else 0.02 * values
+                f.write(_to_bf16(values).tobytes())
+    return directory
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--like", type=Path, help="copy config.json and tokenizer files from this HF directory")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = EXAONE_4_0_1_2B
+    if args.like is not None:
+        config = json.loads((args.like / "config.json").read_text())
+    write_synthetic_checkpoint(args.out_dir, config, args.seed)
+    if args.like is not None:
+        for name in TOKENIZER_FILES:
+            if (args.like / name).is_file():
+                shutil.copyfile(args.like / name, args.out_dir / name)
+    size = (args.out_dir / "model.safetensors").stat().st_size
+    print(f"wrote {args.out_dir} ({size / 1e9:.2f} GB)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
