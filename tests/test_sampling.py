@@ -1,0 +1,133 @@
+"""Sampling filters on hand-made logits, the seeded draw, and parameter validation."""
+
+import numpy as np
+import pytest
+
+from tinyexaone import TinyExaoneError
+from tinyexaone.sampling import (
+    Sampler,
+    SamplingParams,
+    apply_presence_frequency_penalty,
+    apply_repetition_penalty,
+    apply_temperature,
+    draw,
+    min_p_filter,
+    softmax,
+    top_k_filter,
+    top_p_filter,
+)
+
+NEG = -np.inf
+
+
+def kept(logits) -> list[int]:
+    return np.flatnonzero(np.isfinite(logits)).tolist()
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits = np.array([2.0, -2.0, 1.0, 0.5], np.float32)
+    out = apply_repetition_penalty(logits, [0, 1, 1], 2.0)
+    np.testing.assert_array_equal(out, [1.0, -4.0, 1.0, 0.5])
+    np.testing.assert_array_equal(logits, [2.0, -2.0, 1.0, 0.5])  # input untouched
+    np.testing.assert_array_equal(apply_repetition_penalty(logits, [0], 1.0), logits)
+
+
+def test_presence_and_frequency_penalties_use_counts():
+    out = apply_presence_frequency_penalty(np.zeros(5), [1, 1, 3], presence=0.5, frequency=0.25)
+    np.testing.assert_allclose(out, [0.0, -1.0, 0.0, -0.75, 0.0])
+    np.testing.assert_array_equal(apply_presence_frequency_penalty(np.ones(3), [], 1.0, 1.0), np.ones(3))
+
+
+def test_temperature_scales_logits():
+    np.testing.assert_allclose(apply_temperature(np.array([1.0, -2.0]), 0.5), [2.0, -4.0])
+
+
+def test_top_k_keeps_the_k_largest_and_ties():
+    logits = np.array([1.0, 5.0, 3.0, 5.0, 0.0])
+    assert kept(top_k_filter(logits, 1)) == [1, 3]  # the tie with the first place survives
+    assert kept(top_k_filter(logits, 3)) == [1, 2, 3]
+    assert kept(top_k_filter(logits, 0)) == [0, 1, 2, 3, 4]
+    assert kept(top_k_filter(logits, 99)) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(top_k_filter(logits, 3)[[1, 2, 3]], [5.0, 3.0, 5.0])
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = np.log(np.array([0.15, 0.5, 0.05, 0.3]))
+    assert kept(top_p_filter(logits, 0.5)) == [1]  # 0.5 alone reaches p
+    assert kept(top_p_filter(logits, 0.75)) == [1, 3]
+    assert kept(top_p_filter(logits, 0.85)) == [0, 1, 3]
+    assert kept(top_p_filter(logits, 1.0)) == [0, 1, 2, 3]
+    assert kept(top_p_filter(logits, 1e-9)) == [1]  # never empty
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_top_p_matches_a_full_sort_on_large_vocabularies(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(5000) * rng.uniform(0.2, 4.0)
+    for p in (0.3, 0.9, 0.999):
+        probs = softmax(logits)
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        size = int(np.searchsorted(cumulative, p)) + 1  # smallest prefix with mass >= p
+        assert kept(top_p_filter(logits, p)) == sorted(order[:size].tolist())
+
+
+def test_min_p_is_relative_to_the_top_token():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert kept(min_p_filter(logits, 0.2)) == [0, 1, 2]  # threshold 0.1
+    assert kept(min_p_filter(logits, 0.7)) == [0]
+    assert kept(min_p_filter(logits, 0.0)) == [0, 1, 2, 3]
+
+
+def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([0.7, 0.2, 0.1, 1e-3]))
+    logits[3] = NEG
+    counts = np.bincount([draw(logits, rng) for _ in range(20000)], minlength=4)
+    assert counts[3] == 0
+    np.testing.assert_allclose(counts[:3] / counts.sum(), [0.7, 0.2, 0.1], atol=0.015)
+
+
+def test_greedy_ignores_seed_but_sees_penalties():
+    logits = np.array([3.0, 2.9, -1.0])
+    for seed in (0, 1):
+        assert Sampler(SamplingParams(temperature=0, seed=seed)).next_token(logits, [], []) == 0
+    penalised = Sampler(SamplingParams(temperature=0, presence_penalty=0.5))
+    assert penalised.next_token(logits, [], [0]) == 1
+    repeated = Sampler(SamplingParams(temperature=0, repetition_penalty=1.5))
+    assert repeated.next_token(logits, [0], []) == 1  # prompt tokens count for repetition
+
+
+def _sample_sequence(seed, steps=40):
+    logits = np.random.default_rng(123).standard_normal(1000)
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=1.0, seed=seed))
+    out = []
+    for _ in range(steps):
+        out.append(sampler.next_token(logits, [], out))
+    return out
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens():
+    assert _sample_sequence(7) == _sample_sequence(7)
+    assert _sample_sequence(7) != _sample_sequence(8)
+    assert len({tuple(_sample_sequence(seed)) for seed in range(5)}) == 5
+
+
+def test_filters_combine_in_the_sampler():
+    logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    sampler = Sampler(SamplingParams(temperature=1.0, top_k=2, top_p=1.0, seed=0))
+    assert {sampler.next_token(logits, [], []) for _ in range(200)} == {0, 1}
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.65, seed=0))
+    assert {sampler.next_token(logits, [], []) for _ in range(200)} == {0, 1}
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=1.0, min_p=0.6, seed=0))
+    assert {sampler.next_token(logits, [], []) for _ in range(200)} == {0, 1}
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=-0.1), dict(temperature=float("nan")), dict(temperature="hot"), dict(top_k=-1),
+    dict(top_k=2.5), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(repetition_penalty=0.0),
+    dict(presence_penalty=float("inf")), dict(seed=-1), dict(seed=1.5),
+])
+def test_invalid_parameters_are_clear_errors(bad):
+    with pytest.raises(TinyExaoneError):
+        SamplingParams(**bad)
