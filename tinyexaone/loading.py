@@ -17,7 +17,7 @@ from .config import load_config
 from .errors import TinyExaoneError
 from .model import Model
 from .tokenizer import load_tokenizer
-from .weights import dense_weights_from_checkpoint
+from .weights import weights_from_checkpoint
 
 
 def load(path) -> Model:
@@ -33,4 +33,4 @@ def load(path) -> Model:
     checkpoint = open_checkpoint(path)
     check_tensors(config, checkpoint)
     tokenizer = load_tokenizer(path) if (path / "tokenizer.json").exists() else None
-    return Model(config, dense_weights_from_checkpoint(config, checkpoint), tokenizer)
+    return Model(config, weights_from_checkpoint(config, checkpoint), tokenizer)

@@ -2,18 +2,21 @@
 
 A matrix weight is any object with `shape` ([out, in]), `matmul(x)` (x [T, in] float32 ->
 x @ W^T, [T, out] float32) and `rows(ids)` (the rows W[ids] as float32, for embedding lookup).
-`DenseWeight` is the float32 form; quantized formats provide the same three members. Norm
-weights are plain float32 vectors. `LayerWeights` and `ModelWeights` name every tensor of an
-EXAONE 4 model; `dense_weights_from_checkpoint` builds them from a validated Hugging Face
-checkpoint (float32 views where the file is F32, widened copies for BF16/F16).
+`DenseWeight` is the float32 form; `bf16.Bf16Weight` and `quantized.QuantizedWeight` provide the
+same three members. Norm weights are plain float32 vectors. `LayerWeights` and `ModelWeights`
+name every tensor of an EXAONE 4 model; `weights_from_checkpoint` builds them from a validated
+Hugging Face checkpoint without copying the big matrices: F32 as zero-copy float32 views, BF16
+as `Bf16Weight` over the memory-mapped bits (widened on the fly); only F16 is widened up front.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .bf16 import Bf16Weight
 from .checkpoint import Checkpoint
 from .config import Exaone4Config
 
@@ -32,33 +35,38 @@ class DenseWeight:
         return self.matrix[ids].astype(np.float32, copy=True)  # [T, in]
 
 
+MatrixWeight = Any  # DenseWeight, bf16.Bf16Weight or quantized.QuantizedWeight (duck-typed)
+
+
 @dataclass
 class LayerWeights:
-    q_proj: DenseWeight  # [heads * head_dim, hidden]
-    k_proj: DenseWeight  # [kv_heads * head_dim, hidden]
-    v_proj: DenseWeight  # [kv_heads * head_dim, hidden]
-    o_proj: DenseWeight  # [hidden, heads * head_dim]
+    q_proj: MatrixWeight  # [heads * head_dim, hidden]
+    k_proj: MatrixWeight  # [kv_heads * head_dim, hidden]
+    v_proj: MatrixWeight  # [kv_heads * head_dim, hidden]
+    o_proj: MatrixWeight  # [hidden, heads * head_dim]
     q_norm: np.ndarray  # [head_dim]
     k_norm: np.ndarray  # [head_dim]
     post_attention_layernorm: np.ndarray  # [hidden]
-    gate_proj: DenseWeight  # [intermediate, hidden]
-    up_proj: DenseWeight  # [intermediate, hidden]
-    down_proj: DenseWeight  # [hidden, intermediate]
+    gate_proj: MatrixWeight  # [intermediate, hidden]
+    up_proj: MatrixWeight  # [intermediate, hidden]
+    down_proj: MatrixWeight  # [hidden, intermediate]
     post_feedforward_layernorm: np.ndarray  # [hidden]
 
 
 @dataclass
 class ModelWeights:
-    embed_tokens: DenseWeight  # [vocab, hidden]
+    embed_tokens: MatrixWeight  # [vocab, hidden]
     layers: list[LayerWeights]
     norm: np.ndarray  # [hidden]
-    lm_head: DenseWeight  # [vocab, hidden]; the embedding itself when tied
+    lm_head: MatrixWeight  # [vocab, hidden]; the embedding itself when tied
 
 
-def dense_weights_from_checkpoint(config: Exaone4Config, checkpoint: Checkpoint) -> ModelWeights:
-    """Float32 weights from a checkpoint already checked by `check_tensors`."""
+def weights_from_checkpoint(config: Exaone4Config, checkpoint: Checkpoint) -> ModelWeights:
+    """Weights from a checkpoint already checked by `check_tensors`; matrices stay memory-mapped."""
 
-    def dense(name: str) -> DenseWeight:
+    def dense(name: str):
+        if checkpoint.entries[name].dtype == "BF16":
+            return Bf16Weight(checkpoint.raw(name))
         return DenseWeight(checkpoint.float32(name))
 
     layers = []

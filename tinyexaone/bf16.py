@@ -1,0 +1,79 @@
+"""BF16 matrices used in place, straight from a memory-mapped Hugging Face checkpoint.
+
+`Bf16Weight(bits)` wraps the raw uint16 bits [out, in] of a BF16 tensor (a read-only memory map:
+never copied, never written) and offers the weight interface of `weights.py`. A BF16 value is
+the top half of a float32, so widening is a 16-bit shift. For a few input rows (decode),
+`bf16_matmul_rows` widens each weight row once into a per-thread scratch and reuses it for
+every input row; for many rows (prefill) the matrix is widened tile by tile and multiplied by
+NumPy BLAS outside jitted code. Every kernel has a NumPy twin (`*_numpy`). Parallel kernels are
+entered under `kernels.COMPUTE_LOCK`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels import COMPUTE_LOCK, FASTMATH, chunk_count
+
+FEW_ROWS = 8  # below this many input rows, the fused Numba kernel; from it on, tiles + BLAS
+TILE_ELEMENTS = 1 << 21  # weights per widened float32 tile (8 MB)
+
+
+def widen_numpy(bits: np.ndarray) -> np.ndarray:
+    """NumPy twin of the widening: uint16 BF16 bits -> float32 values, same shape."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
+def bf16_matmul_rows(bits, x, out, n_chunks):
+    """out[t, n] = sum_k widen(bits[n, k]) * x[t, k]; bits [N, K] uint16, x [T, K], out [T, N]."""
+    n_rows, k_dim = bits.shape
+    t_rows = x.shape[0]
+    for chunk in prange(n_chunks):
+        start = chunk * n_rows // n_chunks
+        stop = (chunk + 1) * n_rows // n_chunks
+        wide = np.empty(k_dim, np.uint32)  # [K] scratch for one widened row
+        row = wide.view(np.float32)
+        for n in range(start, stop):
+            for k in range(k_dim):
+                wide[k] = np.uint32(bits[n, k]) << np.uint32(16)
+            for t in range(t_rows):
+                acc = np.float32(0.0)
+                for k in range(k_dim):
+                    acc += row[k] * x[t, k]
+                out[t, n] = acc
+    return out
+
+
+def bf16_matmul_rows_numpy(bits: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """NumPy twin of `bf16_matmul_rows`: x [T, K] @ widen(bits)^T -> [T, N]."""
+    return x @ widen_numpy(bits).T
+
+
+class Bf16Weight:
+    """A BF16 matrix [out, in] used as y = x @ W^T without a float32 copy of W."""
+
+    def __init__(self, bits: np.ndarray):
+        if bits.dtype != np.uint16 or bits.ndim != 2 or not bits.flags.c_contiguous:
+            raise ValueError("Bf16Weight needs a C-contiguous uint16 [out, in] array")
+        self.bits = bits  # [out, in] uint16, BF16 bit patterns
+        self.shape = bits.shape
+        self.nbytes = bits.nbytes
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)  # [T, in]
+        if x.shape[0] < FEW_ROWS:
+            out = np.empty((x.shape[0], self.shape[0]), np.float32)  # [T, out]
+            with COMPUTE_LOCK:
+                return bf16_matmul_rows(self.bits, x, out, chunk_count(self.shape[0]))
+        out = np.empty((x.shape[0], self.shape[0]), np.float32)  # [T, out]
+        tile_rows = max(1, TILE_ELEMENTS // self.shape[1])
+        with COMPUTE_LOCK:
+            for start in range(0, self.shape[0], tile_rows):
+                stop = min(start + tile_rows, self.shape[0])
+                np.matmul(x, widen_numpy(self.bits[start:stop]).T, out=out[:, start:stop])
+        return out
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return widen_numpy(self.bits[ids])  # [T, in]
