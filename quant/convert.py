@@ -144,14 +144,19 @@ def _quantization_record(plan: dict[str, int | None], shapes: dict, bits: int, g
 
 
 def _embedded_texts(src: Path) -> dict[str, str]:
+    """The files to embed, by name; JSON files minified (same content, about half the bytes)."""
     texts = {}
     for name in ("config.json",) + EMBEDDED_FILES:
         path = src / name
-        if path.is_file():
-            try:
-                texts[name] = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise TinyExaoneError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            if name.endswith(".json"):
+                text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise TinyExaoneError(f"{path}: cannot embed ({exc})") from None
+        texts[name] = text
     return texts
 
 

@@ -127,7 +127,7 @@ def test_every_tensor_is_aligned_and_the_data_region_has_no_gaps(compact):
 def test_metadata_holds_format_config_quantization_and_integrity(compact, source):
     meta = split(compact.read_bytes())[1]["__metadata__"]
     assert meta["format"] == "tinyexaone-compact" and meta["format_version"] == "1"
-    assert meta["config.json"] == (source / "config.json").read_text()
+    assert json.loads(meta["config.json"]) == json.loads((source / "config.json").read_text())
     quant = json.loads(meta["quantization"])
     assert (quant["bits"], quant["group_size"], quant["embedding_bits"]) == (4, 32, 8)
     assert quant["tensors"]["model.embed_tokens.weight"]["scheme"] == "int8"
@@ -199,7 +199,8 @@ def test_compact_model_computes_the_float_model_of_its_dequantized_weights(compa
 
 def test_embedded_files_round_trip(compact, source, tmp_path):
     files = embedded_files(compact)
-    assert files == {"config.json": (source / "config.json").read_text()}
+    assert list(files) == ["config.json"]
+    assert json.loads(files["config.json"]) == json.loads((source / "config.json").read_text())
     extract_embedded_files(compact, tmp_path)
     assert (tmp_path / "config.json").read_text() == files["config.json"]
     assert tinyexaone.load(compact).tokenizer is None
@@ -215,8 +216,13 @@ def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
     out = tmp_path / "with-tokenizer.tx"
     convert(src, out, bits=8, group_size=128, show_progress=False)
     files = embedded_files(out)
-    for name in names:
-        assert files[name] == (src / name).read_text(encoding="utf-8"), name
+    for name in names:  # JSON files are stored minified
+        text = (src / name).read_text(encoding="utf-8")
+        assert json.loads(files[name]) == json.loads(text) if name.endswith(".json") else files[name] == text, name
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="numpy") as f:  # a header with non-ASCII UTF-8 text
+        assert f.metadata()["tokenizer.json"] == files["tokenizer.json"]
     model = tinyexaone.load(out)
     if model.tokenizer is not None:  # attached when tinyexaone.tokenizer provides load_tokenizer
         from tinyexaone.tokenizer import load_tokenizer

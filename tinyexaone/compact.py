@@ -91,7 +91,7 @@ class CompactWriter:
         self.file = file
         self.metadata = dict(metadata)
         self.planned = set(tensor_names)
-        budget = len(json.dumps(self.metadata)) + 1024 + 64 * 3
+        budget = len(json.dumps(self.metadata, ensure_ascii=False).encode("utf-8")) + 1024 + 64 * 3
         budget += sum(2 * len(json.dumps(name)) + 320 for name in tensor_names)  # entry + integrity + padding
         self.data_start = _round_up(8 + budget, ALIGNMENT)
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}  # name -> (code, shape, begin, end)
@@ -148,7 +148,7 @@ class CompactWriter:
         header = {"__metadata__": metadata}
         for name, (code, shape, begin, end) in self.entries.items():
             header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [begin, end]}
-        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         header_len = self.data_start - 8
         if len(text) > header_len:
             raise RuntimeError(f"compact header of {len(text)} bytes exceeds the {header_len} reserved")
