@@ -68,6 +68,7 @@ class ChatResponse:
     finish_reason: str  # "stop" | "length" | "tool_calls" | "cancelled"
     usage: dict  # prompt_tokens, completion_tokens, total_tokens
     stats: dict
+    tokens: list[int]  # generated (and forced) token ids, as in GenerationResult
 
 
 @dataclass(frozen=True)
@@ -235,9 +236,8 @@ class _Run:
         sampler = Sampler(opts.sampling)
         detok = tok.detokenizer()
         stops = _StopStrings(opts.stop)
-        to_feed: list[int] = []
-        reason = "cancelled" if self.cancelled() else None
-        while reason is None:
+        to_feed: list[int] = []  # sampled or forced tokens the cache has not seen yet
+        while True:
             if self._forced:
                 forced, self._forced = self._forced, []
                 for token in forced:
@@ -247,21 +247,21 @@ class _Run:
                 if stops.hit:
                     reason = "stop"
                     break
-            if to_feed:
-                if dec.room < len(to_feed):
-                    self.context_full, reason = True, "length"
-                    break
-                if self.cancelled():
-                    reason = "cancelled"
-                    break
-                dec.feed(to_feed)
-                to_feed = []
             if self.cancelled():
                 reason = "cancelled"
                 break
             if len(self.tokens) >= opts.max_new_tokens:
                 reason = "length"
                 break
+            if to_feed:
+                if dec.room < len(to_feed):
+                    self.context_full, reason = True, "length"
+                    break
+                dec.feed(to_feed)
+                to_feed = []
+                if self.cancelled():
+                    reason = "cancelled"
+                    break
             token = sampler.next_token(dec.logits[: tok.vocab_size], self.prompt_ids, self.tokens)
             self._times.setdefault("first_token", perf_counter())
             self.tokens.append(token)
@@ -452,7 +452,8 @@ def _chat_events(model, messages, tools, enable_thinking, opts: Options, templat
         stats = run.stats()
         usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["generated_tokens"],
                  "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"]}
-        yield {"type": "done", "message": message, "finish_reason": finish, "usage": usage, "stats": stats}
+        yield {"type": "done", "message": message, "finish_reason": finish, "usage": usage, "stats": stats,
+               "tokens": list(run.tokens)}
     except GeneratorExit:
         if run is not None:
             message = build_message()
@@ -468,7 +469,7 @@ def _collect(events) -> ChatResponse:
     for event in events:
         if event["type"] == "done":
             done = event
-    return ChatResponse(done["message"], done["finish_reason"], done["usage"], done["stats"])
+    return ChatResponse(done["message"], done["finish_reason"], done["usage"], done["stats"], done["tokens"])
 
 
 def chat(model, messages, tools=None, enable_thinking: bool = False, stream: bool = False,
