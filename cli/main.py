@@ -13,6 +13,8 @@ import click
 
 from tinyexaone.errors import TinyExaoneError
 
+from .chat import chat
+from .generate import generate
 from .info import info
 from .quantize import quantize
 
@@ -23,6 +25,8 @@ def cli():
     """tinyexaone: run EXAONE 4.0 language models on the CPU."""
 
 
+cli.add_command(chat)
+cli.add_command(generate)
 cli.add_command(info)
 cli.add_command(quantize)
 

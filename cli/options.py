@@ -1,0 +1,125 @@
+"""Flags shared by `chat` and `generate`, named as llama.cpp and mlx-lm users know them.
+
+`generation_options` is a decorator adding --model, --system, --think/--no-think, the sampling
+flags, --max-tokens, --ctx-size, --threads and --reasoning-budget. Values are checked by
+`Number`, which raises TinyExaoneError (one line, exit code 2 via cli.main) instead of click's
+multi-line usage error. `sampling_options(params)` turns the parsed flags into keyword options
+of the generation API (flags left unset are omitted, so the API's model-card defaults apply,
+which differ with thinking on and off). `apply_threads(n)` maps --threads onto Numba.
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from tinyexaone.errors import TinyExaoneError
+
+# flag parameter name -> generation API option
+API_NAMES = {
+    "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty", "seed": "seed", "max_tokens": "max_new_tokens",
+    "reasoning_budget": "reasoning_budget",
+}
+
+
+class Number(click.ParamType):
+    """An int or float flag value within bounds; a bad value is a one-line TinyExaoneError."""
+
+    def __init__(self, kind: type, low=None, high=None, low_open: bool = False):
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "number"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "N" if self.kind is int else "X"
+
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"<= {self.high}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not {'an' if self.kind is int else 'a'} "
+                                      f"{self.name}") from None
+        if self.kind is float and not math.isfinite(number):
+            raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not a finite number")
+        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        too_high = self.high is not None and number > self.high
+        if too_low or too_high:
+            raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} (must be {self._bounds()})")
+        return number
+
+
+def generation_options(command):
+    """Add the shared model, prompt-shaping and sampling flags to a click command."""
+    flags = [
+        click.option("--model", "-m", metavar="M", default=None,
+                     help="Compact file, Hugging Face model directory, or repo id in the local Hugging Face cache "
+                          "(default: the demo model shipped with tinyexaone)."),
+        click.option("--system", metavar="TEXT", default=None, help="System prompt."),
+        click.option("--think/--no-think", default=False, show_default=True,
+                     help="Let the model reason before answering (EXAONE's thinking mode)."),
+        click.option("--temperature", "--temp", type=Number(float, 0), default=None,
+                     help="Sampling temperature; 0 = greedy (default 0.5, 0.6 with --think)."),
+        click.option("--top-p", type=Number(float, 0, 1, low_open=True), default=None,
+                     help="Nucleus sampling mass (default 0.95)."),
+        click.option("--top-k", type=Number(int, 0), default=None, help="Keep the k most likely tokens; 0 = off."),
+        click.option("--min-p", type=Number(float, 0, 1), default=None,
+                     help="Drop tokens below min-p times the top probability; 0 = off."),
+        click.option("--presence-penalty", type=Number(float, -2, 2), default=None,
+                     help="Penalty for tokens already generated (OpenAI style)."),
+        click.option("--frequency-penalty", type=Number(float, -2, 2), default=None,
+                     help="Penalty per repetition of a generated token (OpenAI style)."),
+        click.option("--repetition-penalty", "--repeat-penalty", type=Number(float, 0, low_open=True), default=None,
+                     help="Divide the logits of tokens already seen (1 = off)."),
+        click.option("--seed", "-s", type=Number(int, 0), default=None,
+                     help="Random seed: the same seed and settings give the same output."),
+        click.option("--max-tokens", "-n", type=Number(int, 1), default=None,
+                     help="Most tokens per reply (default 1024)."),
+        click.option("--ctx-size", "-c", type=Number(int, 0), default=0, show_default=True,
+                     help="Context size in tokens; 0 = the model's maximum."),
+        click.option("--threads", "-t", type=Number(int, 1), default=None,
+                     help="Threads for the Numba kernels (at most what Numba started with)."),
+        click.option("--reasoning-budget", type=Number(int, 0), default=None,
+                     help="Close the reasoning after N tokens and make the model answer (with --think)."),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def sampling_options(params: dict) -> dict:
+    """Generation API keyword options for the flags that were given."""
+    return {API_NAMES[name]: params[name] for name in API_NAMES if params.get(name) is not None}
+
+
+def context_size(model, requested: int) -> int | None:
+    """--ctx-size as a cache limit (None = the model's maximum); larger than the model allows is an error."""
+    limit = model.config.max_position_embeddings
+    if requested > limit:
+        raise TinyExaoneError(f"invalid value for --ctx-size: {requested} (this model handles at most {limit} tokens)")
+    return requested or None
+
+
+def apply_threads(threads: int | None) -> int | None:
+    """Set Numba's thread count to `threads`, clamped to [1, NUMBA_NUM_THREADS]; returns the count
+    used, or None when no --threads was given or Numba is not importable."""
+    if threads is None:
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    used = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(used)
+    return used
