@@ -528,3 +528,26 @@ def test_real_model_chat_with_tools_never_raises(tiny):
     response = model.chat([{"role": "user", "content": "서울 날씨 알려줘"}], tools=WEATHER, seed=5, max_new_tokens=8)
     assert response.finish_reason in ("stop", "length", "tool_calls")
     assert set(response.message) == {"role", "content", "reasoning_content", "tool_calls", "tool_call_errors"}
+
+
+def test_defaults_follow_the_model_card():
+    plain = generation.make_options(False).sampling
+    thinking = generation.make_options(True).sampling
+    assert plain.temperature < 0.6 and plain.top_p == 0.95
+    assert thinking.temperature == 0.6 and thinking.top_p == 0.95
+    assert generation.make_options(True, temperature=0.1).sampling.temperature == 0.1
+
+
+def test_template_kwargs_reach_the_template(tok):
+    reply = scripted(tok, "ok", after=NO_THINK_PROMPT)
+    model = ScriptedModel(tok, reply)
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": "a", "reasoning_content": "kept reasoning"},
+               {"role": "user", "content": "q2"}]
+    chat(model, history, temperature=0, template_kwargs={"skip_think": False})
+    assert "kept reasoning" not in tok.decode(sum(model.forward_calls, []))  # only the last message keeps it
+    model.forward_calls.clear()
+    chat(model, history[:2], temperature=0, template_kwargs={"skip_think": False}, max_new_tokens=1)
+    assert "<think>\nkept reasoning\n</think>" in tok.decode(sum(model.forward_calls, []))
+    with pytest.raises(TinyExaoneError, match="template_kwargs may not set 'enable_thinking'"):
+        chat(model, history, template_kwargs={"enable_thinking": True})

@@ -7,7 +7,11 @@
   the model's template and returns a `ChatResponse` whose `.message` is an OpenAI-shaped
   assistant message {"role", "content", "reasoning_content", "tool_calls", "tool_call_errors"};
   with `stream=True` it yields event dicts ("reasoning" / "content" deltas, "tool_call",
-  "tool_call_error", and a final "done" carrying the message, finish_reason, usage and stats).
+  "tool_call_error", and a final "done" carrying the message, finish_reason, usage, stats and
+  tokens). Malformed or unknown tool calls land in "tool_call_errors", never in an exception.
+  String tool-call arguments in the history (OpenAI style) are rendered as the objects they
+  encode, the way the model wrote them. `template_kwargs` (e.g. {"skip_think": False}) go to
+  the template.
 - `ChatSession` keeps one KV cache across turns. Each turn re-renders the whole conversation,
   keeps the longest common token prefix with what the cache holds (trimming the cache to it, or
   resetting it when a sliding-window layer can no longer roll back) and prefills only the rest;
@@ -86,7 +90,8 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
     """Validate generation keyword options; sampling defaults depend on reasoning mode."""
     unknown = sorted(set(options) - set(SAMPLING_OPTIONS) - set(OTHER_OPTIONS))
     if unknown:
-        raise TinyExaoneError(f"unknown generation option {unknown[0]!r} (known: {', '.join(SAMPLING_OPTIONS + OTHER_OPTIONS)})")
+        known = ", ".join(SAMPLING_OPTIONS + OTHER_OPTIONS)
+        raise TinyExaoneError(f"unknown generation option {unknown[0]!r} (known: {known})")
     defaults = REASONING_DEFAULTS if enable_thinking else NON_REASONING_DEFAULTS
     sampling = {**defaults, **{k: options[k] for k in SAMPLING_OPTIONS if options.get(k) is not None}}
     max_new = options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
@@ -97,16 +102,20 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
     if not all(isinstance(s, str) and s for s in stop):
         raise TinyExaoneError(f"stop must be a non-empty string or a list of them, got {options.get('stop')!r}")
     stop_ids = options.get("stop_token_ids") or ()
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in stop_ids):
+    if not isinstance(stop_ids, (list, tuple, set, frozenset)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in stop_ids):
         raise TinyExaoneError(f"stop_token_ids must be non-negative integers, got {stop_ids!r}")
     budget = options.get("reasoning_budget")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise TinyExaoneError(f"reasoning_budget must be a non-negative integer or None, got {budget!r}")
+    context_size = options.get("context_size")
+    if context_size is not None and (isinstance(context_size, bool) or not isinstance(context_size, int)
+                                     or context_size < 1):
+        raise TinyExaoneError(f"context_size must be a positive integer or None, got {context_size!r}")
     cancel_event = options.get("cancel")
     if cancel_event is not None and not isinstance(cancel_event, threading.Event):
         raise TinyExaoneError(f"cancel must be a threading.Event, got {type(cancel_event).__name__}")
-    return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget,
-                   options.get("context_size"), cancel_event)
+    return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget, context_size, cancel_event)
 
 
 def cancel(model) -> None:
@@ -220,6 +229,7 @@ class _Run:
         self.tokens: list[int] = []
         self.text_parts: list[str] = []
         self.finish_reason = None
+        self.prefilled = 0  # prompt tokens actually computed (the rest came from the cache)
         self.context_full = False
         self._forced: list[int] = []
         self._times = {}
@@ -294,8 +304,8 @@ class _Run:
         n = len(self.tokens)
         return {
             "prompt_tokens": len(self.prompt_ids),
-            "prefilled_tokens": getattr(self, "prefilled", 0),
-            "prompt_tokens_per_s": getattr(self, "prefilled", 0) / prefill_s if prefill_s > 0 else 0.0,
+            "prefilled_tokens": self.prefilled,
+            "prompt_tokens_per_s": self.prefilled / prefill_s if prefill_s > 0 else 0.0,
             "generated_tokens": n,
             "generation_tokens_per_s": (n - 1) / (end - first) if first is not None and n > 1 and end > first else 0.0,
             "time_to_first_token_s": None if first is None else first - self.started,
@@ -411,8 +421,12 @@ def _chat_events(model, messages, tools, enable_thinking, opts: Options, templat
         }
 
     try:
+        template_kwargs = dict(template_kwargs or {})
+        clash = sorted(set(template_kwargs) & {"enable_thinking", "tools", "messages", "add_generation_prompt"})
+        if clash:
+            raise TinyExaoneError(f"template_kwargs may not set {clash[0]!r}: pass it as its own argument")
         prompt = tokenizer.apply_chat_template(_arguments_as_objects(messages), tools=tools, add_generation_prompt=True,
-                                               enable_thinking=enable_thinking, **(template_kwargs or {}))
+                                               enable_thinking=enable_thinking, **template_kwargs)
         run = _Run(model, tokenizer, cache, cached_ids, tokenizer.encode(prompt, add_special_tokens=False), opts,
                    started)
         splitter = OutputSplitter(starts_in_reasoning(prompt))
@@ -461,7 +475,7 @@ def _chat_events(model, messages, tools, enable_thinking, opts: Options, templat
     finally:
         if record is not None:
             ids = run.decoder.ids if run is not None else cached_ids
-            record(message, ids, getattr(run, "prefilled", 0))
+            record(message, ids, run.prefilled if run is not None else 0)
 
 
 def _collect(events) -> ChatResponse:
