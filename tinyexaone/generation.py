@@ -400,8 +400,8 @@ def _arguments_as_objects(messages) -> list:
 def _chat_events(model, messages, tools, enable_thinking, opts: Options, template_kwargs, cache, cached_ids, record):
     """Yield chat events; call record(message | None, cached_ids, prefilled) when the turn ends.
 
-    message is None only when the turn failed with an error; an abandoned stream records what
-    was generated so far.
+    message is None only when the turn failed with an error; an abandoned (closed) or interrupted
+    (KeyboardInterrupt) stream records what was generated so far.
     """
     started = perf_counter()
     tokenizer = _tokenizer(model)
@@ -468,7 +468,7 @@ def _chat_events(model, messages, tools, enable_thinking, opts: Options, templat
                  "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"]}
         yield {"type": "done", "message": message, "finish_reason": finish, "usage": usage, "stats": stats,
                "tokens": list(run.tokens)}
-    except GeneratorExit:
+    except (GeneratorExit, KeyboardInterrupt):  # abandoned or interrupted: keep what was generated
         if run is not None:
             message = build_message()
         raise
