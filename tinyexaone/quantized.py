@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .errors import TinyExaoneError
 
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 8)
 FLOAT16_MAX = 65504.0
+PREFILL_MIN_TOKENS = 8  # from this many input rows on, matmul uses dequantized tiles + BLAS
+TILE_ELEMENTS = 1 << 20  # weights per dequantized float32 tile (4 MB)
 
 
 def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
@@ -126,6 +129,12 @@ class QuantizedWeight:
         self.group_size = group_size
         self.shape = (int(shape[0]), int(shape[1]))
         self.arrays = arrays
+        # read-only views for the kernels: one compiled signature whether or not the file is a memmap
+        codes = arrays["quants"] if bits == 8 else arrays["nibbles"]
+        self._codes = _read_only(codes)  # [N, 32, B] int8 or [N, 16, B] uint8
+        self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [N, G]
+        self._matvec = kernels.q8_matvec if bits == 8 else kernels.q4_matvec
+        self._dequantize = kernels.q8_dequantize if bits == 8 else kernels.q4_dequantize
 
     @classmethod
     def from_arrays(cls, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]) -> "QuantizedWeight":
@@ -133,9 +142,7 @@ class QuantizedWeight:
         expected = expected_arrays(bits, group_size, shape)
         names = set(arrays)
         if names != set(expected):
-            raise TinyExaoneError(
-                f"int{bits} weight needs arrays {sorted(expected)}, got {sorted(names)}"
-            )
+            raise TinyExaoneError(f"int{bits} weight needs arrays {sorted(expected)}, got {sorted(names)}")
         for name, (dtype, array_shape) in expected.items():
             array = arrays[name]
             if not isinstance(array, np.ndarray):
@@ -155,20 +162,52 @@ class QuantizedWeight:
         return sum(a.nbytes for a in self.arrays.values())
 
     def dequantize(self) -> np.ndarray:
-        """The float32 matrix [out, in] this weight represents."""
+        """The float32 matrix [out, in] this weight represents (NumPy)."""
         return self.rows(np.arange(self.shape[0]))
 
     def rows(self, ids) -> np.ndarray:
-        """Dequantized rows W[ids] as float32 [len(ids), in] (embedding lookup)."""
+        """Dequantized rows W[ids] as float32 [len(ids), in] (embedding lookup, NumPy)."""
         ids = np.asarray(ids)
         codes = _codes(self.arrays, self.bits, ids).astype(np.float32)  # [R, K]
         scales = self.arrays["scales"][ids].astype(np.float32)  # [R, G]
         return (codes.reshape(len(ids), -1, self.group_size) * scales[:, :, None]).reshape(len(ids), -1)
 
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """x [T, in] float32 -> x @ W^T [T, out] float32."""
-        result = x @ self.dequantize().T
+        """x [T, in] float32 -> x @ W^T [T, out] float32, written into `out` when given.
+
+        Fewer than PREFILL_MIN_TOKENS rows run the decode kernel once per row; more rows
+        dequantize tiles of W to float32 and multiply them with NumPy BLAS.
+        """
+        n_out, n_in = self.shape
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != n_in:
+            raise TinyExaoneError(f"matmul input must have shape [T, {n_in}], got {x.shape}")
+        n_tokens = x.shape[0]
         if out is None:
-            return result
-        out[...] = result
+            out = np.empty((n_tokens, n_out), np.float32)
+        elif out.shape != (n_tokens, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise TinyExaoneError(f"matmul output must be a C-contiguous float32 array of shape {(n_tokens, n_out)}")
+        with kernels.COMPUTE_LOCK:
+            if n_tokens < PREFILL_MIN_TOKENS:
+                chunks = kernels.chunk_count(n_out)
+                for t in range(n_tokens):
+                    self._matvec(self._codes, self._scale_bits, x[t], out[t], chunks)
+            else:
+                self._matmul_tiles(x, out)
         return out
+
+    def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = x @ W^T through float32 tiles of W and NumPy BLAS (caller holds COMPUTE_LOCK)."""
+        n_out, n_in = self.shape
+        tile_rows = min(n_out, max(1, TILE_ELEMENTS // n_in))
+        tile = np.empty((tile_rows, n_in), np.float32)  # [rows, K]
+        for start in range(0, n_out, tile_rows):
+            rows = min(tile_rows, n_out - start)
+            self._dequantize(self._codes, self._scale_bits, start, tile[:rows], kernels.chunk_count(rows))
+            np.matmul(x, tile[:rows].T, out=out[:, start : start + rows])
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -1,0 +1,85 @@
+"""Micro-benchmarks of the quantized matrix kernels, reusable by `tinyexaone bench`.
+
+`read_bandwidth()` measures the machine's large-read bandwidth (NumPy, one thread, and a
+Numba parallel sum over all Numba threads) so kernel throughput can be quoted as a share of it.
+`random_weight(bits, group_size, shape)` builds a `QuantizedWeight` with random codes and scales
+directly (no float intermediate), so real 1.2B shapes cost only their stored size.
+`time_matvec` / `time_matmul` time `QuantizedWeight.matmul` for one or many input rows and
+return seconds, billions of weights per second and GB/s of weight bytes. Timings are the best
+of several repeats, which filters out interference from other processes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from .quantized import QuantizedWeight, expected_arrays
+
+# the distinct matrix shapes of EXAONE-4.0-1.2B ([out, in]) and how often each runs per token
+SHAPES_1P2B = {
+    "q/o 2048x2048": ((2048, 2048), 60),
+    "k/v 512x2048": ((512, 2048), 60),
+    "gate/up 4096x2048": ((4096, 2048), 60),
+    "down 2048x4096": ((2048, 4096), 30),
+    "head 102400x2048": ((102400, 2048), 1),
+}
+
+
+def best_time(run, repeats: int) -> float:
+    """Smallest wall time of `repeats` calls of run()."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _parallel_sum(values, n_chunks):
+    partial = np.zeros(n_chunks, np.float32)
+    per_chunk = values.shape[0] // n_chunks
+    for chunk in prange(n_chunks):
+        total = np.float32(0.0)
+        for i in range(chunk * per_chunk, (chunk + 1) * per_chunk):
+            total += values[i]
+        partial[chunk] = total
+    return partial.sum()
+
+
+def read_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> dict[str, float]:
+    """Large-read bandwidth in GB/s: NumPy max (one thread) and a Numba parallel sum."""
+    values = np.ones(nbytes // 4, np.float32)
+    _parallel_sum(values[:1024], 64)
+    numpy_seconds = best_time(lambda: values.max(), repeats)
+    numba_seconds = best_time(lambda: _parallel_sum(values, 64), repeats)
+    return {"numpy_gbs": values.nbytes / numpy_seconds / 1e9, "numba_gbs": values.nbytes / numba_seconds / 1e9}
+
+
+def random_weight(bits: int, group_size: int, shape, seed: int = 0) -> QuantizedWeight:
+    """A QuantizedWeight of random codes and float16 scales around 0.01 (for timing only)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
+        if name == "scales":
+            arrays[name] = (rng.random(array_shape, np.float32) * 0.02).astype(np.float16)
+        else:
+            arrays[name] = rng.integers(0, 256, array_shape, np.uint8).view(dtype)
+    return QuantizedWeight.from_arrays(bits, group_size, shape, arrays)
+
+
+def time_matmul(weight: QuantizedWeight, n_tokens: int, repeats: int = 20) -> dict[str, float]:
+    """Time weight.matmul on n_tokens random rows; G weights/s counts weights x tokens."""
+    x = np.random.default_rng(1).standard_normal((n_tokens, weight.shape[1])).astype(np.float32)
+    out = np.empty((n_tokens, weight.shape[0]), np.float32)
+    weight.matmul(x, out=out)  # compile / warm up
+    seconds = best_time(lambda: weight.matmul(x, out=out), repeats)
+    n_weights = weight.shape[0] * weight.shape[1]
+    return {
+        "seconds": seconds,
+        "gws": n_weights * n_tokens / seconds / 1e9,
+        "gbs": weight.nbytes / seconds / 1e9,
+    }

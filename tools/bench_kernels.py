@@ -1,0 +1,37 @@
+"""Time the quantized matvec kernels at the real EXAONE-4.0-1.2B shapes (not part of the tests).
+
+Usage: python tools/bench_kernels.py [--threads N] [--repeats N]
+Prints the read bandwidth of this machine and, per scheme and shape, G weights/s, GB/s of
+weight bytes and the share of the Numba parallel read bandwidth.
+"""
+
+import argparse
+
+import numba
+
+from tinyexaone.benchmarks import SHAPES_1P2B, random_weight, read_bandwidth, time_matmul
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--tokens", type=int, default=1)
+    args = parser.parse_args()
+    numba.set_num_threads(args.threads)
+    bandwidth = read_bandwidth()
+    print(f"threading layer {numba.threading_layer()}, threads {numba.get_num_threads()}")
+    print(f"read bandwidth: NumPy max {bandwidth['numpy_gbs']:.1f} GB/s, Numba parallel sum {bandwidth['numba_gbs']:.1f} GB/s")
+    for bits, group_size in ((4, 32), (4, 64), (4, 128), (8, 32), (8, 128)):
+        for label, (shape, _) in SHAPES_1P2B.items():
+            if label.startswith("head") and bits == 4:
+                continue
+            weight = random_weight(bits, group_size, shape)
+            r = time_matmul(weight, args.tokens, args.repeats)
+            share = 100 * r["gbs"] / bandwidth["numba_gbs"]
+            print(f"int{bits} g{group_size:<3} {label:<18} T={args.tokens:<4} {r['seconds']*1e3:8.3f} ms "
+                  f"{r['gws']:6.1f} G w/s {r['gbs']:6.1f} GB/s {share:5.0f}% of read bw")
+
+
+if __name__ == "__main__":
+    main()
