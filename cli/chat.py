@@ -32,7 +32,7 @@ from tinyexaone.errors import TinyExaoneError
 
 from .model_resolution import load_model
 from .options import apply_threads, context_size, generation_options, sampling_options
-from .terminal import LineReader, Style, sanitize
+from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
 MAX_TOOL_ROUNDS = 8  # model replies per user message when every reply asks for tools
@@ -129,7 +129,9 @@ class ChatApp:
         self.interactive = interactive
         self.max_context = max_context
         self.at_line_start = True
+        self.phase = None  # what the streamed text is: "reasoning", "content" or None
         self.failed_turns = 0
+        self.regenerations = 0
 
     # --- output -------------------------------------------------------------------------------------
 
@@ -137,7 +139,9 @@ class ChatApp:
         if text:
             sys.stdout.write(text)
             sys.stdout.flush()
-            self.at_line_start = text.endswith("\n")
+            visible = ANSI_SEQUENCE.sub("", text)
+            if visible:
+                self.at_line_start = visible.endswith("\n")
 
     def line(self, text: str = "") -> None:
         """Print `text` on a line of its own."""
@@ -154,10 +158,10 @@ class ChatApp:
 
     # --- one user turn ----------------------------------------------------------------------------------
 
-    def turn(self, payload) -> None:
+    def turn(self, payload, **options) -> None:
         """Send a user message (or tool results), show the reply, run requested tools, repeat."""
         for _ in range(MAX_TOOL_ROUNDS):
-            done = self._reply(payload)
+            done = self._reply(payload, options)
             if done is None or done["finish_reason"] != "tool_calls":
                 return
             if self.toolbox is None:
@@ -168,11 +172,11 @@ class ChatApp:
                 return
         self.note(self.style.warning(f"(stopped after {MAX_TOOL_ROUNDS} rounds of tool calls)"))
 
-    def _reply(self, payload) -> dict | None:
+    def _reply(self, payload, options: dict) -> dict | None:
         """Stream one model reply; returns its "done" event, or None if it failed or was interrupted."""
         done = events = None
         try:
-            events = self.session.send(payload, stream=True)
+            events = self.session.send(payload, stream=True, **options)
             if self.interactive:
                 with _ReplyInterrupts(self.session):
                     done = self._show(events)
@@ -200,29 +204,39 @@ class ChatApp:
         return done
 
     def _show(self, events) -> dict | None:
-        phase = None
-        for event in events:
-            kind = event["type"]
-            if kind == "reasoning" and self.interactive:
-                if phase != "reasoning":
-                    self.line(self.style.dim("[thinking]"))
-                    phase = "reasoning"
-                self.write(self.style.dim(sanitize(event["delta"])))
-            elif kind == "content":
-                if phase == "reasoning":
-                    self.line(self.style.dim("[end of thinking]"))
-                phase = "content"
-                self.write(sanitize(event["delta"]))
-            elif kind == "tool_call":
-                self.note(self.style.tool(f"→ tool call {sanitize(_describe_call(event['tool_call']))}"))
-            elif kind == "tool_call_error":
-                error = event["error"]
-                self.note(self.style.warning(f"! unusable tool call: {sanitize(error['error'])}"))
-            elif kind == "done":
-                if phase == "reasoning":
-                    self.line(self.style.dim("[end of thinking]"))
-                return event
-        return None
+        self.phase = None
+        try:
+            for event in events:
+                kind = event["type"]
+                if kind == "reasoning" and self.interactive:
+                    self._enter("reasoning")
+                    self.write(sanitize(event["delta"]))
+                elif kind == "content":
+                    self._enter("content")
+                    self.write(sanitize(event["delta"]))
+                elif kind == "tool_call":
+                    self._enter(None)
+                    self.note(self.style.tool(f"→ tool call {sanitize(_describe_call(event['tool_call']))}"))
+                elif kind == "tool_call_error":
+                    self._enter(None)
+                    self.note(self.style.warning(f"! unusable tool call: {sanitize(event['error']['error'])}"))
+                elif kind == "done":
+                    return event
+            return None
+        finally:
+            self._enter(None)
+
+    def _enter(self, phase: str | None) -> None:
+        """Switch the streamed output between reasoning (dimmed, under a header), content and neither."""
+        if phase == self.phase:
+            return
+        if self.phase == "reasoning":
+            self.write(self.style.reset())
+            self.line(self.style.dim("[end of thinking]"))
+        if phase == "reasoning":
+            self.line(self.style.dim("[thinking]"))
+            self.write(self.style.start_dim())
+        self.phase = phase
 
     def _after_reply(self, done: dict) -> None:
         if not self.at_line_start:
@@ -312,7 +326,9 @@ class ChatApp:
             return
         message = messages[last_user]
         self.session.messages = messages[:last_user]
-        self.turn(message)
+        self.regenerations += 1
+        seed = self.session.options.get("seed")  # a fixed --seed would only repeat the same reply
+        self.turn(message, **({} if seed is None else {"seed": seed + self.regenerations}))
 
     def _save(self, argument: str) -> None:
         if not argument:

@@ -60,6 +60,13 @@ class Style:
     def dim(self, text: str) -> str:
         return self._style(text, dim=True)
 
+    def start_dim(self) -> str:
+        """The code that dims everything printed until `reset()` (for streamed text)."""
+        return "\x1b[2m" if self.color else ""
+
+    def reset(self) -> str:
+        return "\x1b[0m" if self.color else ""
+
     def bold(self, text: str) -> str:
         return self._style(text, bold=True)
 

@@ -6,9 +6,11 @@ OpenAI-style tool schema -- the shape transformers' `get_json_schema` produces:
 `{"type": "function", "function": {"name", "description", "parameters": {"type": "object",
 "properties": {arg: {"type": ..., "description": ...}}, "required": [...]}}}` -- with types from
 the type hints (str, int, float, bool, None, list[X], tuple, dict, Literal, Enum, Optional/Union)
-and descriptions from the docstring (the text before its first section; arguments from a
-Google-style `Args:` section or reST `:param name:` lines). A file that fails to import, or has
-no public function, is a TinyExaoneError.
+and descriptions from the docstring (the text before `Args:`/`Returns:`/`Raises:`; arguments from
+a Google-style `Args:` section or reST `:param name:` lines), written exactly as
+`transformers.utils.get_json_schema` writes them -- but a missing hint or docstring, or a type
+JSON cannot express, only leaves that part out instead of failing. A file that fails to import,
+or has no public function, is a TinyExaoneError.
 
 `ToolBox.call(tool_call)` runs one OpenAI-style call and always returns (text, ok): the result
 as text (strings as they are, anything else as JSON) or, when the arguments are not a JSON
@@ -31,83 +33,91 @@ from pathlib import Path
 
 from tinyexaone.errors import TinyExaoneError
 
-SIMPLE_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
-SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|See Also)\s*:\s*$",
-                     re.IGNORECASE)
-GOOGLE_ARG = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-REST_PARAM = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
+SIMPLE_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
+                list: "array", tuple: "array", dict: "object"}
+SECTION = re.compile(r"^\s*(Args|Returns|Raises)\s*:\s*$")
+GOOGLE_ARG = re.compile(r"^(\s*)(\w+)\s*(?:\([^()]*\))?\s*:\s*(.*)$")
+REST_FIELD = re.compile(r"^\s*:(param|returns?)\s*(?:[^:]*\s)?(\w*)\s*:\s*(.*)$")
+CHOICES = re.compile(r"\(choices:\s*(.*?)\)\s*$", re.IGNORECASE)
+
+
+def _enum_schema(values: list) -> dict:
+    kinds = list(dict.fromkeys(SIMPLE_TYPES.get(type(v), "string") for v in values))
+    return {"type": kinds[0] if len(kinds) == 1 else kinds, "enum": values}
 
 
 def type_schema(hint) -> dict:
-    """JSON schema of a Python type hint ({} when it says nothing JSON can express)."""
-    if hint in SIMPLE_TYPES:
-        return {"type": SIMPLE_TYPES[hint]}
-    if inspect.isclass(hint) and issubclass(hint, enum.Enum):
-        values = [member.value for member in hint]
-        return {**_values_type(values), "enum": values}
+    """JSON schema of a Python type hint, as transformers' get_json_schema writes it; a hint it
+    cannot express (a custom class, typing.Any) gives {} (any value) instead of an error."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return {**_values_type(list(args)), "enum": list(args)}
+    if origin is None:
+        if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+            return _enum_schema([member.value for member in hint])
+        return {"type": SIMPLE_TYPES[hint]} if hint in SIMPLE_TYPES else {}
     if origin in (typing.Union, types.UnionType):
-        options = [type_schema(a) for a in args]
-        kinds = [o.get("type") for o in options]
-        if all(isinstance(k, str) for k in kinds) and all(set(o) == {"type"} for o in options if o.get("type") != "null"):
-            return {"type": kinds if len(kinds) > 1 else kinds[0]}
-        non_null = [o for o in options if o.get("type") != "null"]
-        return non_null[0] if len(non_null) == 1 else {}
-    if hint in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset):
-        items = [a for a in args if a is not Ellipsis]
-        schema = {"type": "array"}
-        if len(set(items)) == 1:
-            schema["items"] = type_schema(items[0])
+        options = [type_schema(a) for a in args if a is not type(None)]
+        if len(options) == 1:
+            schema = options[0]
+        elif all(set(o) == {"type"} and isinstance(o["type"], str) for o in options):
+            names = sorted({o["type"] for o in options})
+            schema = {"type": names[0] if len(names) == 1 else names}
+        else:
+            schema = {"anyOf": options}
+        if type(None) in args:
+            schema["nullable"] = True
         return schema
-    if hint is dict or origin is dict:
-        return {"type": "object"}
+    if origin is typing.Literal:
+        return _enum_schema(list(args))
+    if origin in (list, set, frozenset):
+        return {"type": "array", "items": type_schema(args[0])} if args else {"type": "array"}
+    if origin is tuple:
+        if not args:
+            return {"type": "array"}
+        if Ellipsis in args or len(args) == 1:  # variable length: every item has the first type
+            return {"type": "array", "items": type_schema(args[0])}
+        return {"type": "array", "prefixItems": [type_schema(a) for a in args]}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": type_schema(args[1])} if len(args) == 2 else {"type": "object"}
     return {}
 
 
-def _values_type(values) -> dict:
-    kinds = {SIMPLE_TYPES.get(type(v)) for v in values}
-    return {"type": kinds.pop()} if len(kinds) == 1 and None not in kinds else {}
-
-
-def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """(description, {argument: description}) from a Google-style or reST docstring."""
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str], str | None]:
+    """(description, {argument: description}, returns description) from a Google-style (as
+    transformers reads it) or reST docstring; descriptions of arguments are joined into one line."""
     lines = inspect.cleandoc(doc or "").splitlines()
     summary: list[str] = []
     arguments: dict[str, list[str]] = {}
-    section, current = None, None
-    arguments_indent = 0
+    returns: list[str] = []
+    section, current, argument_indent = None, None, 0
     for line in lines:
         heading = SECTION.match(line)
+        rest = REST_FIELD.match(line)
         if heading:
             section, current = heading.group(1).lower(), None
-            continue
-        rest = REST_PARAM.match(line)
-        if rest:
-            section, current = "rest", rest.group(1)
-            arguments[current] = [rest.group(2).strip()]
-            continue
-        if section is None:
+        elif rest:
+            section = "returns" if rest.group(1).startswith("return") else "rest"
+            current = rest.group(2)
+            (returns if section == "returns" else arguments.setdefault(current, [])).append(rest.group(3))
+        elif section is None:
             summary.append(line)
-        elif section in ("args", "arguments", "parameters", "params"):
+        elif section == "returns":
+            returns.append(line)
+        elif section == "args":
             argument = GOOGLE_ARG.match(line)
-            indent = len(line) - len(line.lstrip())
-            if argument and (current is None or indent <= arguments_indent):
-                arguments_indent = indent
-                current = argument.group(1)
-                arguments[current] = [argument.group(2).strip()]
-            elif current is not None and line.strip():
-                arguments[current].append(line.strip())
-        elif section == "rest" and current is not None and line.strip() and not line.lstrip().startswith(":"):
-            arguments[current].append(line.strip())
-    description = " ".join(" ".join(summary).split())
-    return description, {name: " ".join(" ".join(parts).split()) for name, parts in arguments.items()}
+            if argument and (current is None or len(argument.group(1)) <= argument_indent):
+                argument_indent, current = len(argument.group(1)), argument.group(2)
+                arguments[current] = [argument.group(3)]
+            elif current is not None:
+                arguments[current].append(line)
+        elif section == "rest" and current is not None:
+            arguments[current].append(line)
+    described = {name: " ".join(" ".join(parts).split()) for name, parts in arguments.items()}
+    return "\n".join(summary).strip(), described, "\n".join(returns).strip() or None
 
 
 def function_schema(name: str, function) -> dict:
-    """The OpenAI-style tool schema of one function."""
-    description, argument_docs = parse_docstring(function.__doc__)
+    """The OpenAI-style tool schema of one function (transformers' get_json_schema layout)."""
+    description, argument_docs, returns_doc = parse_docstring(function.__doc__)
     try:
         hints = typing.get_type_hints(function)
     except Exception:  # a hint that does not evaluate (a typo, a missing import) only loses its type
@@ -116,9 +126,17 @@ def function_schema(name: str, function) -> dict:
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        schema = type_schema(hints[parameter.name]) if parameter.name in hints else {}
-        if parameter.name in argument_docs and argument_docs[parameter.name]:
-            schema["description"] = argument_docs[parameter.name]
+        schema = dict(type_schema(hints[parameter.name])) if parameter.name in hints else {}
+        text = argument_docs.get(parameter.name)
+        if text:
+            choices = CHOICES.search(text)
+            if choices:
+                try:
+                    schema["enum"] = json.loads(choices.group(1))
+                    text = text[: choices.start()].strip()
+                except json.JSONDecodeError:
+                    pass
+            schema["description"] = text
         properties[parameter.name] = schema
         if parameter.default is parameter.empty:
             required.append(parameter.name)
@@ -129,6 +147,10 @@ def function_schema(name: str, function) -> dict:
     if description:
         spec["description"] = description
     spec["parameters"] = parameters
+    if "return" in hints:
+        spec["return"] = type_schema(hints["return"])
+        if returns_doc:
+            spec["return"]["description"] = returns_doc
     return {"type": "function", "function": spec}
 
 
