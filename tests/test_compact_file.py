@@ -231,6 +231,17 @@ def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
         assert ids == load_tokenizer(FIXTURE_TOKENIZER).encode("안녕하세요, EXAONE!")
 
 
+def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    (src / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    out = tmp_path / "bad-tokenizer.tx"
+    convert(src, out, bits=8, group_size=128, show_progress=False)
+    with pytest.raises(TinyExaoneError) as info:
+        tinyexaone.load(out)
+    assert f"{out} (embedded files)" in str(info.value) and "tinyexaone-tokenizer-" not in str(info.value)
+
+
 # --- damaged and hostile files -------------------------------------------------------------------------------
 
 

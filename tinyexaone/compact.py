@@ -454,7 +454,10 @@ def load_compact(path) -> Model:
         from .tokenizer import load_tokenizer
 
         with tempfile.TemporaryDirectory(prefix="tinyexaone-tokenizer-") as directory:
-            tokenizer = load_tokenizer(extract_embedded_files(compact, directory))
+            try:
+                tokenizer = load_tokenizer(extract_embedded_files(compact, directory))
+            except TinyExaoneError as exc:  # name the compact file, not the temporary directory
+                raise TinyExaoneError(str(exc).replace(directory, f"{compact.path} (embedded files)")) from None
     return Model(compact.config, compact_weights(compact), tokenizer=tokenizer)
 
 
