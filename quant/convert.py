@@ -11,7 +11,8 @@ another), so peak memory stays near one slice plus one quantized tensor, never t
 The output is written to a hidden temporary file in OUT's directory (`.<name>.<random>.tmp`),
 flushed to disk and renamed to OUT only when complete. Any exception, Ctrl-C (SIGINT) or SIGTERM
 (turned into `SystemExit(143)` while converting in the main thread) removes the temporary file,
-so an interrupted run never leaves a file that looks valid. An existing OUT is refused unless
+so an interrupted run never leaves a file that looks valid; an OSError while writing (a full
+disk) becomes a one-line `TinyExaoneError`. An existing OUT is refused unless
 `force`. Setting the environment variable `TINYEXAONE_TEST_QUANTIZE_DELAY` to a number of
 seconds sleeps that long after each tensor (a test hook, so a signal can land mid-way).
 """
@@ -220,7 +221,10 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     delay = _test_delay()
 
     with _sigterm_raises():
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        except OSError as exc:
+            raise TinyExaoneError(f"{out.parent}: cannot create the output file ({exc.strerror})") from None
         tmp = Path(tmp_name)
         try:
             os.chmod(tmp, 0o644)
@@ -240,6 +244,9 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, out)
+        except OSError as exc:  # disk full, I/O error: no half-written file, one line
+            tmp.unlink(missing_ok=True)
+            raise TinyExaoneError(f"{out}: cannot write ({exc.strerror or exc})") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

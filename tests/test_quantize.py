@@ -10,6 +10,7 @@ leave neither OUT nor a temporary file behind when it fails or is interrupted by
 SIGTERM in a subprocess (slowed by the test hook TINYEXAONE_TEST_QUANTIZE_DELAY).
 """
 
+import errno
 import importlib.util
 import json
 import os
@@ -200,6 +201,16 @@ def test_failure_mid_way_leaves_no_file(synthetic_src, tmp_path):
     with pytest.raises(TinyExaoneError, match="lm_head.weight.*NaN"):
         convert(src, out, show_progress=False)
     assert list(out.parent.iterdir()) == []
+
+
+def test_full_disk_is_one_line_and_leaves_no_file(synthetic_src, tmp_path, monkeypatch, capsys):
+    def no_space(self, name, parts):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(convert_module.CompactWriter, "add_stacked", no_space)
+    code, _, err = run_cli(capsys, "quantize", synthetic_src, tmp_path / "model.tx")
+    last_line = err.strip().splitlines()[-1]  # after the progress bar's label
+    assert code == 2 and last_line.startswith("error: ") and "No space left on device" in last_line
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
