@@ -353,6 +353,17 @@ def test_padding_entries_fill_the_gaps(compact):
     assert all(e["dtype"] == "U8" and 0 < e["shape"][0] < 64 for e in padding)
 
 
+def test_hostile_names_cannot_break_the_error_line(compact, damaged):
+    raw = compact.read_bytes()
+    name = first_array(raw)
+
+    def rename(header):
+        header["evil\n\x1b[2Jname"] = dict(header.pop(name), dtype="Q4")
+    with pytest.raises(TinyExaoneError) as info:
+        tinyexaone.load(damaged(rewrite_header(raw, rename)))
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value) and "evil" in str(info.value)
+
+
 def test_other_files_are_not_compact_files(source, damaged):
     assert_one_line_error(source / "model.safetensors", "not a tinyexaone compact file")
     assert_one_line_error(damaged(b"GGUF" + bytes(100)))

@@ -22,7 +22,6 @@ tokenizer/template/config texts, and `verify_data(path)` checks the data checksu
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import mmap
@@ -215,6 +214,8 @@ class CompactFile:
 
 
 def _fail(path: Path, problem: str):
+    """Raise the one-line error; control characters from a hostile header are shown escaped."""
+    problem = "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)
     raise TinyExaoneError(f"{path}: {problem}")
 
 
@@ -450,8 +451,8 @@ def load_compact(path) -> Model:
     """A Model running from the compact file (weights memory-mapped), with its tokenizer when one is embedded."""
     compact = open_compact(path)
     tokenizer = None
-    if "tokenizer.json" in compact.metadata and importlib.util.find_spec("tinyexaone.tokenizer") is not None:
-        from .tokenizer import load_tokenizer
+    if "tokenizer.json" in compact.metadata:
+        from .tokenizer import load_tokenizer  # here, not at the top: tokenizer.py may import this module
 
         with tempfile.TemporaryDirectory(prefix="tinyexaone-tokenizer-") as directory:
             try:
