@@ -449,6 +449,8 @@ def test_seeded_sampling_is_reproducible(tiny):
     first = model.generate("Once upon a time", seed=11, **options)
     assert model.generate("Once upon a time", seed=11, **options).tokens == first.tokens
     assert model.generate("Once upon a time", seed=12, **options).tokens != first.tokens
+    chunks = model.stream("Once upon a time", seed=11, **options)
+    assert "".join(chunks) == first.text and chunks.result.tokens == first.tokens
 
 
 def cache_state(cache, length):

@@ -144,3 +144,28 @@ def test_bad_inputs_raise_clear_errors(ours, tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(TinyExaoneError, match="not a directory"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_ids_come_from_the_files_not_from_exaone(tmp_path):
+    """A different byte-level BPE with the same marker names at other ids: every id follows the files."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    markers = ["[PAD]", "[|endofturn|]", "[|user|]", "[|assistant|]", "[|system|]", "[|tool|]"]
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=markers,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["hello world, 안녕하세요", "tiny tokenizer test"] * 20, trainer)
+    backend.add_tokens(["<think>", "</think>", "<tool_call>", "</tool_call>"])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "[|endofturn|]", "pad_token": "[PAD]"}))
+    shutil.copy(FIXTURE / "chat_template.jinja", tmp_path / "chat_template.jinja")
+    tok = load_tokenizer(tmp_path)
+    assert tok.eos_token_ids == (1,) and tok.pad_token_id == 0 and tok.bos_token_id is None
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=True)
+    assert ids[0] == tok.token_to_id("[|user|]") == 2
+    assert tok.token_to_id("<think>") in ids and tok.decode(ids).startswith("[|user|]\nhello[|endofturn|]")
+    stream = tok.detokenizer()
+    assert "".join(stream.add(i) for i in ids) + stream.flush() == tok.decode(ids)

@@ -446,7 +446,8 @@ def _chat_events(model, messages, tools, enable_thinking, opts: Options, templat
             return {"type": "tool_call", "tool_call": entry}
 
         def over_budget():
-            return budget is not None and not budget_spent and splitter.state == "reasoning" and reasoning_tokens >= budget
+            return (budget is not None and not budget_spent and splitter.state == "reasoning"
+                    and reasoning_tokens >= budget)
 
         if over_budget():
             run.force(tokenizer.encode(REASONING_END, add_special_tokens=False))
