@@ -3,6 +3,8 @@
 Public API: `load(path) -> Model`; `Model.config`, `Model.new_cache()`,
 `Model.forward(token_ids, cache=None) -> logits [T, vocab]`; `TinyExaoneError` for every
 user-facing failure. `load_tokenizer(path) -> Tokenizer` (encode/decode, chat template).
+Generation (generation.py): `Model.generate`, `Model.stream`, `Model.chat`, `Model.chat_session`,
+`Model.cancel`.
 """
 
 from .config import Exaone4Config
