@@ -136,6 +136,29 @@ def test_schemes_are_recorded_and_slicing_does_not_change_the_file(synthetic_src
     assert min(matrix_bits.values()) <= whole.matrix_bits_per_weight <= max(matrix_bits.values())
 
 
+def test_sharded_float32_source_gives_the_same_arrays(synthetic_src, tmp_path):
+    from safetensors.numpy import save_file
+
+    from tinyexaone.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(synthetic_src)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text((synthetic_src / "config.json").read_text())
+    names = sorted(checkpoint.entries)
+    weight_map = {}
+    for shard, part in (("model-00001-of-00002.safetensors", names[::2]), ("model-00002-of-00002.safetensors", names[1::2])):
+        save_file({name: np.ascontiguousarray(checkpoint.float32(name)) for name in part}, str(sharded / shard))
+        weight_map.update(dict.fromkeys(part, shard))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    convert(synthetic_src, tmp_path / "single.tx", show_progress=False)
+    convert(sharded, tmp_path / "sharded.tx", show_progress=False)
+    single, split = open_compact(tmp_path / "single.tx"), open_compact(tmp_path / "sharded.tx")
+    assert set(single.entries) == set(split.entries)
+    for name in single.entries:
+        np.testing.assert_array_equal(single.array(name), split.array(name))
+
+
 # --- the command line ----------------------------------------------------------------------------------------
 
 
