@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -35,6 +36,7 @@ from .options import apply_threads, context_size, generation_options, sampling_o
 from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
+DELAY_ENV = "TINYEXAONE_TEST_REPLY_DELAY"
 MAX_TOOL_ROUNDS = 8  # model replies per user message when every reply asks for tools
 MULTILINE = '"""'
 ROLES = ("system", "user", "assistant", "tool")
@@ -50,6 +52,15 @@ HELP = f"""\
 /load FILE         continue a conversation saved with /save
 {MULTILINE}                start a multi-line message; end it with another {MULTILINE} line
 Ctrl-C stops a reply (twice: at once)."""
+
+
+def _test_delay() -> float:
+    """Seconds to wait per streamed event, from TINYEXAONE_TEST_REPLY_DELAY (a test hook, so that a
+    Ctrl-C can land in the middle of a reply whatever the model's speed); 0 when unset."""
+    try:
+        return max(0.0, float(os.environ.get(DELAY_ENV, "0")))
+    except ValueError:
+        return 0.0
 
 
 def _terminate(signum, frame):
@@ -205,8 +216,11 @@ class ChatApp:
 
     def _show(self, events) -> dict | None:
         self.phase = None
+        delay = _test_delay()
         try:
             for event in events:
+                if delay:
+                    time.sleep(delay)
                 kind = event["type"]
                 if kind == "reasoning" and self.interactive:
                     self._enter("reasoning")
@@ -376,7 +390,7 @@ class ChatApp:
         for message in messages:
             role, content = message["role"], sanitize(message.get("content") or "")
             if role == "user":
-                self.line(self.style.prompt("> ") + content)
+                self.line(self.style.bold("you: ") + content)
             elif role == "system":
                 self.line(self.style.dim(f"system: {content}"))
             elif role == "tool":

@@ -79,3 +79,79 @@ def cli(*args, cwd: Path, input: bytes | None = None, env: dict | None = None, t
     """Run `python -m tinyexaone ARGS` with cwd outside the checkout; returns CompletedProcess (bytes)."""
     return subprocess.run([sys.executable, "-m", "tinyexaone", *map(str, args)], input=input, capture_output=True,
                           cwd=cwd, env=env or cli_env(Path(cwd)), timeout=timeout)
+
+
+# --- a scripted stand-in model for in-process tests of the chat loop ----------------------------------
+
+
+class ListCache:
+    """The cache interface ChatSession uses, holding only token ids."""
+
+    def __init__(self, max_tokens: int):
+        self.ids: list[int] = []
+        self.max_tokens = max_tokens
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= len(self.ids)
+
+    def trim(self, n: int) -> None:
+        del self.ids[n:]
+
+    def reset(self) -> None:
+        self.ids = []
+
+    def check_room(self, new_tokens: int) -> None:
+        assert self.length + new_tokens <= self.max_tokens
+
+
+class ScriptedChatModel:
+    """Duck-typed Model whose k-th assistant reply is `replies[k]` (then EOS), token by token.
+
+    The reply being written is chosen by how many generation prompts ("[|assistant|]\\n" plus the
+    think block) the ids hold, and the position in it by the tokens after the last one; the
+    chosen next token gets logit 40, all others 0, so any sampling settings pick it.
+    `on_forward(model, ids)` is called before each forward pass (e.g. to send a signal).
+    """
+
+    def __init__(self, tokenizer, replies: list[str], max_tokens: int = 4096, on_forward=None):
+        self.tokenizer = tokenizer
+        self.config = type("Config", (), {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max_tokens,
+                                          "num_hidden_layers": 1})()
+        self.scripts = [tokenizer.encode(r, add_special_tokens=False) + [tokenizer.eos_token_ids[0]] for r in replies]
+        self.assistant = tokenizer.token_to_id("[|assistant|]")
+        self.on_forward = on_forward
+        self.forward_calls = 0
+        # what the template writes after "[|assistant|]" with thinking off, and on
+        self.generation_prompts = [tokenizer.encode(text, add_special_tokens=False)
+                                   for text in ("\n<think>\n\n</think>\n\n", "\n<think>\n")]
+
+    def new_cache(self, max_tokens=None) -> ListCache:
+        return ListCache(max_tokens or self.config.max_position_embeddings)
+
+    def _next(self, ids: list[int]) -> int:
+        starts = [i for i, t in enumerate(ids) if t == self.assistant]
+        if not starts:  # a prefill chunk before the generation prompt: its logits are never used
+            return 0
+        script = self.scripts[min(len(starts), len(self.scripts)) - 1]
+        after = ids[starts[-1] + 1:]  # the generation prompt's think block, then the reply so far
+        prompt = next(p for p in self.generation_prompts if after[: len(p)] == p)
+        return script[min(len(after) - len(prompt), len(script) - 1)]
+
+    def forward(self, token_ids, cache: ListCache):
+        if self.on_forward is not None:
+            self.on_forward(self, list(token_ids))
+        self.forward_calls += 1
+        cache.check_room(len(token_ids))
+        cache.ids += [int(t) for t in token_ids]
+        logits = np.zeros((len(token_ids), self.config.vocab_size), np.float32)  # [T, vocab]
+        logits[-1, self._next(cache.ids)] = 40.0
+        return logits
+
+    def chat_session(self, **kwargs):
+        from tinyexaone.generation import ChatSession
+
+        return ChatSession(self, **kwargs)
