@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import jinja2
@@ -23,6 +24,9 @@ import jinja2
 TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 
 LANGUAGES = ("en", "ko", "es")
+# the generation prompt that precedes every assistant reply (not something the model must produce)
+REPLY_START = re.compile(r"\[\|assistant\|\]\n(<think>\n\n</think>\n\n|<think>\n)")
+END_OF_TURN = "[|endofturn|]"
 
 # kind -> share of the corpus
 KIND_WEIGHTS = {  # tool conversations are ~10x longer than the others, so few of them suffice
@@ -310,3 +314,13 @@ def render(messages: list, tools=None, thinking: bool = False, add_generation_pr
 def render_item(item: dict) -> str:
     """The training text of one corpus conversation."""
     return render(item["messages"], item["tools"], thinking=item["thinking"])
+
+
+def loss_mask(text: str, offsets: list) -> list[bool]:
+    """True for the tokens a model must produce: each assistant reply after its generation prompt,
+    through its [|endofturn|]."""
+    spans = []  # [start, end) character ranges of the replies
+    for match in REPLY_START.finditer(text):
+        end = text.index(END_OF_TURN, match.end()) + len(END_OF_TURN)
+        spans.append((match.end(), end))
+    return [any(a <= start < b for a, b in spans) for start, _ in offsets]
