@@ -1,0 +1,112 @@
+"""Numba quantized-matrix kernels against their NumPy twins (kernels.py).
+
+Random codes and scales with a fresh seed per test (printed on failure), shapes that are not
+powers of two, every scheme and group size, outputs poisoned with NaN before each call.
+"""
+
+import numpy as np
+import pytest
+
+from tinyexaone import kernels
+from tinyexaone.quantized import QuantizedWeight, expected_arrays
+
+SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
+TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a K-term sum
+
+
+def fresh_rng():
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    return seed, np.random.default_rng(seed)
+
+
+def random_arrays(rng, bits, group_size, shape):
+    """Stored arrays of random codes and signed float16 scales of realistic size."""
+    arrays = {}
+    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
+        if name == "scales":
+            magnitudes = rng.uniform(1e-3, 3e-2, array_shape) * rng.choice([-1.0, 1.0], array_shape)
+            arrays[name] = magnitudes.astype(np.float16)
+        else:
+            arrays[name] = rng.integers(0, 256, array_shape, np.uint8).view(dtype)
+    return arrays
+
+
+def relative_error(actual, expected):
+    return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
+
+
+def kernel_pair(bits):
+    if bits == 4:
+        return kernels.q4_matvec, kernels.q4_matvec_numpy, kernels.q4_dequantize, kernels.q4_dequantize_numpy
+    return kernels.q8_matvec, kernels.q8_matvec_numpy, kernels.q8_dequantize, kernels.q8_dequantize_numpy
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_matvec_matches_numpy_twin(bits, group_size):
+    seed, rng = fresh_rng()
+    n_rows = int(rng.integers(1, 300))
+    n_cols = group_size * int(rng.integers(1, 12)) + (group_size * 3 if group_size == 32 else 0)
+    arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
+    codes = arrays["nibbles" if bits == 4 else "quants"]
+    scale_bits = arrays["scales"].view(np.uint16)
+    matvec, matvec_numpy, _, _ = kernel_pair(bits)
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    out = np.full(n_rows, np.nan, np.float32)
+    matvec(codes, scale_bits, x, out, kernels.chunk_count(n_rows))
+    expected = matvec_numpy(codes, scale_bits, x)
+    assert np.isfinite(out).all(), f"seed {seed}: output left unwritten"
+    assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {(n_rows, n_cols)}"
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_dequantize_matches_numpy_twin(bits, group_size):
+    seed, rng = fresh_rng()
+    n_rows, n_cols = int(rng.integers(2, 90)), group_size * int(rng.integers(1, 7))
+    arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
+    codes = arrays["nibbles" if bits == 4 else "quants"]
+    scale_bits = arrays["scales"].view(np.uint16)
+    _, _, dequantize, dequantize_numpy = kernel_pair(bits)
+    start = int(rng.integers(0, n_rows - 1))
+    tile = np.full((n_rows - start, n_cols), np.nan, np.float32)
+    dequantize(codes, scale_bits, start, tile, kernels.chunk_count(len(tile)))
+    # products of a small integer and a float16 are exact in float32: equality, not closeness
+    np.testing.assert_array_equal(tile, dequantize_numpy(codes, scale_bits)[start:], err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+@pytest.mark.parametrize("n_tokens", [1, 3, 37])
+def test_weight_matmul_matches_dequantized_matrix(bits, group_size, n_tokens):
+    """QuantizedWeight.matmul (decode kernel below 8 rows, tiles + BLAS above) vs NumPy."""
+    seed, rng = fresh_rng()
+    shape = (int(rng.integers(1, 200)), group_size * int(rng.integers(1, 9)))
+    weight = QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
+    x = rng.standard_normal((n_tokens, shape[1])).astype(np.float32)
+    out = np.full((n_tokens, shape[0]), np.nan, np.float32)
+    weight.matmul(x, out=out)
+    expected = x.astype(np.float64) @ weight.dequantize().T.astype(np.float64)
+    assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {shape}"
+    np.testing.assert_array_equal(weight.matmul(x), out)
+
+
+def test_matmul_tiles_cover_every_row(monkeypatch):
+    """Many small tiles (the last one partial) give the same product as one tile."""
+    seed, rng = fresh_rng()
+    shape = (203, 96)
+    weight = QuantizedWeight.from_arrays(4, 32, shape, random_arrays(rng, 4, 32, shape))
+    x = rng.standard_normal((20, 96)).astype(np.float32)
+    whole = weight.matmul(x)
+    monkeypatch.setattr("tinyexaone.quantized.TILE_ELEMENTS", 96 * 17)
+    tiled = np.full_like(whole, np.nan)
+    weight.matmul(x, out=tiled)
+    assert relative_error(tiled, whole) <= TOLERANCE, f"seed {seed}"
+
+
+def test_half_to_float_is_exact_for_every_finite_float16():
+    """Every finite float16 scale (subnormals included) times code 1 comes back exactly."""
+    all_bits = np.arange(2**16, dtype=np.uint16)
+    scale_bits = all_bits[np.isfinite(all_bits.view(np.float16))][None, :]  # [1, G]
+    codes = np.ones((1, 32, scale_bits.shape[1]), np.int8)  # every element is code 1
+    tile = np.full((1, 32 * scale_bits.shape[1]), np.nan, np.float32)
+    kernels.q8_dequantize(codes, scale_bits, 0, tile, 1)
+    expected = np.repeat(scale_bits.view(np.float16).astype(np.float32), 32, axis=1)
+    np.testing.assert_array_equal(tile, expected)
