@@ -168,3 +168,20 @@ def test_bad_token_ids(built):
         model.forward([1, model.config.vocab_size])
     with pytest.raises(TinyExaoneError, match="non-empty"):
         model.forward([])
+
+
+def test_last_only_logits_equal_the_last_row(built):
+    _, model, _, ids = built
+    np.testing.assert_array_equal(model.forward(ids, last_only=True), model.forward(ids)[-1:])
+
+
+def test_ring_buffer_trims_freely_until_it_evicts(built):
+    _, model, _, ids = built
+    window = model.config.sliding_window
+    if window is None:
+        pytest.skip("no sliding layers in this layout")
+    cache = model.new_cache()
+    model.forward(ids[: window - 1], cache)  # nothing evicted yet: every earlier prefix is held
+    assert all(cache.can_trim(n) for n in range(window))
+    model.forward(ids[window - 1 : window + 3], cache)  # positions 0..3 are gone now
+    assert not cache.can_trim(1) and cache.can_trim(cache.length - 1)

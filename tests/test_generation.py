@@ -68,7 +68,7 @@ class ScriptedModel:
     def new_cache(self, max_tokens=None):
         return FakeCache(max_tokens or self.max_tokens)
 
-    def forward(self, ids, cache):
+    def forward(self, ids, cache, last_only=False):
         ids = [int(i) for i in ids]
         assert cache.length + len(ids) <= cache.max_tokens
         cache.ids += ids
@@ -78,7 +78,7 @@ class ScriptedModel:
         time.sleep(self.delay)
         if self.on_forward is not None:
             self.on_forward(self)
-        return logits
+        return logits[-1:] if last_only else logits
 
 
 def repeat(tok, text):

@@ -114,7 +114,7 @@ class RingCache:
         return keys, values
 
     def can_trim(self, n: int) -> bool:
-        return 0 <= n <= self.length and n - (self.window - 1) >= self.first_held
+        return 0 <= n <= self.length and max(0, n - (self.window - 1)) >= self.first_held
 
     def trim(self, n: int) -> None:
         if not self.can_trim(n):

@@ -179,7 +179,7 @@ class _Decoder:
         return len(prompt_ids) - keep
 
     def feed(self, ids) -> None:
-        self.logits = self.model.forward(np.asarray(ids, dtype=np.int64), self.cache)[-1].copy()  # [vocab]
+        self.logits = self.model.forward(np.asarray(ids, dtype=np.int64), self.cache, last_only=True)[0]  # [vocab]
         self.ids.extend(int(i) for i in ids)
 
     @property

@@ -100,8 +100,9 @@ class Model:
             raise TinyExaoneError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
         return ids.astype(np.int64)
 
-    def forward(self, token_ids, cache: KVCache | None = None) -> np.ndarray:
-        """Logits [T, vocab] float32 for T new tokens; extends `cache` when one is given."""
+    def forward(self, token_ids, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
+        """Logits [T, vocab] float32 for T new tokens ([1, vocab] for the last one if `last_only`);
+        extends `cache` when one is given."""
         ids = self._token_array(token_ids)
         cache = self.new_cache() if cache is None else cache
         cache.check_room(len(ids))
@@ -114,7 +115,9 @@ class Model:
             else:
                 cache.reset()
             raise
-        return self.weights.lm_head.matmul(hidden)  # [T, vocab]
+        if last_only:
+            hidden = hidden[-1:]
+        return self.weights.lm_head.matmul(hidden)  # [T or 1, vocab]
 
     def _forward_hidden(self, ids: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         cfg, w = self.config, self.weights
