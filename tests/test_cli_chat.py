@@ -68,7 +68,7 @@ def finish(child):
 
 
 def test_conversation_think_clear_save_load(model_dir, tmp_path):
-    child = spawn(tmp_path, [*model_args(model_dir), "--max-tokens", "120", "--seed", "3"])
+    child = spawn(tmp_path, [*model_args(model_dir), "--max-tokens", "48", "--seed", "3"])
     child.expect("tinyexaone chat")
     if not model_args(model_dir):
         child.expect_exact("demo model shipped with tinyexaone")
@@ -119,7 +119,7 @@ def test_conversation_think_clear_save_load(model_dir, tmp_path):
 
 
 def test_ctrl_c_stops_a_reply_and_the_session_goes_on(model_dir, tmp_path):
-    child = spawn(tmp_path, [*model_args(model_dir), "--max-tokens", "200", "--seed", "5"], delay=0.2)
+    child = spawn(tmp_path, [*model_args(model_dir), "--max-tokens", "30", "--seed", "5"], delay=0.15)
     child.expect_exact(PROMPT)
     child.sendline("/think on")
     child.expect_exact(PROMPT)
@@ -130,7 +130,7 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(model_dir, tmp_path):
     child.expect_exact("(stopped)")
     child.expect(STATS)
     stopped_tokens = int(child.match.group(3))
-    assert 1 <= stopped_tokens < 200
+    assert 1 <= stopped_tokens < 30
     child.expect_exact(PROMPT)
     child.sendline("/think off")
     child.expect_exact(PROMPT)
@@ -138,7 +138,13 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(model_dir, tmp_path):
     child.expect_exact(PROMPT)
     messages = json.loads((tmp_path / "partial.json").read_text())["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]  # the partial reply is kept
-    say(child, "What is 2 + 2?")  # and the conversation goes on
+    os.write(child.child_fd, b"What is 2 + 2? \xff\xfe\r")  # the chat goes on, even with invalid UTF-8 typed
+    child.expect(STATS)
+    child.expect_exact(PROMPT)
+    child.sendline("/save after.json")
+    child.expect_exact(PROMPT)
+    messages = json.loads((tmp_path / "after.json").read_text())["messages"]
+    assert messages[2] == {"role": "user", "content": "What is 2 + 2? \ufffd\ufffd"}
     child.sendcontrol("d")
     assert finish(child) == 0
 
@@ -188,17 +194,38 @@ def test_piped_overlong_line_is_reported_and_later_lines_still_run(model_dir, tm
     assert result.stdout.decode().strip()  # the second message was answered
 
 
-def test_startup_errors_are_one_line(model_dir, tmp_path):
+def test_startup_errors_are_one_line(model_dir, tmp_path, capsys):
     broken = tmp_path / "broken_tools.py"
     broken.write_text("import no_such_module_for_tools\n")
+    result = cli("chat", *model_args(model_dir), "--tools", broken, cwd=tmp_path, input=b"hi\n")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "cannot import the tools file: ModuleNotFoundError: No module named 'no_such_module_for_tools'" in err
+    from tinyexaone.cli.main import main
+
     for args, message in [
-        (["--tools", broken], "cannot import the tools file: ModuleNotFoundError"),
-        (["--model", tmp_path / "nope"], "no such file or directory"),
+        (["--model", str(tmp_path / "nope")], "no such file or directory"),
         (["--top-k", "-3"], "invalid value for --top-k: '-3' (must be >= 0)"),
+        (["--repetition-penalty", "0"], "invalid value for --repetition-penalty: '0' (must be > 0)"),
     ]:
-        result = cli("chat", *model_args(model_dir), *args, cwd=tmp_path, input=b"hi\n")
-        err = result.stderr.decode()
-        assert result.returncode == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        with pytest.raises(SystemExit) as exit_info:
+            main(["chat", *model_args(model_dir), *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_threads_flag_sets_numba_threads():
+    numba = pytest.importorskip("numba")
+    from tinyexaone.cli.options import apply_threads
+
+    before = numba.get_num_threads()
+    try:
+        assert apply_threads(1) == 1 and numba.get_num_threads() == 1
+        most = numba.config.NUMBA_NUM_THREADS
+        assert apply_threads(most + 50) == most and numba.get_num_threads() == most  # clamped
+        assert apply_threads(None) is None
+    finally:
+        numba.set_num_threads(before)
 
 
 # --- in process: the chat loop on a scripted model ---------------------------------------------------
