@@ -141,7 +141,7 @@ class ScriptedChatModel:
         prompt = next(p for p in self.generation_prompts if after[: len(p)] == p)
         return script[min(len(after) - len(prompt), len(script) - 1)]
 
-    def forward(self, token_ids, cache: ListCache):
+    def forward(self, token_ids, cache: ListCache, last_only=False):
         if self.on_forward is not None:
             self.on_forward(self, list(token_ids))
         self.forward_calls += 1
@@ -149,7 +149,7 @@ class ScriptedChatModel:
         cache.ids += [int(t) for t in token_ids]
         logits = np.zeros((len(token_ids), self.config.vocab_size), np.float32)  # [T, vocab]
         logits[-1, self._next(cache.ids)] = 40.0
-        return logits
+        return logits[-1:] if last_only else logits
 
     def chat_session(self, **kwargs):
         from tinyexaone.generation import ChatSession
