@@ -171,6 +171,11 @@ class ChatApp:
 
     def turn(self, payload, **options) -> None:
         """Send a user message (or tool results), show the reply, run requested tools, repeat."""
+        self._rounds(payload, options)
+        if not self.interactive:  # piped: every reply ends with exactly one newline, even an empty one
+            self.write("\n")
+
+    def _rounds(self, payload, options: dict) -> None:
         for _ in range(MAX_TOOL_ROUNDS):
             done = self._reply(payload, options)
             if done is None or done["finish_reason"] != "tool_calls":
@@ -210,8 +215,6 @@ class ChatApp:
             return None
         if self.interactive:
             self._after_reply(done)
-        elif not self.at_line_start:
-            self.write("\n")
         return done
 
     def _show(self, events) -> dict | None:
@@ -266,8 +269,11 @@ class ChatApp:
         self.line(self.style.dim(format_stats(stats)))
 
     def _context_advice(self) -> str:
+        now = self.session.cache.max_tokens
+        if now >= self.max_context:
+            return f"use /clear to start a new conversation ({now} tokens is this model's maximum --ctx-size)"
         return (f"use /clear to start a new conversation, or restart with a larger --ctx-size "
-                f"(now {self.session.cache.max_tokens}, this model allows {self.max_context})")
+                f"(now {now}, this model allows {self.max_context})")
 
     def _run_tools(self, calls: list) -> list | None:
         results = []

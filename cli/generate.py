@@ -92,6 +92,7 @@ def _raw(model, prompt, options, as_json, show) -> dict:
 def _chat(model, prompt, system, think, options, as_json, show) -> dict:
     messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
     done = None
+    reasoning_shown = False
     for event in model.chat(messages, enable_thinking=think, stream=True, **options):
         kind = event["type"]
         if kind == "done":
@@ -99,10 +100,14 @@ def _chat(model, prompt, system, think, options, as_json, show) -> dict:
         elif as_json:
             continue
         elif kind == "content":
+            if reasoning_shown:  # the reasoning (on stderr) ends with its own line
+                click.echo("", err=True)
+                reasoning_shown = False
             sys.stdout.write(show(event["delta"]))
             sys.stdout.flush()
         elif kind == "reasoning":
             click.echo(sanitize(event["delta"]), err=True, nl=False)
+            reasoning_shown = True
         elif kind == "tool_call":
             function = event["tool_call"]["function"]
             click.echo(sanitize(f"\ntool call: {function['name']}({function['arguments']})"), err=True)

@@ -284,6 +284,19 @@ def test_tool_calls_are_shown_run_and_fed_back(tokenizer, tmp_path, capsys):
     assert app.session.messages[4]["content"].startswith("error: explode() raised ValueError")
 
 
+def test_piped_tool_activity_goes_to_stderr(tokenizer, tmp_path, capsys):
+    (tmp_path / "tools.py").write_text(TOOLS_SOURCE)
+    model = ScriptedChatModel(tokenizer, ['<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>',
+                                          "It is 5.", "", "Bye."])
+    app = app_for(model, interactive=False, toolbox=load_tools(tmp_path / "tools.py"))
+    for message in ("What is 2 + 3?", "Say nothing.", "Bye!"):
+        app.turn(message)
+    captured = capsys.readouterr()
+    assert captured.out == "It is 5.\n\nBye.\n"  # one line per reply, an empty reply included
+    assert '→ tool call add({"a": 2, "b": 3})' in captured.err and "← 5" in captured.err
+    assert "tok/s" not in captured.out + captured.err
+
+
 def test_model_output_cannot_drive_the_terminal(tokenizer, capsys):
     hostile = "Hi\x1b]0;pwned\x07\x1b[2J\x1b[31mred\rover\x08\x9b1m\u202eevil\x00 end"
     app = app_for(ScriptedChatModel(tokenizer, [hostile]))
