@@ -20,6 +20,7 @@ Everything printed that the model (or a tool, or a loaded file) wrote goes throu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,8 +133,7 @@ class _ReplyInterrupts:
 class ChatApp:
     """The conversation loop around one ChatSession; `run()` returns the exit code."""
 
-    def __init__(self, model, session, toolbox, style: Style, interactive: bool, max_context: int):
-        self.model = model
+    def __init__(self, session, toolbox, style: Style, interactive: bool, max_context: int):
         self.session = session
         self.toolbox = toolbox
         self.style = style
@@ -344,11 +344,12 @@ class ChatApp:
         if last_user is None:
             self.line(self.style.warning("nothing to regenerate yet"))
             return
-        message = messages[last_user]
         self.session.messages = messages[:last_user]
         self.regenerations += 1
         seed = self.session.options.get("seed")  # a fixed --seed would only repeat the same reply
-        self.turn(message, **({} if seed is None else {"seed": seed + self.regenerations}))
+        self.turn(messages[last_user], **({} if seed is None else {"seed": seed + self.regenerations}))
+        if len(self.session.messages) <= last_user:  # the new reply failed: keep the old one
+            self.session.messages = messages
 
     def _save(self, argument: str) -> None:
         if not argument:
@@ -357,11 +358,13 @@ class ChatApp:
         path = Path(argument).expanduser()
         data = {"format": SAVE_FORMAT, "version": 1, "enable_thinking": self.session.enable_thinking,
                 "messages": self.session.messages}
+        temporary = path.with_name(path.name + ".partial")
         try:
-            temporary = path.with_name(path.name + ".partial")
             temporary.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             temporary.replace(path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             self.line(self.style.error("error: ") + sanitize(f"cannot save to {path}: {exc.strerror}"))
             return
         self.line(self.style.dim(f"(saved {len(self.session.messages)} messages to {sanitize(str(path))})"))
@@ -499,7 +502,7 @@ def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags)
     options = sampling_options(flags)
     session = loaded.chat_session(system=system, tools=toolbox.schemas if toolbox else None, enable_thinking=think,
                                   context_size=context_size(loaded, ctx_size), **options)
-    app = ChatApp(loaded, session, toolbox, Style(color), interactive, loaded.config.max_position_embeddings)
+    app = ChatApp(session, toolbox, Style(color), interactive, loaded.config.max_position_embeddings)
     if interactive:
         _banner(app, resolved, loaded, threads_used, toolbox)
     code = app.run()

@@ -29,7 +29,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 @dataclass(frozen=True)
 class ResolvedModel:
     path: Path  # a compact file or a Hugging Face model directory
-    kind: str  # "compact file" | "Hugging Face directory"
+    kind: str  # "compact file" | "Hugging Face directory" | "from the Hugging Face cache"
     label: str  # what to call it in a banner: the name the user gave, or the demo model's name
     shipped: bool  # True when no --model was given and the shipped demo model is used
 
@@ -117,7 +117,7 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if path.exists():
         raise TinyExaoneError(f"{spec}: not a model (neither a file nor a directory)")
     if REPO_ID.match(spec) and not spec.startswith((".", "~")):
-        return ResolvedModel(resolve_in_hub_cache(spec), "Hugging Face directory (cache)", spec, False)
+        return ResolvedModel(resolve_in_hub_cache(spec), "from the Hugging Face cache", spec, False)
     raise TinyExaoneError(f"{spec}: no such file or directory")
 
 

@@ -238,7 +238,7 @@ def tokenizer():
 
 def app_for(model, interactive=True, toolbox=None, **session_options):
     session = model.chat_session(tools=toolbox.schemas if toolbox else None, **session_options)
-    return ChatApp(model, session, toolbox, Style(False), interactive, model.config.max_position_embeddings)
+    return ChatApp(session, toolbox, Style(False), interactive, model.config.max_position_embeddings)
 
 
 TOOLS_SOURCE = '''
