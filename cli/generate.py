@@ -54,7 +54,7 @@ def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, **fl
     if raw and (system is not None or think or flags.get("reasoning_budget") is not None):
         raise TinyExaoneError("--system, --think and --reasoning-budget need the chat template; drop --raw")
     apply_threads(threads)
-    loaded, _ = load_model(model)
+    loaded, _ = load_model(model, chat_template=not raw)
     options = sampling_options(flags)
     options["context_size"] = context_size(loaded, ctx_size)
     show = sanitize if sys.stdout.isatty() else (lambda text: text)

@@ -121,11 +121,15 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     raise TinyExaoneError(f"{spec}: no such file or directory")
 
 
-def load_model(spec: str | None):
-    """(Model, ResolvedModel) for `--model spec`; the model must have a tokenizer to chat or generate."""
+def load_model(spec: str | None, chat_template: bool = True):
+    """(Model, ResolvedModel) for `--model spec`; the model must have a tokenizer, and a chat
+    template unless `chat_template` is False (raw text generation)."""
     resolved = resolve_model(spec)
     model = tinyexaone.load(resolved.path)
     if model.tokenizer is None:
         raise TinyExaoneError(f"{resolved.label}: the model has no tokenizer (tokenizer.json), so it cannot "
                               f"turn text into tokens")
+    if chat_template and model.tokenizer.chat_template_source is None:
+        raise TinyExaoneError(f"{resolved.label}: the model has no chat template (chat_template.jinja or "
+                              f"tokenizer_config.json); use `tinyexaone generate --raw` to continue plain text")
     return model, resolved

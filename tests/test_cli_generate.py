@@ -107,6 +107,7 @@ def test_errors_are_one_line_with_exit_code_2(run, model_dir, tmp_path):
     (["--seed", "1.5"], "invalid value for --seed"),
     (["--min-p", "nan"], "is not a finite number"),
     (["--raw", "--think"], "need the chat template"),
+    (["--prompt", "  "], "the prompt is empty"),
 ])
 def test_more_errors_in_process(capsys, model_dir, tmp_path, args, message):
     from tinyexaone.cli.main import main
@@ -115,7 +116,7 @@ def test_more_errors_in_process(capsys, model_dir, tmp_path, args, message):
     if "--model" not in args:
         args = ["--model", str(model_dir), *args]
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", *args, "--prompt", "hi"])
+        main(["generate", "--prompt", "hi", *args])
     assert message in error_line(exit_info.value.code, capsys.readouterr().err)
 
 

@@ -118,6 +118,17 @@ def test_model_without_tokenizer_is_refused(tiny_dir, tmp_path):
         load_model(str(bare))
 
 
+def test_chat_needs_a_chat_template_but_raw_text_does_not(tiny_dir, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for file in tiny_dir.iterdir():
+        if file.name != "chat_template.jinja":
+            (plain / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(TinyExaoneError, match="no chat template.*generate --raw"):
+        load_model(str(plain))
+    assert load_model(str(plain), chat_template=False)[0].tokenizer is not None
+
+
 def test_default_model_prefers_package_data_then_checkout(tmp_path, monkeypatch):
     checkout = Path(__file__).resolve().parent.parent / "models" / "exaone4-demo"
     expected = checkout if (checkout / "config.json").is_file() else None
