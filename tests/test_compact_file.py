@@ -313,12 +313,14 @@ def test_wrong_shapes_and_dtypes(compact, damaged, change):
     assert_one_line_error(damaged(rewrite_header(raw, edit)))
 
 
-@pytest.mark.parametrize("change", ["misaligned", "overlap", "unknown_dtype", "missing_tensor", "array_used_twice",
+@pytest.mark.parametrize("change", ["misaligned", "overlap", "unknown_dtype", "list_dtype", "list_scheme",
+                                    "missing_tensor", "array_used_twice",
                                     "unused_tensor", "bad_sizes_record", "bad_config", "not_compact"])
 def test_other_inconsistent_headers(compact, damaged, change):
     raw = compact.read_bytes()
     name = first_array(raw)
-    fragment = {"misaligned": "aligned", "overlap": "overlaps", "unknown_dtype": "dtype",
+    fragment = {"misaligned": "aligned", "overlap": "overlaps", "unknown_dtype": "dtype", "list_dtype": "dtype",
+                "list_scheme": "scheme",
                 "missing_tensor": "missing", "array_used_twice": "used twice", "unused_tensor": "not part of the model",
                 "bad_sizes_record": "integrity", "bad_config": "config", "not_compact": "not a tinyexaone compact"}[change]
     quantization = lambda edit: edit_metadata_json("quantization", edit)  # noqa: E731
@@ -330,6 +332,10 @@ def test_other_inconsistent_headers(compact, damaged, change):
             header[first_array(raw, "model.layers.1.mlp.up_proj.")]["data_offsets"] = header[name]["data_offsets"]
         elif change == "unknown_dtype":
             header[name]["dtype"] = "Q4"
+        elif change == "list_dtype":  # unhashable JSON values must not reach a dict lookup
+            header[name]["dtype"] = []
+        elif change == "list_scheme":
+            quantization(lambda q: q["tensors"]["model.layers.0.mlp.up_proj.weight"].update(scheme={}))(header)
         elif change == "missing_tensor":
             quantization(lambda q: q["tensors"].pop("model.layers.1.self_attn.k_norm.weight"))(header)
         elif change == "array_used_twice":

@@ -285,7 +285,7 @@ def _parse_entries(path: Path, header: dict, data_start: int, data_size: int) ->
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             _fail(path, f"corrupt header entry for tensor '{name:.80}'")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in DTYPES:
+        if not isinstance(code, str) or code not in DTYPES:
             _fail(path, f"tensor '{name:.80}' has unsupported dtype {code!r:.20}")
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
             _fail(path, f"tensor '{name:.80}' has an invalid shape {shape!r:.80}")
@@ -360,13 +360,15 @@ def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries:
             _fail(path, f"unexpected model tensor '{name:.80}' in the quantization record")
         if not isinstance(spec, dict) or not isinstance(spec.get("arrays"), dict):
             _fail(path, f"corrupt quantization record for '{name}'")
-        if spec.get("shape") != list(expected[name]):
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or shape != list(expected[name]):
             _fail(path, f"tensor '{name}' has shape {spec.get('shape')!r:.40}, the config implies {list(expected[name])}")
         scheme = spec.get("scheme")
         if len(expected[name]) == 1:
             if scheme != "float32" or set(spec["arrays"]) != {"weight"}:
                 _fail(path, f"norm weight '{name}' must be stored as float32")
-        elif scheme not in QUANTIZED_SCHEMES or spec.get("group_size") not in GROUP_SIZES:
+        elif (not isinstance(scheme, str) or scheme not in QUANTIZED_SCHEMES
+              or not _is_count(spec.get("group_size")) or spec["group_size"] not in GROUP_SIZES):
             _fail(path, f"tensor '{name}' has unsupported scheme {scheme!r:.20} / group size {spec.get('group_size')!r:.20}")
         for array_name in spec["arrays"].values():
             if not isinstance(array_name, str) or array_name not in entries:
