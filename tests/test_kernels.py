@@ -70,7 +70,16 @@ def test_dequantize_matches_numpy_twin(bits, group_size):
     tile = np.full((n_rows - start, n_cols), np.nan, np.float32)
     dequantize(codes, scale_bits, start, tile, kernels.chunk_count(len(tile)))
     # products of a small integer and a float16 are exact in float32: equality, not closeness
-    np.testing.assert_array_equal(tile, dequantize_numpy(codes, scale_bits)[start:], err_msg=f"seed {seed}")
+    expected = kernels.stored_order(dequantize_numpy(codes, scale_bits)[start:])
+    np.testing.assert_array_equal(tile, expected, err_msg=f"seed {seed}")
+
+
+def test_stored_order_matches_the_layout():
+    x = np.arange(2 * 96, dtype=np.float32).reshape(2, 96)  # B = 3 blocks
+    permuted = kernels.stored_order(x)
+    for e in range(32):
+        for b in range(3):
+            assert (permuted[:, e * 3 + b] == x[:, 32 * b + e]).all()
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
@@ -108,5 +117,5 @@ def test_half_to_float_is_exact_for_every_finite_float16():
     codes = np.ones((1, 32, scale_bits.shape[1]), np.int8)  # every element is code 1
     tile = np.full((1, 32 * scale_bits.shape[1]), np.nan, np.float32)
     kernels.q8_dequantize(codes, scale_bits, 0, tile, 1)
-    expected = np.repeat(scale_bits.view(np.float16).astype(np.float32), 32, axis=1)
+    expected = np.tile(scale_bits.view(np.float16).astype(np.float32), 32)  # stored order: e-major
     np.testing.assert_array_equal(tile, expected)

@@ -12,8 +12,11 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   accumulators stay in registers; a second, short pass applies the group scales to the
   block sums.
   int4 folds the codes' -8 offset into a per-block sum of x, subtracted once per block.
-- `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K], for the prefill
-  path (dequantized tiles multiplied by NumPy BLAS outside jitted code).
+- `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K] for the prefill
+  path (dequantized tiles multiplied by NumPy BLAS outside jitted code). Their columns are in
+  the stored order (column e * B + b holds element 32 b + e), so loads and stores are both
+  contiguous; the caller permutes x the same way once (`stored_order`). `*_serial` run on the
+  calling thread, for use inside other parallel kernels.
 
 All parallel kernels must be entered while holding `COMPUTE_LOCK` (see quantized.py): Numba's
 workqueue threading layer aborts the process on concurrent parallel calls, and the NumPy BLAS
@@ -150,54 +153,88 @@ def q8_matvec_numpy(quants: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -
     return q8_dequantize_numpy(quants, scale_bits) @ x
 
 
+def stored_order(x: np.ndarray) -> np.ndarray:
+    """Columns of x [T, K] permuted to the stored order: column e * B + b is x[:, 32 b + e]."""
+    n_tokens, n_cols = x.shape
+    return np.ascontiguousarray(x.reshape(n_tokens, n_cols // 32, 32).transpose(0, 2, 1)).reshape(n_tokens, n_cols)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _block_scales(scale_bits, n, out):
+    """out [B] = the float32 scale of each 32-element block of row n."""
+    per_group = out.shape[0] // scale_bits.shape[1]
+    for b in range(out.shape[0]):
+        out[b] = half_to_float(scale_bits[n, b // per_group])
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def q4_dequantize_serial(nibbles, scale_bits, start, out):
+    """out [R, K] = rows start .. start + R of an int4 matrix, columns in stored order, this thread."""
+    n_blocks = nibbles.shape[2]
+    scales = np.empty(n_blocks, np.float32)
+    for r in range(out.shape[0]):
+        n = start + r
+        _block_scales(scale_bits, n, scales)
+        for j in range(16):
+            for b in range(n_blocks):
+                v = np.int32(nibbles[n, j, b])
+                high = np.float32(v >> 4)
+                low = np.float32(v) - np.float32(16.0) * high
+                out[r, j * n_blocks + b] = (low - np.float32(8.0)) * scales[b]
+                out[r, (16 + j) * n_blocks + b] = (high - np.float32(8.0)) * scales[b]
+    return out
+
+
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def q4_dequantize(nibbles, scale_bits, start, out, n_chunks):
-    """out [R, K] = float32 rows start .. start + R of an int4 matrix."""
+    """`q4_dequantize_serial` with the rows split over the Numba threads."""
     n_out = out.shape[0]
-    n_blocks = nibbles.shape[2]
-    n_groups = scale_bits.shape[1]
-    per_group = n_blocks // n_groups
     per_chunk = (n_out + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        for r in range(chunk * per_chunk, min(n_out, (chunk + 1) * per_chunk)):
-            n = start + r
-            for b in range(n_blocks):
-                scale = half_to_float(scale_bits[n, b // per_group])
-                for j in range(16):
-                    v = np.int32(nibbles[n, j, b])
-                    out[r, 32 * b + j] = np.float32((v & 15) - 8) * scale
-                    out[r, 32 * b + 16 + j] = np.float32((v >> 4) - 8) * scale
+        first, stop = chunk * per_chunk, min(n_out, (chunk + 1) * per_chunk)
+        if first < stop:
+            q4_dequantize_serial(nibbles, scale_bits, start + first, out[first:stop])
     return out
 
 
 def q4_dequantize_numpy(nibbles: np.ndarray, scale_bits: np.ndarray) -> np.ndarray:
-    """NumPy twin of `q4_dequantize` over all rows: float32 [N, K]."""
+    """All rows of an int4 matrix as float32 [N, K] in natural column order (the twin of
+    `q4_dequantize` up to `stored_order`)."""
     n_rows, _, n_blocks = nibbles.shape
     blocked = nibbles.transpose(0, 2, 1)  # [N, B, 16]
     codes = np.concatenate([blocked & 15, blocked >> 4], axis=2).astype(np.float32) - 8  # [N, B, 32]
     return _apply_scales(codes.reshape(n_rows, -1), scale_bits)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def q8_dequantize_serial(quants, scale_bits, start, out):
+    """out [R, K] = rows start .. start + R of an int8 matrix, columns in stored order, this thread."""
+    n_blocks = quants.shape[2]
+    scales = np.empty(n_blocks, np.float32)
+    for r in range(out.shape[0]):
+        n = start + r
+        _block_scales(scale_bits, n, scales)
+        for e in range(32):
+            for b in range(n_blocks):
+                out[r, e * n_blocks + b] = np.float32(quants[n, e, b]) * scales[b]
+    return out
+
+
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def q8_dequantize(quants, scale_bits, start, out, n_chunks):
-    """out [R, K] = float32 rows start .. start + R of an int8 matrix."""
+    """`q8_dequantize_serial` with the rows split over the Numba threads."""
     n_out = out.shape[0]
-    n_blocks = quants.shape[2]
-    n_groups = scale_bits.shape[1]
-    per_group = n_blocks // n_groups
     per_chunk = (n_out + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        for r in range(chunk * per_chunk, min(n_out, (chunk + 1) * per_chunk)):
-            n = start + r
-            for b in range(n_blocks):
-                scale = half_to_float(scale_bits[n, b // per_group])
-                for e in range(32):
-                    out[r, 32 * b + e] = np.float32(quants[n, e, b]) * scale
+        first, stop = chunk * per_chunk, min(n_out, (chunk + 1) * per_chunk)
+        if first < stop:
+            q8_dequantize_serial(quants, scale_bits, start + first, out[first:stop])
     return out
 
 
 def q8_dequantize_numpy(quants: np.ndarray, scale_bits: np.ndarray) -> np.ndarray:
-    """NumPy twin of `q8_dequantize` over all rows: float32 [N, K]."""
+    """All rows of an int8 matrix as float32 [N, K] in natural column order (the twin of
+    `q8_dequantize` up to `stored_order`)."""
     codes = quants.transpose(0, 2, 1).astype(np.float32)  # [N, B, 32]
     return _apply_scales(codes.reshape(quants.shape[0], -1), scale_bits)
 

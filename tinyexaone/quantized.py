@@ -200,11 +200,12 @@ class QuantizedWeight:
         """out = x @ W^T through float32 tiles of W and NumPy BLAS (caller holds COMPUTE_LOCK)."""
         n_out, n_in = self.shape
         tile_rows = min(n_out, max(1, TILE_ELEMENTS // n_in))
-        tile = np.empty((tile_rows, n_in), np.float32)  # [rows, K]
+        tile = np.empty((tile_rows, n_in), np.float32)  # [rows, K], columns in stored order
+        x_stored = kernels.stored_order(x)  # [T, K], the same column order
         for start in range(0, n_out, tile_rows):
             rows = min(tile_rows, n_out - start)
             self._dequantize(self._codes, self._scale_bits, start, tile[:rows], kernels.chunk_count(rows))
-            np.matmul(x, tile[:rows].T, out=out[:, start : start + rows])
+            np.matmul(x_stored, tile[:rows].T, out=out[:, start : start + rows])
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

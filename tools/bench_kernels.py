@@ -6,6 +6,7 @@ weight bytes and the share of the Numba parallel read bandwidth.
 """
 
 import argparse
+import time
 
 import numba
 
@@ -15,10 +16,13 @@ from tinyexaone.benchmarks import SHAPES_1P2B, random_weight, read_bandwidth, ti
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time CPU seconds of this thread (use with --threads 1 and OPENBLAS_NUM_THREADS=1)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=1)
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     bandwidth = read_bandwidth()
     print(f"threading layer {numba.threading_layer()}, threads {numba.get_num_threads()}")
     print(f"read bandwidth: NumPy max {bandwidth['numpy_gbs']:.1f} GB/s, Numba parallel sum {bandwidth['numba_gbs']:.1f} GB/s")
@@ -27,7 +31,7 @@ def main() -> None:
             if label.startswith("head") and bits == 4:
                 continue
             weight = random_weight(bits, group_size, shape)
-            r = time_matmul(weight, args.tokens, args.repeats)
+            r = time_matmul(weight, args.tokens, args.repeats, clock)
             share = 100 * r["gbs"] / bandwidth["numba_gbs"]
             print(f"int{bits} g{group_size:<3} {label:<18} T={args.tokens:<4} {r['seconds']*1e3:8.3f} ms "
                   f"{r['gws']:6.1f} G w/s {r['gbs']:6.1f} GB/s {share:5.0f}% of read bw")
