@@ -6,8 +6,9 @@ the `safetensors` library), and damage copies of it: truncation, flipped bytes, 
 version, offsets outside the file, wrong shapes and dtypes, misalignment, gaps and overlaps.
 Header edits are re-sealed with a correct header checksum (computed as docs/format.md says), so
 the reader's checks behind the checksum are exercised too. Every failure must be one
-`TinyExaoneError` line; a fuzz test mutates the file at random (reduced count here, the full
-2,000 cases with `-m slow`).
+`TinyExaoneError` line. Two fuzz tests (reduced counts here, 2,000 cases each with `-m slow`):
+random byte-level mutations of the file, and well-formed re-sealed headers with one field of a
+tensor entry or of the quantization/integrity records replaced by another JSON value.
 """
 
 import hashlib
@@ -483,6 +484,54 @@ def run_fuzz(compact, tmp_path_factory, examples: int):
 
     with np.errstate(all="ignore"):  # flipped data bytes may give NaN/inf scales: fine, not a crash
         fuzz()
+
+
+JSON_VALUES = [None, True, -1, 0, 1, 32, 32.0, 64, 1e308, "", "int4", "int8", "float32", "F16", "U8", [], [1], [256, 128],
+               {}, {"weight": "model.norm.weight"}, 10**20]
+
+
+def run_structured_fuzz(compact, tmp_path_factory, examples: int):
+    """Hostile but well-formed, checksummed headers: one field of a tensor entry, of the
+    quantization record or of the integrity record replaced by another JSON value."""
+    raw = compact.read_bytes()
+    header = split(raw)[1]
+    quant_names = sorted(json.loads(header["__metadata__"]["quantization"])["tensors"])
+    entry_names = sorted(name for name in header if name != "__metadata__")
+    path = tmp_path_factory.mktemp("structured") / "fuzzed.tx"
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.sampled_from(["entry", "quantization", "integrity"]), st.integers(0, 10**6),
+           st.sampled_from(["dtype", "shape", "data_offsets", "scheme", "group_size", "arrays", "nbytes", "crc32"]),
+           st.sampled_from(JSON_VALUES))
+    def fuzz(where, index, key, value):
+        def edit(h):
+            if where == "entry":
+                h[entry_names[index % len(entry_names)]][key] = value
+            elif where == "quantization":
+                edit_metadata_json("quantization", lambda q: q["tensors"][quant_names[index % len(quant_names)]]
+                                   .__setitem__(key, value))(h)
+            else:
+                edit_metadata_json("integrity", lambda i: i["tensors"][sorted(i["tensors"])[index % len(i["tensors"])]]
+                                   .__setitem__(key, value))(h)
+        path.write_bytes(rewrite_header(raw, edit))
+        try:
+            model = tinyexaone.load(path)
+        except TinyExaoneError as exc:
+            assert "\n" not in str(exc)
+            return
+        assert model.forward([1, 2, 3]).shape == (3, TINY["vocab_size"])
+
+    fuzz()
+
+
+def test_structured_fuzz_compact_header_reduced(compact, tmp_path_factory):
+    run_structured_fuzz(compact, tmp_path_factory, examples=100)
+
+
+@pytest.mark.slow
+def test_structured_fuzz_compact_header_full(compact, tmp_path_factory):
+    run_structured_fuzz(compact, tmp_path_factory, examples=2000)
 
 
 def test_fuzz_compact_file_reduced(compact, tmp_path_factory):
