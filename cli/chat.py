@@ -10,9 +10,9 @@ the partial reply stays in the conversation and the session goes on. Ctrl-C or C
 prompt exits with code 0, SIGTERM with 143.
 
 Piped (stdin is not a terminal): every non-empty input line is one user message; only the
-replies are printed, one per line, without colours, banner or stats; invalid UTF-8 is replaced
-(with a warning on stderr). Tool activity and per-turn errors go to stderr; the exit code is 1
-when any turn failed, else 0.
+replies are printed, each ending with one newline (a failed turn prints an empty reply), without
+colours, banner, reasoning or stats; invalid UTF-8 is replaced (with a warning on stderr). Tool
+activity and per-turn errors go to stderr; the exit code is 1 when any turn failed, else 0.
 
 Everything printed that the model (or a tool, or a loaded file) wrote goes through
 `terminal.sanitize`, so escape sequences in it cannot take over the terminal.
