@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
 
 CORPUS_SEED = 20260101
-CORPUS_SIZE = 12000
+CORPUS_SIZE = 36000
 VOCAB_SIZE = 3072
 SPECIAL_TOKENS = [  # (string, special) in id order; flags as in the upstream tokenizer.json
     ("[PAD]", True), ("[BOS]", True), ("[EOS]", True), ("[UNK]", True),
@@ -48,7 +48,7 @@ MODEL_SHAPE = dict(
 )
 ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 16.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}
-TRAIN = dict(seed=1234, steps=700, batch_tokens=1024, lr=2.5e-3, warmup=40, min_lr_ratio=0.05, weight_decay=0.05,
+TRAIN = dict(seed=1234, steps=2400, batch_tokens=1024, lr=2.5e-3, warmup=80, min_lr_ratio=0.05, weight_decay=0.05,
              grad_clip=1.0)
 
 
@@ -64,9 +64,12 @@ def train_tokenizer(texts: list[str]):
     pieces = [p for text in texts for p in split.split(text) if p]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer = Tokenizer(models.BPE())
-    # digits are split off before training so no merge ever joins a digit; the saved tokenizer
-    # then uses the plain upstream ByteLevel pre-tokenizer and still yields one token per digit
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    # digits and newlines are split off before training so no merge ever joins a digit or a
+    # newline; the saved tokenizer then uses the plain upstream ByteLevel pre-tokenizer and still
+    # yields one token per digit, and "\n\n" at the end of a generation prompt becomes the same
+    # two tokens as inside the training text
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Digits(individual_digits=True), byte_level])
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE, special_tokens=[s for s, _ in SPECIAL_TOKENS], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -87,6 +90,18 @@ def train_tokenizer(texts: list[str]):
     for d in "0123456789":
         assert len(tokenizer.encode(f"x {d}{d}7{d}").ids) == 6
     return tokenizer
+
+
+def check_prompt_prefixes(tokenizer, items: list[dict]) -> None:
+    """Each reply's generation prompt must tokenize as a prefix of the training text."""
+    for item in items:
+        full = tokenizer.encode(corpus.render_item(item)).ids
+        messages = item["messages"]
+        for end in [i for i, m in enumerate(messages) if m["role"] == "assistant"]:
+            thinking = item["thinking"] and end == len(messages) - 1
+            prompt = tokenizer.encode(corpus.render(messages[:end], item["tools"], thinking, True)).ids
+            if full[: len(prompt)] != prompt:
+                raise SystemExit(f"generation prompt tokenizes differently from the training text: {messages[:end]}")
 
 
 def tokenizer_config() -> dict:
@@ -148,7 +163,20 @@ def build_model(vocab_size: int):
     return Exaone4ForCausalLM(config)
 
 
-def train(model, examples, steps: int, t0: float):
+def save(model, tokenizer, out: Path, dtype) -> None:
+    """The Hugging Face directory: weights in `dtype` (the training model is left as it is)."""
+    import copy
+
+    out.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model).to(dtype).save_pretrained(out)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2, ensure_ascii=False) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(), indent=2) + "\n")
+    if out.resolve() != HERE:
+        shutil.copyfile(corpus.TEMPLATE_PATH, out / "chat_template.jinja")
+
+
+def train(model, examples, steps: int, t0: float, snapshot=None, snapshot_every: int = 0):
     import torch
 
     torch.manual_seed(TRAIN["seed"])
@@ -199,6 +227,8 @@ def train(model, examples, steps: int, t0: float):
         if (step + 1) % 50 == 0 or step + 1 == steps:
             log(f"step {step + 1}/{steps} epoch {epoch} lr {lr_at(step):.2e} loss {seen_loss / seen_tokens:.4f}", t0)
             seen_loss, seen_tokens = 0.0, 0
+        if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            snapshot(step + 1)
     model.eval()
     return model
 
@@ -209,6 +239,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=TRAIN["steps"], help="optimizer steps")
     parser.add_argument("--corpus-size", type=int, default=CORPUS_SIZE)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="saved weight dtype")
+    parser.add_argument("--snapshot-every", type=int, default=0, help="also save OUT/snapshot every N steps")
     args = parser.parse_args()
 
     import torch
@@ -221,6 +252,7 @@ def main() -> None:
     log(f"corpus: {len(texts)} conversations, {sum(map(len, texts))} characters", t0)
 
     tokenizer = train_tokenizer(texts)
+    check_prompt_prefixes(tokenizer, items[:500])
     examples = encode_for_training(tokenizer, texts)
     total = sum(len(ids) for ids, _ in examples)
     trained = sum(sum(mask) for _, mask in examples)
@@ -230,17 +262,15 @@ def main() -> None:
     model = build_model(tokenizer.get_vocab_size())
     params = sum(p.numel() for p in model.parameters())
     log(f"model: {params} parameters, {MODEL_SHAPE}", t0)
-    model = train(model, examples, args.steps, t0)
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    model.to(dtype).save_pretrained(out)
-    tokenizer.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2, ensure_ascii=False) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(), indent=2) + "\n")
-    if out.resolve() != HERE:
-        shutil.copyfile(corpus.TEMPLATE_PATH, out / "chat_template.jinja")
+    out = args.out
+
+    def snapshot(step: int) -> None:
+        save(model, tokenizer, out / "snapshot", dtype)
+        log(f"snapshot after step {step} in {out / 'snapshot'}", t0)
+
+    model = train(model, examples, args.steps, t0, snapshot, args.snapshot_every)
+    save(model, tokenizer, out, dtype)
     log(f"saved {args.dtype} model to {out}", t0)
 
 
