@@ -207,7 +207,6 @@ def test_embedded_files_round_trip(compact, source, tmp_path):
     assert tinyexaone.load(compact).tokenizer is None
 
 
-@pytest.mark.skipif(not (FIXTURE_TOKENIZER / "tokenizer.json").exists(), reason="tokenizer fixture missing")
 def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(source, src)
@@ -224,12 +223,9 @@ def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
 
     with safe_open(str(out), framework="numpy") as f:  # a header with non-ASCII UTF-8 text
         assert f.metadata()["tokenizer.json"] == files["tokenizer.json"]
-    model = tinyexaone.load(out)
-    if model.tokenizer is not None:  # attached when tinyexaone.tokenizer provides load_tokenizer
-        from tinyexaone.tokenizer import load_tokenizer
-
-        ids = model.tokenizer.encode("안녕하세요, EXAONE!")
-        assert ids == load_tokenizer(FIXTURE_TOKENIZER).encode("안녕하세요, EXAONE!")
+    expected = tinyexaone.load_tokenizer(FIXTURE_TOKENIZER).encode("안녕하세요, EXAONE!")
+    assert tinyexaone.load(out).tokenizer.encode("안녕하세요, EXAONE!") == expected
+    assert tinyexaone.load_tokenizer(out).encode("안녕하세요, EXAONE!") == expected
 
 
 def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
@@ -238,8 +234,9 @@ def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
     (src / "tokenizer.json").write_text('{"not": "a tokenizer"}')
     out = tmp_path / "bad-tokenizer.tx"
     convert(src, out, bits=8, group_size=128, show_progress=False)
+    model = tinyexaone.load(out)  # the tokenizer is read on first use
     with pytest.raises(TinyExaoneError) as info:
-        tinyexaone.load(out)
+        model.tokenizer
     assert f"{out} (embedded files)" in str(info.value) and "tinyexaone-tokenizer-" not in str(info.value)
 
 

@@ -450,18 +450,11 @@ def compact_weights(compact: CompactFile) -> ModelWeights:
 
 
 def load_compact(path) -> Model:
-    """A Model running from the compact file (weights memory-mapped), with its tokenizer when one is embedded."""
+    """A Model running from the compact file (weights memory-mapped); its tokenizer, when one is
+    embedded, is read on first use of `Model.tokenizer`."""
     compact = open_compact(path)
-    tokenizer = None
-    if "tokenizer.json" in compact.metadata:
-        from .tokenizer import load_tokenizer  # here, not at the top: tokenizer.py may import this module
-
-        with tempfile.TemporaryDirectory(prefix="tinyexaone-tokenizer-") as directory:
-            try:
-                tokenizer = load_tokenizer(extract_embedded_files(compact, directory))
-            except TinyExaoneError as exc:  # name the compact file, not the temporary directory
-                raise TinyExaoneError(str(exc).replace(directory, f"{compact.path} (embedded files)")) from None
-    return Model(compact.config, compact_weights(compact), tokenizer=tokenizer)
+    tokenizer_source = compact.path if "tokenizer.json" in compact.metadata else None
+    return Model(compact.config, compact_weights(compact), tokenizer_source=tokenizer_source)
 
 
 def is_compact_file(path) -> bool:

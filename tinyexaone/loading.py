@@ -4,7 +4,8 @@ A path is a Hugging Face model directory (config.json plus model.safetensors or 
 compact file written by `tinyexaone quantize` (see compact.py: validated, then memory-mapped). The
 config is parsed and every tensor's presence, dtype and shape is checked against it before any
 weight data is read, so a wrong or damaged checkpoint fails fast with one line naming the
-problem. A directory with a tokenizer.json also gets its tokenizer as `Model.tokenizer`.
+problem. A directory with a tokenizer.json also gets its tokenizer as `Model.tokenizer`, read on
+first use (the tokenizer costs ~60 MB of memory that a forward-only user never needs).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from .compact import load_compact
 from .config import load_config
 from .errors import TinyExaoneError
 from .model import Model
-from .tokenizer import load_tokenizer
 from .weights import weights_from_checkpoint
 
 
@@ -32,5 +32,5 @@ def load(path) -> Model:
     config = load_config(path)
     checkpoint = open_checkpoint(path)
     check_tensors(config, checkpoint)
-    tokenizer = load_tokenizer(path) if (path / "tokenizer.json").exists() else None
-    return Model(config, weights_from_checkpoint(config, checkpoint), tokenizer)
+    tokenizer_source = path if (path / "tokenizer.json").exists() else None
+    return Model(config, weights_from_checkpoint(config, checkpoint), tokenizer_source=tokenizer_source)

@@ -21,6 +21,8 @@ back to where it was (or emptied when a ring buffer cannot roll back), never lef
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import generation
@@ -28,6 +30,7 @@ from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
 from .rope import apply_rope, cos_sin, inverse_frequencies
+from .tokenizer import load_tokenizer
 from .weights import LayerWeights, ModelWeights
 
 QUERY_BLOCK = 256  # queries per attention block in prefill: bounds the score matrix's memory
@@ -79,11 +82,26 @@ def attention(
 class Model:
     """An EXAONE 4 causal language model ready to run; see `tinyexaone.load`."""
 
-    def __init__(self, config: Exaone4Config, weights: ModelWeights, tokenizer=None):
+    def __init__(self, config: Exaone4Config, weights: ModelWeights, tokenizer=None, tokenizer_source=None):
         self.config = config
         self.weights = weights
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._tokenizer_source = tokenizer_source  # a path load_tokenizer reads on first use
+        self._tokenizer_lock = threading.Lock()
         self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer, read from its files on first use (None when it has none)."""
+        if self._tokenizer is None and self._tokenizer_source is not None:
+            with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = load_tokenizer(self._tokenizer_source)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._tokenizer, self._tokenizer_source = tokenizer, None
 
     def new_cache(self, max_tokens: int | None = None) -> KVCache:
         """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer as BackendTokenizer
@@ -184,8 +185,11 @@ class StreamingDetokenizer:
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Load the tokenizer from a Hugging Face directory holding tokenizer.json (weights not needed)."""
+    """Load the tokenizer from a Hugging Face directory holding tokenizer.json (weights not needed)
+    or from the files embedded in a compact model file."""
     path = Path(path)
+    if path.is_file():
+        return _load_embedded_tokenizer(path)
     if not path.is_dir():
         raise TinyExaoneError(f"{path}: not a directory with tokenizer files")
     tokenizer_file = path / "tokenizer.json"
@@ -208,3 +212,16 @@ def load_tokenizer(path) -> Tokenizer:
             raise TinyExaoneError(f"{path}: chat_template in tokenizer_config.json is not text")
     return Tokenizer(backend, tokenizer_config, _read_json(path / "special_tokens_map.json"),
                      _read_json(path / "generation_config.json"), chat_template, source=str(path))
+
+
+def _load_embedded_tokenizer(path: Path) -> Tokenizer:
+    from .compact import extract_embedded_files, open_compact  # compact.py imports model.py, which imports us
+
+    compact = open_compact(path)
+    if "tokenizer.json" not in compact.metadata:
+        raise TinyExaoneError(f"{path}: the compact file embeds no tokenizer.json")
+    with tempfile.TemporaryDirectory(prefix="tinyexaone-tokenizer-") as directory:
+        try:
+            return load_tokenizer(extract_embedded_files(compact, directory))
+        except TinyExaoneError as exc:  # name the compact file, not the temporary directory
+            raise TinyExaoneError(str(exc).replace(directory, f"{path} (embedded files)")) from None
