@@ -27,7 +27,6 @@ import math
 import mmap
 import re
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
