@@ -26,6 +26,7 @@ from tinyexaone.cli.tools import load_tools
 PROMPT = "> \x1b[0m"  # the coloured prompt's end, as the terminal receives it
 STATS = re.compile(r"\[ prompt (\d+) tok(?: \((\d+) cached\))?, [\d.]+ tok/s \| reply (\d+) tok, [\d.]+ tok/s \| "
                    r"first token [\d.]+ s \]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TIMEOUT = 90
 
 
@@ -87,8 +88,9 @@ def test_conversation_think_clear_save_load(model_dir, tmp_path):
     child.sendline("What is 25 + 17?")
     child.expect_exact("[thinking]")
     child.expect(STATS)
-    reasoning = child.before.split("[end of thinking]")[0]
+    reasoning = ANSI.sub("", child.before).split("[end of thinking]")[0]
     assert re.search(r"\w", reasoning), "the reasoning should be visible"
+    assert "\x1b[2m" in child.before  # and dimmed
     child.expect_exact(PROMPT)
 
     child.sendline("/save conv.json")
@@ -127,7 +129,8 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(model_dir, tmp_path):
     child.expect_exact(PROMPT)
     child.sendline("What is 48 + 37?")
     child.expect_exact("[thinking]")
-    child.expect(r"\w")  # the reply has started
+    child.expect_exact("\x1b[2m")  # the dimmed reasoning begins here
+    child.expect(r"[^\s\x1b]")  # the first reasoning text has been shown (the model output is sanitised)
     child.sendintr()
     child.expect_exact("(stopped)")
     child.expect(STATS)
