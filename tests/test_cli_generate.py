@@ -152,3 +152,24 @@ def test_generate_without_model_uses_the_shipped_model(run, model_dir):
         code, out, err = run("generate", "-p", PROMPT, "--temperature", "0", "-n", "24")
         assert code == 0, err
         assert out == run("generate", "-m", model_dir, "-p", PROMPT, "--temperature", "0", "-n", "24")[1]
+
+
+def test_think_system_and_reasoning_budget_flags(capsys, model_dir):
+    from tinyexaone.cli.main import main
+
+    def generate_json(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--model", str(model_dir), "-p", PROMPT, "--temperature", "0", "-n", "12", "--json",
+                  *args])
+        assert exit_info.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = generate_json()
+    with_system = generate_json("--system", "You are a helpful assistant.")
+    assert with_system["stats"]["prompt_tokens"] > plain["stats"]["prompt_tokens"]
+    thinking = generate_json("--think")
+    assert thinking["stats"]["prompt_tokens"] < plain["stats"]["prompt_tokens"]  # "<think>\n" only: still open
+    budget = generate_json("--think", "--reasoning-budget", "0")
+    assert not budget["reasoning_content"]  # the reasoning was closed before it began
+    if shipped_model() is None:  # the random model never closes its reasoning by itself
+        assert thinking["reasoning_content"] and not thinking["content"]
