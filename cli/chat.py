@@ -101,7 +101,7 @@ def check_conversation(data, source: str) -> tuple[list, bool | None]:
             raise TinyExaoneError(f"{source}: message {i} has no valid role (one of {', '.join(ROLES)})")
         if not isinstance(message.get("content"), (str, type(None))):
             raise TinyExaoneError(f"{source}: message {i} content is not text")
-        if not isinstance(message.get("tool_calls", []), list):
+        if not isinstance(message.get("tool_calls") or [], list):
             raise TinyExaoneError(f"{source}: message {i} tool_calls is not a list")
     return data, thinking if isinstance(thinking, bool) else None
 
