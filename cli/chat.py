@@ -490,7 +490,7 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
               help="Python file whose public top-level functions the model may call.")
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set or output is not a terminal).")
 def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags):
-    """Chat with a model in the terminal (or one message per line through a pipe)."""
+    """Chat with a model interactively (or one message per line through a pipe)."""
     signal.signal(signal.SIGTERM, _terminate)
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
