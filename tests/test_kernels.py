@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tinyexaone import kernels
-from tinyexaone.quantized import QuantizedWeight, expected_arrays
+from tinyexaone.quantized import QuantizedWeight, expected_arrays, matmul_fused
 
 SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
 TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a K-term sum
@@ -119,3 +119,23 @@ def test_half_to_float_is_exact_for_every_finite_float16():
     kernels.q8_dequantize(codes, scale_bits, 0, tile, 1)
     expected = np.tile(scale_bits.view(np.float16).astype(np.float32), 32)  # stored order: e-major
     np.testing.assert_array_equal(tile, expected)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_matvec_equals_separate_launches(bits):
+    """One launch over q/k/v-like matrices (mixed group sizes) gives each matrix's own result."""
+    seed, rng = fresh_rng()
+    n_cols = 128 * int(rng.integers(1, 4))
+    weights = []
+    for group_size in (32, 128, 64):
+        shape = (int(rng.integers(1, 150)), n_cols)
+        weights.append(QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape)))
+    x = rng.standard_normal((1, n_cols)).astype(np.float32)
+    fused = matmul_fused(weights, x)
+    for weight, out in zip(weights, fused):
+        separate = np.full((1, weight.shape[0]), np.nan, np.float32)
+        weight.matmul(x, out=separate)
+        np.testing.assert_array_equal(out, separate, err_msg=f"seed {seed}")
+    many_rows = rng.standard_normal((9, n_cols)).astype(np.float32)  # falls back to per-weight matmul
+    for weight, out in zip(weights, matmul_fused(weights, many_rows)):
+        np.testing.assert_array_equal(out, weight.matmul(many_rows))

@@ -6,7 +6,8 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 (a uint16 view): Numba has no float16 type, so `half_to_float` widens them with LLVM's own
 `fpext half -> float` (portable IR; one vcvtph2ps per 8 scales on x86 with F16C).
 
-- `q4_matvec` / `q8_matvec`: decode, out[n] = sum_k W[n, k] x[k] for one input vector.
+- `q4_matvec` / `q8_matvec`: decode, out[n] = sum_k W[n, k] x[k] for one input vector;
+  `*_matvec_fused` do the same for a tuple of matrices sharing x (q/k/v, gate/up) in one launch.
   Vector lanes run across the 32-element blocks of a row (the layout stores element e of all
   blocks contiguously); the 16 or 32 steps within a block are unrolled by LLVM, so each lane's
   accumulators stay in registers; a second, short pass applies the group scales to the
@@ -36,7 +37,9 @@ from numba.extending import intrinsic
 
 # LLVM fast-math flags without nnan/ninf: NaN and infinity keep their meaning. The matvec
 # kernels use CONTRACT only (FMA contraction): with "reassoc" LLVM folds their four independent
-# accumulators back into one serial FMA chain, which measured 1.4-2x slower.
+# accumulators back into one serial FMA chain, which measured 1.4-2x slower. The per-row helpers
+# are inlined at Numba level: as separate LLVM functions their scratch arrays lose the
+# no-alias facts of local allocations and the block loop ran 1.6x slower.
 FASTMATH = {"contract", "reassoc", "nsz", "arcp", "afn"}
 CONTRACT = {"contract"}
 COMPUTE_LOCK = threading.Lock()
@@ -83,14 +86,11 @@ def _scaled_row_sum(block_dots, scale_bits, n):
     return total
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
-def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
-    """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
-    n_rows, _, n_blocks = nibbles.shape
-    x_low = np.empty((16, n_blocks), np.float32)  # x of each block's first half, [j, block]
-    x_high = np.empty((16, n_blocks), np.float32)  # second half minus 16 x_low, [j, block]
-    offsets = np.empty(n_blocks, np.float32)  # 8 * sum of x over the block (the codes' bias)
-    for b in range(n_blocks):
+@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
+def _q4_prepare(x, x_low, x_high, offsets):
+    """Split x [32 B] per block: x_low [16, B] = first halves, x_high [16, B] = second halves
+    minus 16 x_low, offsets [B] = 8 * the block's sum (the codes' +8 bias)."""
+    for b in range(offsets.shape[0]):
         total = np.float32(0.0)
         for j in range(16):
             low, high = x[32 * b + j], x[32 * b + 16 + j]
@@ -98,29 +98,92 @@ def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
             x_high[j, b] = high - np.float32(16.0) * low
             total += low + high
         offsets[b] = np.float32(8.0) * total
+
+
+@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
+def _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots):
+    """Row n of an int4 matrix times x (prepared by `_q4_prepare`); block_dots [B] is scratch."""
+    for b in range(block_dots.shape[0]):
+        # four independent accumulators: a single chain of 32 FMAs is latency-bound
+        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
+        for j in range(8):
+            # byte = low + 16 high, so byte * x_lo + high * (x_hi - 16 x_lo) = low x_lo + high x_hi:
+            # no mask for the low nibble (34% faster than masking, ~16x the rounding error)
+            v = np.int32(nibbles[n, j, b])
+            w = np.int32(nibbles[n, j + 8, b])
+            acc0 += np.float32(v) * x_low[j, b]
+            acc1 += np.float32(v >> 4) * x_high[j, b]
+            acc2 += np.float32(w) * x_low[j + 8, b]
+            acc3 += np.float32(w >> 4) * x_high[j + 8, b]
+        block_dots[b] = (acc0 + acc1) + (acc2 + acc3) - offsets[b]
+    return _scaled_row_sum(block_dots, scale_bits, n)
+
+
+@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
+def _q8_prepare(x, x_blocked):
+    """x_blocked [32, B] = x [32 B] with element e of block b at [e, b]."""
+    for b in range(x_blocked.shape[1]):
+        for e in range(32):
+            x_blocked[e, b] = x[32 * b + e]
+
+
+@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
+def _q8_row(quants, scale_bits, n, x_blocked, block_dots):
+    """Row n of an int8 matrix times x (prepared by `_q8_prepare`); block_dots [B] is scratch."""
+    for b in range(block_dots.shape[0]):
+        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)  # independent FMA chains
+        for e in range(8):
+            acc0 += np.float32(quants[n, e, b]) * x_blocked[e, b]
+            acc1 += np.float32(quants[n, e + 8, b]) * x_blocked[e + 8, b]
+            acc2 += np.float32(quants[n, e + 16, b]) * x_blocked[e + 16, b]
+            acc3 += np.float32(quants[n, e + 24, b]) * x_blocked[e + 24, b]
+        block_dots[b] = (acc0 + acc1) + (acc2 + acc3)
+    return _scaled_row_sum(block_dots, scale_bits, n)
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
+    """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
+    n_rows, _, n_blocks = nibbles.shape
+    x_low = np.empty((16, n_blocks), np.float32)
+    x_high = np.empty((16, n_blocks), np.float32)
+    offsets = np.empty(n_blocks, np.float32)
+    _q4_prepare(x, x_low, x_high, offsets)
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         block_dots = np.empty(n_blocks, np.float32)
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            for b in range(n_blocks):
-                # four independent accumulators: a single chain of 32 FMAs is latency-bound
-                acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
-                for j in range(8):
-                    # byte = low + 16 high, so byte * x_lo + high * (x_hi - 16 x_lo) = low x_lo + high x_hi:
-                    # no mask for the low nibble (34% faster than masking, ~16x the rounding error)
-                    v = np.int32(nibbles[n, j, b])
-                    w = np.int32(nibbles[n, j + 8, b])
-                    acc0 += np.float32(v) * x_low[j, b]
-                    acc1 += np.float32(v >> 4) * x_high[j, b]
-                    acc2 += np.float32(w) * x_low[j + 8, b]
-                    acc3 += np.float32(w >> 4) * x_high[j + 8, b]
-                block_dots[b] = (acc0 + acc1) + (acc2 + acc3) - offsets[b]
-            out[n] = _scaled_row_sum(block_dots, scale_bits, n)
+            out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots)
     return out
 
 
+@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
+    """outs[m] [N_m] = W_m x for a tuple of int4 matrices sharing x, in one parallel launch."""
+    n_blocks = nibbles[0].shape[2]
+    x_low = np.empty((16, n_blocks), np.float32)
+    x_high = np.empty((16, n_blocks), np.float32)
+    offsets = np.empty(n_blocks, np.float32)
+    _q4_prepare(x, x_low, x_high, offsets)
+    n_total = 0
+    for out in outs:
+        n_total += out.shape[0]
+    per_chunk = (n_total + n_chunks - 1) // n_chunks
+    for chunk in prange(n_chunks):
+        block_dots = np.empty(n_blocks, np.float32)
+        row, first_of_matrix, m = chunk * per_chunk, 0, 0
+        while row < min(n_total, (chunk + 1) * per_chunk):
+            while row >= first_of_matrix + outs[m].shape[0]:
+                first_of_matrix += outs[m].shape[0]
+                m += 1
+            n = row - first_of_matrix
+            outs[m][n] = _q4_row(nibbles[m], scale_bits[m], n, x_low, x_high, offsets, block_dots)
+            row += 1
+    return outs
+
+
 def q4_matvec_numpy(nibbles: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy twin of `q4_matvec`: W x [N] in float32."""
+    """NumPy twin of `q4_matvec` (and of each output of `q4_matvec_fused`): W x [N] in float32."""
     return q4_dequantize_numpy(nibbles, scale_bits) @ x
 
 
@@ -128,24 +191,37 @@ def q4_matvec_numpy(nibbles: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) 
 def q8_matvec(quants, scale_bits, x, out, n_chunks):
     """out [N] = W x for int8 W (quants [N, 32, B] int8, scale_bits [N, G] uint16), x [32 B]."""
     n_rows, _, n_blocks = quants.shape
-    x_blocked = np.empty((32, n_blocks), np.float32)  # x[32 b + e] at [e, b]
-    for b in range(n_blocks):
-        for e in range(32):
-            x_blocked[e, b] = x[32 * b + e]
+    x_blocked = np.empty((32, n_blocks), np.float32)
+    _q8_prepare(x, x_blocked)
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         block_dots = np.empty(n_blocks, np.float32)
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            for b in range(n_blocks):
-                acc0 = acc1 = acc2 = acc3 = np.float32(0.0)  # independent FMA chains
-                for e in range(8):
-                    acc0 += np.float32(quants[n, e, b]) * x_blocked[e, b]
-                    acc1 += np.float32(quants[n, e + 8, b]) * x_blocked[e + 8, b]
-                    acc2 += np.float32(quants[n, e + 16, b]) * x_blocked[e + 16, b]
-                    acc3 += np.float32(quants[n, e + 24, b]) * x_blocked[e + 24, b]
-                block_dots[b] = (acc0 + acc1) + (acc2 + acc3)
-            out[n] = _scaled_row_sum(block_dots, scale_bits, n)
+            out[n] = _q8_row(quants, scale_bits, n, x_blocked, block_dots)
     return out
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
+    """outs[m] [N_m] = W_m x for a tuple of int8 matrices sharing x, in one parallel launch."""
+    n_blocks = quants[0].shape[2]
+    x_blocked = np.empty((32, n_blocks), np.float32)
+    _q8_prepare(x, x_blocked)
+    n_total = 0
+    for out in outs:
+        n_total += out.shape[0]
+    per_chunk = (n_total + n_chunks - 1) // n_chunks
+    for chunk in prange(n_chunks):
+        block_dots = np.empty(n_blocks, np.float32)
+        row, first_of_matrix, m = chunk * per_chunk, 0, 0
+        while row < min(n_total, (chunk + 1) * per_chunk):
+            while row >= first_of_matrix + outs[m].shape[0]:
+                first_of_matrix += outs[m].shape[0]
+                m += 1
+            n = row - first_of_matrix
+            outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_blocked, block_dots)
+            row += 1
+    return outs
 
 
 def q8_matvec_numpy(quants: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -208,6 +208,29 @@ class QuantizedWeight:
             np.matmul(x_stored, tile[:rows].T, out=out[:, start : start + rows])
 
 
+def matmul_fused(weights, x: np.ndarray) -> list[np.ndarray]:
+    """[w.matmul(x) for w in weights] for matrices sharing their input (q/k/v, gate/up).
+
+    One decode row through QuantizedWeights of one width runs as a single parallel launch
+    (x prepared once); anything else falls back to one matmul per weight.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    first = weights[0]
+    same_format = all(
+        isinstance(w, QuantizedWeight) and w.bits == first.bits and w.shape[1] == first.shape[1] for w in weights
+    )
+    if not same_format or x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != first.shape[1]:
+        return [w.matmul(x) for w in weights]
+    outs = tuple(np.empty((1, w.shape[0]), np.float32) for w in weights)
+    fused = kernels.q8_matvec_fused if first.bits == 8 else kernels.q4_matvec_fused
+    with kernels.COMPUTE_LOCK:
+        fused(
+            tuple(w._codes for w in weights), tuple(w._scale_bits for w in weights), x[0],
+            tuple(out[0] for out in outs), kernels.chunk_count(sum(w.shape[0] for w in weights)),
+        )
+    return list(outs)
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
