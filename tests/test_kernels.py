@@ -85,7 +85,7 @@ def test_stored_order_matches_the_layout():
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
 @pytest.mark.parametrize("n_tokens", [1, 3, 37])
 def test_weight_matmul_matches_dequantized_matrix(bits, group_size, n_tokens):
-    """QuantizedWeight.matmul (decode kernel below 8 rows, tiles + BLAS above) vs NumPy."""
+    """QuantizedWeight.matmul (decode kernel below 4 rows, blocked prefill kernel above) vs NumPy."""
     seed, rng = fresh_rng()
     shape = (int(rng.integers(1, 200)), group_size * int(rng.integers(1, 9)))
     weight = QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
@@ -97,17 +97,22 @@ def test_weight_matmul_matches_dequantized_matrix(bits, group_size, n_tokens):
     np.testing.assert_array_equal(weight.matmul(x), out)
 
 
-def test_matmul_tiles_cover_every_row(monkeypatch):
-    """Many small tiles (the last one partial) give the same product as one tile."""
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_prefill_matmul_matches_numpy_twin(bits, group_size):
+    """Blocked prefill kernel: row counts not a multiple of PREFILL_ROWS, odd and even T."""
     seed, rng = fresh_rng()
-    shape = (203, 96)
-    weight = QuantizedWeight.from_arrays(4, 32, shape, random_arrays(rng, 4, 32, shape))
-    x = rng.standard_normal((20, 96)).astype(np.float32)
-    whole = weight.matmul(x)
-    monkeypatch.setattr("tinyexaone.quantized.TILE_ELEMENTS", 96 * 17)
-    tiled = np.full_like(whole, np.nan)
-    weight.matmul(x, out=tiled)
-    assert relative_error(tiled, whole) <= TOLERANCE, f"seed {seed}"
+    shape = (int(rng.integers(1, 150)), group_size * int(rng.integers(1, 9)))
+    arrays = random_arrays(rng, bits, group_size, shape)
+    codes, scale_bits = arrays["nibbles" if bits == 4 else "quants"], arrays["scales"].view(np.uint16)
+    matmul = kernels.q4_matmul if bits == 4 else kernels.q8_matmul
+    dequantize_numpy = kernels.q4_dequantize_numpy if bits == 4 else kernels.q8_dequantize_numpy
+    for n_tokens in (1, 2, int(rng.integers(3, 40))):
+        x = rng.standard_normal((n_tokens, shape[1])).astype(np.float32)
+        out = np.full((n_tokens, shape[0]), np.nan, np.float32)
+        matmul(codes, scale_bits, kernels.stored_order(x), out, kernels.chunk_count(shape[0]))
+        expected = kernels.matmul_numpy(dequantize_numpy(codes, scale_bits), x)
+        assert np.isfinite(out).all(), f"seed {seed}, T={n_tokens}: output left unwritten"
+        assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {shape}, T={n_tokens}"
 
 
 def test_half_to_float_is_exact_for_every_finite_float16():

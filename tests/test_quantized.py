@@ -178,7 +178,7 @@ def _cosine(a, b):
 # 93-98.5% (mean 96.4%), so it is measured on 5 fixed sequences of 200 (1000 positions).
 @pytest.mark.parametrize("bits,min_cosine,min_argmax", [(8, 0.999, 0.95), (4, 0.93, None)])
 def test_quantized_model_logits_close_to_float32(float_model, bits, min_cosine, min_argmax):
-    """Cosine of all 200 x vocab logits, embedding/head int8; prefill (tiles + BLAS) and decode (matvec)."""
+    """Cosine of all 200 x vocab logits, embedding/head int8; prefill (blocked kernel) and decode (matvec)."""
     model = _quantized_model(float_model, bits, 32, embedding_bits=8)
     rng = np.random.default_rng(2026)
     same_argmax = []

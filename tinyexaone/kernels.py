@@ -14,15 +14,18 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   block sums.
   int4 folds the codes' -8 offset into a per-block sum of x, subtracted once per block, and
   skips the low-nibble mask by using byte * x_lo + (byte >> 4) * (x_hi - 16 x_lo).
-- `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K] for the prefill
-  path (dequantized tiles multiplied by NumPy BLAS outside jitted code). Their columns are in
-  the stored order (column e * B + b holds element 32 b + e), so loads and stores are both
-  contiguous; the caller permutes x the same way once (`stored_order`). `*_serial` run on the
-  calling thread, for use inside other parallel kernels.
+- `q4_matmul` / `q8_matmul`: prefill, out = x W^T for many tokens. Each thread dequantizes
+  PREFILL_ROWS rows into a float32 tile (the `*_dequantize_serial` helpers) and multiplies it
+  with every token, two tokens per pass. Measured against dequantized tiles + NumPy BLAS
+  (tools/bench_prefill.py): BLAS is 1.5x faster per core alone, but at 2 threads its pool and
+  Numba's spin-waiting OpenMP pool starve each other, and the blocked kernel won by 3x or more.
+- `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K], columns in the
+  stored order (column e * B + b holds element 32 b + e) so loads and stores are contiguous;
+  x is permuted the same way once (`stored_order`). `*_serial` run on the calling thread.
 
 All parallel kernels must be entered while holding `COMPUTE_LOCK` (see quantized.py): Numba's
-workqueue threading layer aborts the process on concurrent parallel calls, and the NumPy BLAS
-pool must never run beside the Numba pool.
+workqueue threading layer aborts the process on concurrent parallel calls from two Python
+threads, and a NumPy BLAS call must never run beside a Numba parallel region.
 """
 
 from __future__ import annotations
@@ -313,6 +316,88 @@ def q8_dequantize_numpy(quants: np.ndarray, scale_bits: np.ndarray) -> np.ndarra
     `q8_dequantize` up to `stored_order`)."""
     codes = quants.transpose(0, 2, 1).astype(np.float32)  # [N, B, 32]
     return _apply_scales(codes.reshape(quants.shape[0], -1), scale_bits)
+
+
+PREFILL_ROWS = 4  # weight rows dequantized together by the prefill kernels
+# (4 rows x 2 tokens = 8 vector accumulators and 6 loads per step: fits 16 AVX2 registers)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _tile_times_x(tile, x, out, first_row, n_valid):
+    """out[t, first_row + r] = tile[r] . x[t] for r < n_valid; tile [PREFILL_ROWS, K] (rows past
+    n_valid are zero), x [T, K] in the tile's column order. Two tokens share each tile load."""
+    n_tokens, n_cols = x.shape
+    for t in range(0, n_tokens - 1, 2):
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+        for k in range(n_cols):
+            xa, xb = x[t, k], x[t + 1, k]
+            a0 += tile[0, k] * xa
+            a1 += tile[1, k] * xa
+            a2 += tile[2, k] * xa
+            a3 += tile[3, k] * xa
+            b0 += tile[0, k] * xb
+            b1 += tile[1, k] * xb
+            b2 += tile[2, k] * xb
+            b3 += tile[3, k] * xb
+        sums = (a0, a1, a2, a3)
+        for r in range(n_valid):
+            out[t, first_row + r] = sums[r]
+        sums = (b0, b1, b2, b3)
+        for r in range(n_valid):
+            out[t + 1, first_row + r] = sums[r]
+    if n_tokens % 2:
+        t = n_tokens - 1
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for k in range(n_cols):
+            xa = x[t, k]
+            a0 += tile[0, k] * xa
+            a1 += tile[1, k] * xa
+            a2 += tile[2, k] * xa
+            a3 += tile[3, k] * xa
+        sums = (a0, a1, a2, a3)
+        for r in range(n_valid):
+            out[t, first_row + r] = sums[r]
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
+def q4_matmul(nibbles, scale_bits, x_stored, out, n_chunks):
+    """out [T, N] = x W^T for int4 W and many tokens; x_stored [T, K] in stored column order.
+
+    Each thread dequantizes PREFILL_ROWS rows at a time into a float32 tile that stays in L1
+    and multiplies it with every token: the decoding cost is paid once per weight, not per token.
+    """
+    n_rows, n_cols = nibbles.shape[0], x_stored.shape[1]
+    n_tiles = (n_rows + PREFILL_ROWS - 1) // PREFILL_ROWS
+    per_chunk = (n_tiles + n_chunks - 1) // n_chunks
+    for chunk in prange(n_chunks):
+        tile = np.zeros((PREFILL_ROWS, n_cols), np.float32)
+        for tile_index in range(chunk * per_chunk, min(n_tiles, (chunk + 1) * per_chunk)):
+            first = tile_index * PREFILL_ROWS
+            n_valid = min(PREFILL_ROWS, n_rows - first)
+            q4_dequantize_serial(nibbles, scale_bits, first, tile[:n_valid])
+            _tile_times_x(tile, x_stored, out, first, n_valid)
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
+def q8_matmul(quants, scale_bits, x_stored, out, n_chunks):
+    """`q4_matmul` for an int8 matrix."""
+    n_rows, n_cols = quants.shape[0], x_stored.shape[1]
+    n_tiles = (n_rows + PREFILL_ROWS - 1) // PREFILL_ROWS
+    per_chunk = (n_tiles + n_chunks - 1) // n_chunks
+    for chunk in prange(n_chunks):
+        tile = np.zeros((PREFILL_ROWS, n_cols), np.float32)
+        for tile_index in range(chunk * per_chunk, min(n_tiles, (chunk + 1) * per_chunk)):
+            first = tile_index * PREFILL_ROWS
+            n_valid = min(PREFILL_ROWS, n_rows - first)
+            q8_dequantize_serial(quants, scale_bits, first, tile[:n_valid])
+            _tile_times_x(tile, x_stored, out, first, n_valid)
+    return out
+
+
+def matmul_numpy(dequantized: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """NumPy twin of `q4_matmul` / `q8_matmul`: x [T, K] @ W^T with W from `*_dequantize_numpy`."""
+    return x @ dequantized.T
 
 
 def _apply_scales(codes: np.ndarray, scale_bits: np.ndarray) -> np.ndarray:

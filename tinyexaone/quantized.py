@@ -40,8 +40,7 @@ BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 8)
 FLOAT16_MAX = 65504.0
-PREFILL_MIN_TOKENS = 8  # from this many input rows on, matmul uses dequantized tiles + BLAS
-TILE_ELEMENTS = 1 << 20  # weights per dequantized float32 tile (4 MB)
+PREFILL_MIN_TOKENS = 4  # from this many input rows on, matmul uses the blocked prefill kernel
 
 
 def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
@@ -134,7 +133,7 @@ class QuantizedWeight:
         self._codes = _read_only(codes)  # [N, 32, B] int8 or [N, 16, B] uint8
         self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [N, G]
         self._matvec = kernels.q8_matvec if bits == 8 else kernels.q4_matvec
-        self._dequantize = kernels.q8_dequantize if bits == 8 else kernels.q4_dequantize
+        self._matmul = kernels.q8_matmul if bits == 8 else kernels.q4_matmul
 
     @classmethod
     def from_arrays(cls, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]) -> "QuantizedWeight":
@@ -175,8 +174,8 @@ class QuantizedWeight:
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """x [T, in] float32 -> x @ W^T [T, out] float32, written into `out` when given.
 
-        Fewer than PREFILL_MIN_TOKENS rows run the decode kernel once per row; more rows
-        dequantize tiles of W to float32 and multiply them with NumPy BLAS.
+        Fewer than PREFILL_MIN_TOKENS rows run the decode kernel once per row; more rows run the
+        blocked prefill kernel, which dequantizes each weight once and reuses it for every row.
         """
         n_out, n_in = self.shape
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -193,19 +192,9 @@ class QuantizedWeight:
                 for t in range(n_tokens):
                     self._matvec(self._codes, self._scale_bits, x[t], out[t], chunks)
             else:
-                self._matmul_tiles(x, out)
+                chunks = kernels.chunk_count(-(-n_out // kernels.PREFILL_ROWS))
+                self._matmul(self._codes, self._scale_bits, kernels.stored_order(x), out, chunks)
         return out
-
-    def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out = x @ W^T through float32 tiles of W and NumPy BLAS (caller holds COMPUTE_LOCK)."""
-        n_out, n_in = self.shape
-        tile_rows = min(n_out, max(1, TILE_ELEMENTS // n_in))
-        tile = np.empty((tile_rows, n_in), np.float32)  # [rows, K], columns in stored order
-        x_stored = kernels.stored_order(x)  # [T, K], the same column order
-        for start in range(0, n_out, tile_rows):
-            rows = min(tile_rows, n_out - start)
-            self._dequantize(self._codes, self._scale_bits, start, tile[:rows], kernels.chunk_count(rows))
-            np.matmul(x_stored, tile[:rows].T, out=out[:, start : start + rows])
 
 
 def matmul_fused(weights, x: np.ndarray) -> list[np.ndarray]:

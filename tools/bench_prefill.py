@@ -1,11 +1,12 @@
-"""Compare the two prefill paths for quantized matrices (not part of the tests).
+"""Compare prefill paths for quantized matrices (not part of the tests).
 
-(a) a blocked Numba kernel: dequantize 4 rows into a float32 scratch, then reuse it for every
-    token, four row accumulators sharing each load of x;
-(b) what `QuantizedWeight.matmul` does: dequantize tiles of rows to float32 in Numba, then
-    multiply them with NumPy BLAS outside jitted code.
-Also times (c) the decode kernel once per token, to place the switch-over `PREFILL_MIN_TOKENS`.
-Usage: python tools/bench_prefill.py [--threads N]
+(a) the blocked Numba kernel that `QuantizedWeight.matmul` uses for 4+ rows (`kernels.q4_matmul`);
+(b) dequantize tiles of rows to float32 in Numba (`kernels.q4_dequantize`), then multiply them
+    with NumPy BLAS outside jitted code;
+(c) the decode kernel once per token, to place `quantized.PREFILL_MIN_TOKENS`.
+Usage: python tools/bench_prefill.py [--threads N] [--cpu-time]
+With --threads 1 --cpu-time (and OPENBLAS_NUM_THREADS=1) it measures per-core efficiency;
+with 2 threads and wall time it shows how the BLAS and Numba pools interact.
 """
 
 import argparse
@@ -13,34 +14,23 @@ import time
 
 import numba
 import numpy as np
-from numba import njit, prange
 
 from tinyexaone import kernels
 from tinyexaone.benchmarks import best_time, random_weight
 
-ROWS = 4  # rows dequantized together in (a)
+TILE_ELEMENTS = 1 << 20  # weights per dequantized float32 tile in (b): 4 MB
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=kernels.FASTMATH)
-def q4_matmul_blocked(nibbles, scale_bits, x, out):
-    """out [T, N] = x [T, K] W^T, W int4, x in stored column order; N a multiple of ROWS."""
-    n_rows, n_tokens, n_cols = nibbles.shape[0], x.shape[0], x.shape[1]
-    for tile in prange(n_rows // ROWS):
-        scratch = np.empty((ROWS, n_cols), np.float32)
-        kernels.q4_dequantize_serial(nibbles, scale_bits, tile * ROWS, scratch)  # stored column order
-        for t in range(n_tokens):
-            acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
-            for k in range(n_cols):
-                xk = x[t, k]
-                acc0 += scratch[0, k] * xk
-                acc1 += scratch[1, k] * xk
-                acc2 += scratch[2, k] * xk
-                acc3 += scratch[3, k] * xk
-            out[t, tile * ROWS] = acc0
-            out[t, tile * ROWS + 1] = acc1
-            out[t, tile * ROWS + 2] = acc2
-            out[t, tile * ROWS + 3] = acc3
-    return out
+def tiles_and_blas(weight, x, out):
+    """(b): out = x @ W^T through float32 tiles of W and NumPy BLAS."""
+    n_out, n_in = weight.shape
+    tile_rows = min(n_out, max(1, TILE_ELEMENTS // n_in))
+    tile = np.empty((tile_rows, n_in), np.float32)  # [rows, K], columns in stored order
+    x_stored = kernels.stored_order(x)
+    for start in range(0, n_out, tile_rows):
+        rows = min(tile_rows, n_out - start)
+        kernels.q4_dequantize(weight._codes, weight._scale_bits, start, tile[:rows], kernels.chunk_count(rows))
+        np.matmul(x_stored, tile[:rows].T, out=out[:, start : start + rows])
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     clock = time.thread_time if args.cpu_time else time.perf_counter
-    print(f"threads {numba.get_num_threads()}")
+    print(f"threads {numba.get_num_threads()}, {'CPU' if args.cpu_time else 'wall'} time")
     for shape in ((2048, 2048), (4096, 2048)):
         weight = random_weight(4, 32, shape)
         n_weights = shape[0] * shape[1]
@@ -66,13 +56,11 @@ def main() -> None:
                     kernels.q4_matvec(weight._codes, weight._scale_bits, x[t], out[t], chunks)
 
             def blocked():
-                q4_matmul_blocked(weight._codes, weight._scale_bits, kernels.stored_order(x), out)
-
-            def tiles_blas():
-                weight._matmul_tiles(x, out)
+                kernels.q4_matmul(weight._codes, weight._scale_bits, kernels.stored_order(x), out, chunks)
 
             line = [f"int4 g32 {shape[0]}x{shape[1]} T={n_tokens:<4}"]
-            for name, run in (("matvec/token", per_token), ("blocked Numba", blocked), ("tiles+BLAS", tiles_blas)):
+            for name, run in (("matvec/token", per_token), ("blocked Numba", blocked),
+                              ("tiles+BLAS", lambda: tiles_and_blas(weight, x, out))):
                 if name == "matvec/token" and n_tokens > 64:
                     continue
                 run()
