@@ -17,11 +17,13 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 - `q4_matmul` / `q8_matmul`: prefill, out = x W^T for many tokens. Each thread dequantizes
   PREFILL_ROWS rows into a float32 tile (the `*_dequantize_serial` helpers) and multiplies it
   with every token, two tokens per pass. Measured against dequantized tiles + NumPy BLAS
-  (tools/bench_prefill.py): BLAS is 1.5x faster per core alone, but at 2 threads its pool and
-  Numba's spin-waiting OpenMP pool starve each other, and the blocked kernel won by 3x or more.
+  (tools/bench_prefill.py, docs/performance.md): BLAS is 1.1-1.6x faster per core alone from
+  64 tokens on, but at 2 threads its runs were 3-40x slower than this kernel and left
+  OpenBLAS workers spinning that slowed the next Numba kernel.
 - `q4_dequantize` / `q8_dequantize`: rows [start, start + R) as float32 [R, K], columns in the
   stored order (column e * B + b holds element 32 b + e) so loads and stores are contiguous;
-  x is permuted the same way once (`stored_order`). `*_serial` run on the calling thread.
+  x is permuted the same way once (`stored_order`). `*_serial` run on the calling thread (the
+  prefill kernels use them); the parallel ones serve the BLAS comparison in tools/.
 
 All parallel kernels must be entered while holding `COMPUTE_LOCK` (see quantized.py): Numba's
 workqueue threading layer aborts the process on concurrent parallel calls from two Python
