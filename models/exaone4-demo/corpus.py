@@ -240,10 +240,10 @@ def _tool_conversation(rng: random.Random, lang: str) -> dict:
             "thinking": False, "tool_name": name, "tool_args": args, "tool_result": result, "answer": answer}
 
 
-def conversation(rng: random.Random) -> dict:
-    """One random conversation of a random kind and language."""
+def conversation(rng: random.Random, kind_weights: dict = KIND_WEIGHTS) -> dict:
+    """One random conversation of a random kind (drawn with kind_weights) and language."""
     lang = rng.choice(LANGUAGES)
-    kind = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
+    kind = rng.choices(list(kind_weights), weights=list(kind_weights.values()))[0]
     if kind == "tool":
         return _tool_conversation(rng, lang)
     messages: list = []
@@ -271,10 +271,10 @@ def conversation(rng: random.Random) -> dict:
     return item
 
 
-def conversations(count: int, seed: int) -> list[dict]:
-    """`count` seeded conversations; the same (count, seed) always gives the same list."""
+def conversations(count: int, seed: int, kind_weights: dict = KIND_WEIGHTS) -> list[dict]:
+    """`count` seeded conversations; the same arguments always give the same list."""
     rng = random.Random(seed)
-    return [conversation(rng) for _ in range(count)]
+    return [conversation(rng, kind_weights) for _ in range(count)]
 
 
 def _raise_exception(message):

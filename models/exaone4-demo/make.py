@@ -42,6 +42,8 @@ SPECIAL_TOKENS = [  # (string, special) in id order; flags as in the upstream to
     ("</think>", False), ("<think>", False),
     ("[|system|]", True), ("[|tool|]", True), ("[|assistant|]", True), ("[|user|]", True), ("[|endofturn|]", True),
 ]
+# stage 2 (see the module docstring) draws more arithmetic and fewer (long) tool conversations
+ARITHMETIC_WEIGHTS = {"arith": 0.6, "arith_think": 0.2, "tool": 0.04, "greet": 0.04, "greet_think": 0.02, "multi": 0.1}
 MODEL_SHAPE = dict(
     hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
     head_dim=32, max_position_embeddings=4096,
@@ -238,6 +240,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: this directory)")
     parser.add_argument("--steps", type=int, default=TRAIN["steps"], help="optimizer steps")
     parser.add_argument("--corpus-size", type=int, default=CORPUS_SIZE)
+    parser.add_argument("--corpus-seed", type=int, default=CORPUS_SEED)
+    parser.add_argument("--lr", type=float, default=TRAIN["lr"], help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=TRAIN["warmup"], help="warmup steps")
+    parser.add_argument("--arithmetic-mix", action="store_true", help="draw kinds with ARITHMETIC_WEIGHTS")
+    parser.add_argument("--init", type=Path, help="continue from this model directory (its weights and tokenizer)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="saved weight dtype")
     parser.add_argument("--snapshot-every", type=int, default=0, help="also save OUT/snapshot every N steps")
     args = parser.parse_args()
@@ -247,11 +254,18 @@ def main() -> None:
     torch.set_num_threads(1)  # one thread: on a shared 2-core machine, 2 threads stall on each other
     torch.use_deterministic_algorithms(True)
     t0 = time.time()
-    items = corpus.conversations(args.corpus_size, CORPUS_SEED)
+    TRAIN.update(lr=args.lr, warmup=args.warmup)
+    kind_weights = ARITHMETIC_WEIGHTS if args.arithmetic_mix else corpus.KIND_WEIGHTS
+    items = corpus.conversations(args.corpus_size, args.corpus_seed, kind_weights)
     texts = [corpus.render_item(item) for item in items]
     log(f"corpus: {len(texts)} conversations, {sum(map(len, texts))} characters", t0)
 
-    tokenizer = train_tokenizer(texts)
+    if args.init is None:
+        tokenizer = train_tokenizer(texts)
+    else:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(args.init / "tokenizer.json"))
     check_prompt_prefixes(tokenizer, items[:500])
     examples = encode_for_training(tokenizer, texts)
     total = sum(len(ids) for ids, _ in examples)
@@ -259,7 +273,13 @@ def main() -> None:
     log(f"tokenizer: {tokenizer.get_vocab_size()} entries; corpus {total} tokens, {trained} in replies "
         f"(longest conversation {max(len(ids) for ids, _ in examples)})", t0)
 
-    model = build_model(tokenizer.get_vocab_size())
+    if args.init is None:
+        model = build_model(tokenizer.get_vocab_size())
+    else:
+        from transformers import Exaone4ForCausalLM
+
+        model = Exaone4ForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        log(f"continuing from {args.init}", t0)
     params = sum(p.numel() for p in model.parameters())
     log(f"model: {params} parameters, {MODEL_SHAPE}", t0)
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
