@@ -13,6 +13,7 @@ import click
 
 from tinyexaone.errors import TinyExaoneError
 
+from .bench import bench
 from .chat import chat
 from .generate import generate
 from .info import info
@@ -25,6 +26,7 @@ def cli():
     """tinyexaone: run EXAONE 4.0 language models on the CPU."""
 
 
+cli.add_command(bench)
 cli.add_command(chat)
 cli.add_command(generate)
 cli.add_command(info)

@@ -65,6 +65,19 @@ class GrowableCache:
         self.length = end
         return self.keys[:end], self.values[:end]
 
+    def append_slot(self) -> int:
+        """Make room for one more position; return the row it goes in (decode writes it)."""
+        if self.length == self.keys.shape[0]:
+            capacity = _next_capacity(self.keys.shape[0], self.length + 1)
+            self.keys = _grown(self.keys, capacity, self.length)
+            self.values = _grown(self.values, capacity, self.length)
+        self.length += 1
+        return self.length - 1
+
+    def visible(self) -> tuple[int, int, int]:
+        """(first position, count, row modulo) of the keys the newest position attends to."""
+        return 0, self.length, self.keys.shape[0]
+
     def can_trim(self, n: int) -> bool:
         return 0 <= n <= self.length
 
@@ -113,6 +126,21 @@ class RingCache:
         self.length += t
         return keys, values
 
+    def append_slot(self) -> int:
+        """Make room for one more position; return the row it goes in (decode writes it)."""
+        needed = min(self.length + 1, self.window)
+        if needed > self.keys.shape[0]:
+            capacity = _next_capacity(self.keys.shape[0], needed, limit=self.window)
+            self.keys = _grown(self.keys, capacity, self.length)
+            self.values = _grown(self.values, capacity, self.length)
+        self.length += 1
+        return (self.length - 1) % self.window
+
+    def visible(self) -> tuple[int, int, int]:
+        """(first position, count, row modulo) of the keys the newest position attends to: the
+        window i - W < j <= i is exactly what the ring holds."""
+        return self.first_held, self.length - self.first_held, self.window
+
     def can_trim(self, n: int) -> bool:
         return 0 <= n <= self.length and max(0, n - (self.window - 1)) >= self.first_held
 
@@ -131,6 +159,7 @@ class KVCache:
     def __init__(self, layers: list, max_tokens: int):
         self.layers = layers
         self.max_tokens = max_tokens
+        self._scratch: dict[str, np.ndarray] = {}
 
     @property
     def length(self) -> int:
@@ -161,6 +190,16 @@ class KVCache:
     def reset(self) -> None:
         for layer in self.layers:
             layer.length = 0
+
+    def scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 work buffer of at least `shape`, kept with this sequence so that decoding
+        allocates nothing per token (and sequences on other threads never share one)."""
+        buffer = self._scratch.get(name)
+        if buffer is None or any(have < need for have, need in zip(buffer.shape, shape)):
+            buffer = self._scratch[name] = np.empty(
+                tuple(max(need, 2 * have) for have, need in zip(buffer.shape, shape)) if buffer is not None else shape,
+                np.float32)
+        return buffer
 
 
 def new_kv_cache(config: Exaone4Config, max_tokens: int | None = None) -> KVCache:

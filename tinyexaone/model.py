@@ -14,6 +14,11 @@ transformers exactly (EXAONE4-ARCHITECTURE.md §3):
         h = h + RMSNorm(W_down (silu(W_gate h) * W_up h))
     logits = RMSNorm(h) E^T                          (or lm_head when untied)
 
+One new token (decode) takes `_decode_hidden`, the same math through the fused Numba steps of
+layer_kernels.py (q/k/v and gate/up in one launch each, QK-norm + RoPE + cache write in one
+call, attention straight over the cache rows, in-place residual norms) with its buffers kept in
+the cache; the tests hold both paths to transformers.
+
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()`, so one
 Model can serve several sessions. If a forward pass fails or is interrupted, the cache is rolled
 back to where it was (or emptied when a ring buffer cannot roll back), never left half-written.
@@ -29,6 +34,9 @@ from . import generation
 from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
+from .kernels import COMPUTE_LOCK
+from .layer_kernels import add_rms_norm, attention_decode, qk_norm_rope_store, silu_mul
+from .quantized import matmul_fused
 from .rope import apply_rope, cos_sin, inverse_frequencies
 from .tokenizer import load_tokenizer
 from .weights import LayerWeights, ModelWeights
@@ -126,7 +134,10 @@ class Model:
         cache.check_room(len(ids))
         start = cache.length
         try:
-            hidden = self._forward_hidden(ids, cache, start)
+            if len(ids) == 1:
+                hidden = self._decode_hidden(int(ids[0]), cache, start)
+            else:
+                hidden = self._forward_hidden(ids, cache, start)
         except BaseException:
             if cache.can_trim(start):
                 cache.trim(start)
@@ -168,6 +179,31 @@ class Model:
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         return layer.down_proj.matmul(silu(layer.gate_proj.matmul(h)) * layer.up_proj.matmul(h))  # [T, hidden]
+
+    def _decode_hidden(self, token_id: int, cache: KVCache, pos: int) -> np.ndarray:
+        """The final-normed hidden state [1, hidden] of one new token at position `pos`."""
+        cfg, w = self.config, self.weights
+        heads, kv_heads, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+        cos, sin = cos_sin(self.inv_freq, np.array([pos]))  # [1, head_dim] each
+        h = w.embed_tokens.rows(np.array([token_id]))  # [1, hidden]
+        attended = cache.scratch("attended", (heads, d))  # [heads, d]
+        activated = cache.scratch("activated", (1, cfg.intermediate_size))  # [1, intermediate]
+        for i, layer in enumerate(w.layers):
+            q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # [1, heads*d], [1, kv*d] x2
+            q, k, v = q.reshape(heads, d), k.reshape(kv_heads, d), v.reshape(kv_heads, d)
+            layer_cache = cache.layers[i]
+            slot = layer_cache.append_slot()
+            qk_norm_rope_store(q, k, v, layer.q_norm, layer.k_norm, cos[0], sin[0], eps, cfg.layer_uses_rope(i),
+                               layer_cache.keys, layer_cache.values, slot)
+            first, n_keys, modulo = layer_cache.visible()
+            scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
+            with COMPUTE_LOCK:
+                attention_decode(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
+            add_rms_norm(h, layer.o_proj.matmul(attended.reshape(1, heads * d)), layer.post_attention_layernorm, eps)
+            gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [1, intermediate] each
+            silu_mul(gate, up, activated)
+            add_rms_norm(h, layer.down_proj.matmul(activated), layer.post_feedforward_layernorm, eps)
+        return rms_norm(h, w.norm, eps)  # [1, hidden]
 
     # --- generation API: thin wrappers over generation.py (which needs self.tokenizer) ---
 

@@ -1,0 +1,252 @@
+"""`tinyexaone bench`: end-to-end speed of a model, with the ratios that make it comparable.
+
+One run measures, on a compact file (`--model`) or a synthetic one of the real EXAONE-4.0-1.2B
+shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no float
+checkpoint in between): load time; time to first token of a short prompt in a fresh process
+with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
+tok/s for 64 and 512 tokens; decode tok/s for 128 tokens from an empty context and after 512
+tokens; peak RSS; and the memory-bandwidth floor measured in the same run (a large NumPy read),
+which gives achieved GB/s and % of the floor. As ratios in the same run it times the float32
+NumPy path on the first layers and, when torch and transformers are installed, PyTorch bf16 on
+the same layers. Prints a table, or JSON with `--json`. Absolute times drift on shared
+machines; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tinyexaone.errors import TinyExaoneError
+
+SYNTHETIC_SHAPES = {
+    "1.2b": {},
+    # a few-MB model of the same layout, for tests that keep the command from rotting
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, vocab_size=1024, layer_types=["full_attention"] * 2),
+}
+COMPARE_LAYERS = 2  # layers run by the float32 and PyTorch comparisons
+
+
+def cache_folder() -> Path:
+    base = os.environ.get("TINYEXAONE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinyexaone")
+    return Path(base) / "bench"
+
+
+def synthetic_model(shape: str, bits: int, group_size: int) -> Path:
+    """The cached synthetic compact file of `shape`, written on first use."""
+    from tinyexaone.quant.synthetic import EXAONE_4_0_1_2B, write_synthetic_compact
+
+    folder = cache_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"synthetic-{shape}-int{bits}-g{group_size}.tx"
+    if not path.exists():
+        click.echo(f"writing {path} (once) ...", err=True)
+        write_synthetic_compact(path, dict(EXAONE_4_0_1_2B, **SYNTHETIC_SHAPES[shape]), bits, group_size)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def decode_bytes_per_token(model) -> int:
+    """Weight bytes read for one decode token: every layer matrix and the head."""
+    w = model.weights
+    matrices = [w.lm_head] + [getattr(layer, name) for layer in w.layers for name in
+                              ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    return sum(m.nbytes for m in matrices)
+
+
+def time_prefill(model, n_tokens: int, rng) -> float:
+    ids = rng.integers(0, model.config.vocab_size, n_tokens)
+    cache = model.new_cache()
+    start = time.perf_counter()
+    model.forward(ids, cache, last_only=True)
+    return n_tokens / (time.perf_counter() - start)
+
+
+def time_decode(model, context: int, n_tokens: int, rng) -> float:
+    """Decode tok/s for n_tokens single-token steps after `context` prompt tokens (>= 1)."""
+    cache = model.new_cache()
+    logits = model.forward(rng.integers(0, model.config.vocab_size, max(1, context)), cache, last_only=True)
+    start = time.perf_counter()
+    for _ in range(n_tokens):
+        logits = model.forward([int(np.argmax(logits[-1]))], cache)
+    return n_tokens / (time.perf_counter() - start)
+
+
+FIRST_TOKEN_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+import numba, tinyexaone
+numba.set_num_threads(int(sys.argv[2]))
+model = tinyexaone.load(sys.argv[1])
+cache = model.new_cache()
+model.forward(list(range(1, 9)), cache, last_only=True)
+model.forward([9], cache)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def time_first_token(path: Path, threads: int, numba_cache: str) -> float:
+    """Seconds from interpreter start to the first decoded token of an 8-token prompt."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=numba_cache)
+    done = subprocess.run([sys.executable, "-c", FIRST_TOKEN_SCRIPT, str(path), str(threads)], env=env,
+                          capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if done.returncode:
+        raise TinyExaoneError(f"first-token measurement failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def first_layers(model, n_layers: int, dense: bool):
+    """A Model of the first n layers (dequantized to float32 if `dense`), without a head."""
+    from dataclasses import replace
+
+    from tinyexaone.model import Model
+    from tinyexaone.weights import DenseWeight
+
+    layers = model.weights.layers[:n_layers]
+    if dense:
+        layers = [replace(layer, **{name: DenseWeight(getattr(layer, name).dequantize()) for name in
+                  ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}) for layer in layers]
+    config = replace(model.config, num_hidden_layers=n_layers, layer_types=model.config.layer_types[:n_layers])
+    return Model(config, replace(model.weights, layers=layers))
+
+
+def time_layers(model, context: int, n_tokens: int) -> float:
+    """Seconds per decode token through the model's layers only (no head), after `context` tokens."""
+    cache = model.new_cache()
+    model._forward_hidden(np.arange(context), cache, 0)
+    start = time.perf_counter()
+    for i in range(n_tokens):
+        model._forward_hidden(np.array([i % model.config.vocab_size]), cache, cache.length)
+    return (time.perf_counter() - start) / n_tokens
+
+
+def time_torch_layers(config, context: int, n_tokens: int) -> float | None:
+    """Seconds per decode token through COMPARE_LAYERS bf16 transformers layers; None without torch."""
+    try:
+        import torch
+        from transformers import Exaone4Config, Exaone4ForCausalLM
+    except ImportError:
+        return None
+    raw = {k: v for k, v in config.raw.items() if k not in ("architectures", "torch_dtype")}
+    raw.update(num_hidden_layers=COMPARE_LAYERS, layer_types=list(config.layer_types[:COMPARE_LAYERS]),
+               vocab_size=256)  # the layers are what is compared: a small vocabulary keeps init quick
+    torch.manual_seed(0)
+    model = Exaone4ForCausalLM(Exaone4Config(**raw)).to(torch.bfloat16).eval()
+    layers = model.model
+    with torch.no_grad():
+        out = layers(torch.zeros((1, context), dtype=torch.long), use_cache=True)
+        past = out.past_key_values
+        start = time.perf_counter()
+        for i in range(n_tokens):
+            out = layers(torch.tensor([[i % 256]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        return (time.perf_counter() - start) / n_tokens
+
+
+def run_bench(path: Path, threads: int, quick: bool) -> dict:
+    import numba
+
+    from tinyexaone import load
+    from tinyexaone.benchmarks import read_bandwidth
+
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    prefill_sizes, decode_tokens, long_context = ((16, 64), 16, 64) if quick else ((64, 512), 128, 512)
+    result = {"model": str(path), "threads": threads, "file_mb": path.stat().st_size / 1e6}
+    result["bandwidth_gbs"] = read_bandwidth(threads)
+    start = time.perf_counter()
+    model = load(path)
+    result["load_s"] = time.perf_counter() - start
+    result["rss_after_load_mb"] = peak_rss_mb()
+    bytes_per_token = decode_bytes_per_token(model)
+    result["decode_mb_per_token"] = bytes_per_token / 1e6
+    result["floor_tok_s"] = result["bandwidth_gbs"] * 1e9 / bytes_per_token
+    with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
+        result["first_token_cold_s"] = time_first_token(path, threads, numba_cache)
+        result["first_token_warm_s"] = time_first_token(path, threads, numba_cache)
+    time_prefill(model, 8, rng)  # compile the prefill kernels in this process
+    time_decode(model, 1, 2, rng)
+    for n in prefill_sizes:
+        result[f"prefill_{n}_tok_s"] = time_prefill(model, n, rng)
+    result["decode_tok_s"] = time_decode(model, 1, decode_tokens, rng)
+    result[f"decode_after_{long_context}_tok_s"] = time_decode(model, long_context, decode_tokens, rng)
+    result["decode_gbs"] = result["decode_tok_s"] * bytes_per_token / 1e9
+    result["decode_pct_of_floor"] = 100 * result["decode_tok_s"] / result["floor_tok_s"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    quantized = first_layers(model, COMPARE_LAYERS, dense=False)
+    ours = time_layers(quantized, 32, 8 if quick else 32)
+    result["layers_compared"] = COMPARE_LAYERS
+    result["float32_numpy_ratio"] = time_layers(first_layers(model, COMPARE_LAYERS, dense=True), 32, 8) / ours
+    torch_seconds = None if quick else time_torch_layers(model.config, 32, 16)
+    result["pytorch_bf16_ratio"] = None if torch_seconds is None else torch_seconds / ours
+    return result
+
+
+ROWS = [
+    ("file size", "file_mb", "{:.1f} MB"),
+    ("read bandwidth (NumPy)", "bandwidth_gbs", "{:.1f} GB/s"),
+    ("weights read per token", "decode_mb_per_token", "{:.1f} MB"),
+    ("bandwidth floor", "floor_tok_s", "{:.1f} tok/s"),
+    ("load", "load_s", "{:.2f} s"),
+    ("RSS after load", "rss_after_load_mb", "{:.0f} MB"),
+    ("first token, cold Numba cache", "first_token_cold_s", "{:.1f} s"),
+    ("first token, warm Numba cache", "first_token_warm_s", "{:.2f} s"),
+]
+
+
+def print_table(result: dict) -> None:
+    rows = list(ROWS)
+    rows += [(f"prefill {k.split('_')[1]} tokens", k, "{:.1f} tok/s") for k in result if k.startswith("prefill_")]
+    rows += [("decode, empty context", "decode_tok_s", "{:.1f} tok/s")]
+    rows += [(f"decode after {k.split('_')[2]} tokens", k, "{:.1f} tok/s") for k in result if k.startswith("decode_after_")]
+    rows += [
+        ("decode, achieved", "decode_gbs", "{:.1f} GB/s"),
+        ("decode, % of floor", "decode_pct_of_floor", "{:.0f} %"),
+        ("peak RSS", "peak_rss_mb", "{:.0f} MB"),
+        (f"vs float32 NumPy ({result['layers_compared']} layers)", "float32_numpy_ratio", "{:.1f}x faster"),
+        (f"vs PyTorch bf16 ({result['layers_compared']} layers)", "pytorch_bf16_ratio", "{:.1f}x faster"),
+    ]
+    click.echo(f"tinyexaone bench: {result['model']} ({result['threads']} threads)")
+    for label, key, fmt in rows:
+        value = result.get(key)
+        click.echo(f"  {label:<36} {'n/a (not installed)' if value is None else fmt.format(value)}")
+
+
+@click.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="A compact model file.")
+@click.option("--synthetic", type=click.Choice(sorted(SYNTHETIC_SHAPES)), help="A random-weight model of this shape.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Synthetic model bits.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Numba threads (default: all).")
+@click.option("--quick", is_flag=True, help="Fewer and shorter runs (for tests).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(model_path, synthetic, bits, group_size, threads, quick, as_json):
+    """Measure load, first-token, prefill and decode speed against the bandwidth floor."""
+    import numba
+
+    if (model_path is None) == (synthetic is None):
+        raise click.UsageError("give exactly one of --model FILE or --synthetic SHAPE")
+    threads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+    if synthetic:
+        model_path = synthetic_model(synthetic, int(bits), int(group_size))
+    elif not model_path.is_file():
+        raise TinyExaoneError(f"{model_path}: bench needs a compact model file (make one with tinyexaone quantize)")
+    result = run_bench(model_path, threads, quick)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_table(result)

@@ -1,0 +1,70 @@
+"""The per-layer decode kernels against their NumPy twins (fresh seeds, odd sizes, NaN-poisoned outputs)."""
+
+import numpy as np
+import pytest
+
+from tinyexaone import layer_kernels as lk
+
+
+def fresh_rng():
+    seed = np.random.SeedSequence().entropy
+    return np.random.default_rng(seed), seed
+
+
+@pytest.mark.parametrize("rows, width", [(1, 7), (3, 130), (5, 2048)])
+def test_add_rms_norm(rows, width):
+    rng, seed = fresh_rng()
+    h = rng.standard_normal((rows, width)).astype(np.float32)
+    a = (rng.standard_normal((rows, width)) * 30).astype(np.float32)
+    w = rng.standard_normal(width).astype(np.float32)
+    expected = h.copy()
+    lk.add_rms_norm_numpy(expected, a, w, 1e-5)
+    lk.add_rms_norm(h, a, w, 1e-5)
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("rows, width", [(1, 9), (4, 333)])
+def test_silu_mul(rows, width):
+    rng, seed = fresh_rng()
+    gate = (rng.standard_normal((rows, width)) * 20).astype(np.float32)
+    up = rng.standard_normal((rows, width)).astype(np.float32)
+    out, expected = np.full_like(gate, np.nan), np.full_like(gate, np.nan)
+    lk.silu_mul(gate, up, out)
+    lk.silu_mul_numpy(gate, up, expected)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, rotate", [(8, 2, 16, True), (5, 5, 12, False), (6, 3, 10, True)])
+def test_qk_norm_rope_store(heads, kv_heads, d, rotate):
+    rng, seed = fresh_rng()
+    q = rng.standard_normal((heads, d)).astype(np.float32)
+    k = rng.standard_normal((kv_heads, d)).astype(np.float32)
+    v = rng.standard_normal((kv_heads, d)).astype(np.float32)
+    qn, kn = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    angles = rng.random(d // 2).astype(np.float32) * 100
+    cos, sin = np.cos(np.tile(angles, 2)), np.sin(np.tile(angles, 2))
+    caches = [np.full((9, kv_heads, d), np.nan, np.float32) for _ in range(4)]
+    q2, k2 = q.copy(), k.copy()
+    lk.qk_norm_rope_store(q, k, v, qn, kn, cos, sin, 1e-5, rotate, caches[0], caches[1], 4)
+    lk.qk_norm_rope_store_numpy(q2, k2, v, qn, kn, cos, sin, 1e-5, rotate, caches[2], caches[3], 4)
+    np.testing.assert_allclose(q, q2, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(caches[0][4], caches[2][4], rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(caches[1][4], v)
+    assert np.isnan(caches[0][3]).all()  # other rows untouched
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, capacity, first, n, modulo", [
+    (8, 2, 16, 300, 0, 257, 300),   # growable: rows are positions
+    (6, 3, 10, 7, 11, 7, 7),        # ring: positions 11..17 in slots pos % 7
+    (4, 4, 64, 33, 0, 1, 33),       # a single key
+])
+def test_attention_decode(heads, kv_heads, d, capacity, first, n, modulo):
+    rng, seed = fresh_rng()
+    q = rng.standard_normal((heads, d)).astype(np.float32)
+    keys = (rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32)
+    values = rng.standard_normal((capacity, kv_heads, d)).astype(np.float32)
+    out, expected = np.full((heads, d), np.nan, np.float32), np.full((heads, d), np.nan, np.float32)
+    scores = np.full((heads, capacity), np.nan, np.float32)
+    lk.attention_decode(q, keys, values, first, n, modulo, scores, out)
+    lk.attention_decode_numpy(q, keys, values, first, n, modulo, scores, expected)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
