@@ -131,3 +131,31 @@ def test_filters_combine_in_the_sampler():
 def test_invalid_parameters_are_clear_errors(bad):
     with pytest.raises(TinyExaoneError):
         SamplingParams(**bad)
+
+
+def reference_chain(logits, p, rng, prompt_ids, generated_ids):
+    """The filter chain of sampling.py's docstring, one full-vocabulary filter after another."""
+    from tinyexaone.sampling import (apply_presence_frequency_penalty, apply_repetition_penalty, apply_temperature,
+                                     min_p_filter, top_k_filter, top_p_filter)
+
+    scores = apply_repetition_penalty(logits, [*prompt_ids, *generated_ids], p.repetition_penalty)
+    scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
+    scores = top_k_filter(apply_temperature(scores, p.temperature), p.top_k)
+    return draw(min_p_filter(top_p_filter(scores, p.top_p), p.min_p), rng)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.5, top_p=0.95), dict(temperature=1.3, top_p=1.0), dict(temperature=0.7, top_k=40, top_p=0.9),
+    dict(temperature=0.6, top_p=0.95, min_p=0.05, presence_penalty=1.5, repetition_penalty=1.2),
+    dict(temperature=1.0, top_p=0.3, frequency_penalty=0.4), dict(temperature=0.8, top_k=1),
+])
+def test_sampler_equals_the_reference_filter_chain(settings):
+    seed = np.random.SeedSequence().entropy
+    rng = np.random.default_rng(seed)
+    params = SamplingParams(seed=int(seed % 2**32), **settings)
+    fast, reference_rng = Sampler(params), np.random.default_rng(params.seed)
+    for step in range(40):
+        logits = (rng.standard_normal(5003) * rng.uniform(0.5, 6)).astype(np.float32)
+        prompt, generated = list(rng.integers(0, 5003, 30)), list(rng.integers(0, 5003, step))
+        expected = reference_chain(logits, params, reference_rng, prompt, generated)
+        assert fast.next_token(logits, prompt, generated) == expected, f"seed {seed}, step {step}"

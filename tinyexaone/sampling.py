@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import TinyExaoneError
 
+NEGLIGIBLE = 40.0  # log-probability gap below the best token at which a token cannot be drawn
 NON_REASONING_DEFAULTS = {"temperature": 0.5, "top_p": 0.95}
 REASONING_DEFAULTS = {"temperature": 0.6, "top_p": 0.95}
 
@@ -43,8 +44,9 @@ def apply_presence_frequency_penalty(logits: np.ndarray, generated_ids, presence
     out = np.array(logits, dtype=np.float64)  # [vocab]
     if (presence == 0.0 and frequency == 0.0) or len(generated_ids) == 0:
         return out
-    counts = np.bincount(np.asarray(generated_ids, dtype=np.int64), minlength=out.shape[0])[: out.shape[0]]  # [vocab]
-    return out - frequency * counts - presence * (counts > 0)
+    ids, counts = np.unique(np.asarray(generated_ids, dtype=np.int64), return_counts=True)
+    out[ids] -= frequency * counts + presence
+    return out
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -103,9 +105,7 @@ def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
 def draw(logits: np.ndarray, rng: np.random.Generator) -> int:
     """One token drawn from softmax(logits) using one uniform number from rng."""
     candidates = np.flatnonzero(np.isfinite(logits))  # ids that filters left
-    cumulative = np.cumsum(softmax(np.asarray(logits, dtype=np.float64)[candidates]))
-    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-    return int(candidates[min(index, len(candidates) - 1)])
+    return int(candidates[_draw_index(np.asarray(logits, dtype=np.float64)[candidates], rng)])
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,30 @@ class SamplingParams:
                 raise TinyExaoneError(f"{message} (got {self!r})")
 
 
+def _nucleus(weights: np.ndarray, p: float) -> np.ndarray:
+    """Ids of the smallest most-likely set of unnormalised `weights` holding mass >= p (top_p_filter's rule)."""
+    vocab = weights.shape[0]
+    total = weights.sum()
+    k = 64  # sort only the k most likely, growing k until they hold mass p (a full sort is slow)
+    while True:
+        k = min(k, vocab)
+        top = np.argpartition(-weights, k - 1)[:k] if k < vocab else np.arange(vocab)
+        top = top[np.argsort(-weights[top], kind="stable")]  # most likely first
+        if k == vocab or weights[top].sum() >= p * total:
+            break
+        k *= 4
+    mass_before = (np.cumsum(weights[top]) - weights[top]) / total
+    return top[mass_before < p]
+
+
 class Sampler:
-    """Applies SamplingParams to successive logits vectors of one generation."""
+    """Applies SamplingParams to successive logits vectors of one generation.
+
+    `next_token` gives the token of the filter chain in the module docstring (penalties,
+    temperature, top-k, top-p, min-p, `draw`), but after the penalties it works only on the
+    candidates within e^-40 of the best token instead of building a new full-vocabulary vector
+    per filter (the others' total probability is below what a float64 draw can resolve).
+    """
 
     def __init__(self, params: SamplingParams):
         self.params = params
@@ -155,6 +177,22 @@ class Sampler:
         scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
         if p.temperature == 0:
             return int(np.argmax(scores))
-        scores = top_k_filter(apply_temperature(scores, p.temperature), p.top_k)
-        scores = min_p_filter(top_p_filter(scores, p.top_p), p.min_p)
-        return draw(scores, self.rng)
+        # Tokens more than NEGLIGIBLE below the best (after temperature) have probability
+        # < e^-40 relative to it: below float64 resolution of the draw, so only the rest is kept.
+        ids = np.flatnonzero(scores >= scores.max() - NEGLIGIBLE * p.temperature)  # candidate ids
+        scaled = apply_temperature(np.asarray(scores)[ids], p.temperature)  # [candidates] float64
+        weights = np.exp(scaled - scaled.max())  # unnormalised probabilities
+        if 0 < p.top_k < len(ids):
+            kth = np.partition(weights, len(ids) - p.top_k)[len(ids) - p.top_k]
+            weights[weights < kth] = 0.0
+        keep = _nucleus(weights, p.top_p) if p.top_p < 1.0 else np.flatnonzero(weights)
+        if p.min_p > 0.0:
+            keep = keep[weights[keep] >= p.min_p * weights[keep].max()]
+        keep = np.sort(keep)  # `draw` walks the survivors in id order
+        return int(ids[keep[_draw_index(scaled[keep], self.rng)]])
+
+
+def _draw_index(candidate_logits: np.ndarray, rng: np.random.Generator) -> int:
+    cumulative = np.cumsum(softmax(candidate_logits))
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, len(candidate_logits) - 1)
