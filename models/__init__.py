@@ -1,0 +1,1 @@
+"""Models shipped with tinyexaone (installed as `tinyexaone.models`): data only, no code."""
