@@ -5,9 +5,9 @@ Hugging Face model directory (config.json + safetensors); a Hugging Face repo id
 looked up in the local Hugging Face cache, `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 `~/.cache/huggingface/hub` (layout `models--ORG--NAME/snapshots/<revision>/`; the revision
 named by `refs/main` is preferred, else the newest snapshot holding a config.json). Without M
-the shipped demo model is used: `default_model_path()` looks for `models/exaone4-demo` as
-package data of the installed `tinyexaone` first, then in the source checkout next to the
-package. Every failure is a one-line `TinyExaoneError` naming what was looked for and where.
+the shipped demo model is used: `default_model_path()` looks for `exaone4-demo` as package data
+of `tinyexaone.models` (models/ of the checkout, installed as tinyexaone/models/) first, then in
+the source checkout next to the `tinyexaone` package. Every failure is a one-line `TinyExaoneError` naming what was looked for and where.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def default_model_path() -> Path | None:
     """The shipped demo model directory: package data of the installed package, else the checkout."""
     candidates = []
     try:
-        candidates.append(Path(str(resources.files("tinyexaone") / "models" / DEMO_MODEL_NAME)))
-    except (ModuleNotFoundError, TypeError):  # not importable as a regular package
+        candidates.append(Path(str(resources.files("tinyexaone.models") / DEMO_MODEL_NAME)))
+    except (ModuleNotFoundError, TypeError):  # an install without the models package
         pass
     candidates.append(Path(tinyexaone.__file__).resolve().parent.parent / "models" / DEMO_MODEL_NAME)
     for candidate in candidates:

@@ -134,11 +134,11 @@ def test_default_model_prefers_package_data_then_checkout(tmp_path, monkeypatch)
     expected = checkout if (checkout / "config.json").is_file() else None
     assert default_model_path() == expected
     # an installed package carrying the model as package data wins over the checkout
-    package = tmp_path / "site" / "tinyexaone"
-    (package / "models" / "exaone4-demo").mkdir(parents=True)
-    (package / "models" / "exaone4-demo" / "config.json").write_text("{}")
-    monkeypatch.setattr(resources, "files", lambda name: package)
-    assert default_model_path() == package / "models" / "exaone4-demo"
+    package = tmp_path / "site" / "tinyexaone" / "models"
+    (package / "exaone4-demo").mkdir(parents=True)
+    (package / "exaone4-demo" / "config.json").write_text("{}")
+    monkeypatch.setattr(resources, "files", lambda name: package if name == "tinyexaone.models" else None)
+    assert default_model_path() == package / "exaone4-demo"
 
 
 def test_no_default_model_is_a_clear_error(monkeypatch):
