@@ -66,6 +66,7 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o644)
         with open(fd, "wb+") as f:
             writer = CompactWriter(f, metadata, names)
             for name, tensor_bits in plan.items():
