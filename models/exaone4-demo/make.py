@@ -1,18 +1,27 @@
 """Regenerate the exaone4-demo model: corpus -> tokenizer -> transformers training -> HF directory.
 
-Run `nice -n 10 python models/exaone4-demo/make.py [--out DIR] [--steps N]` from the repository
-root with the test extras installed (torch==2.13.0, transformers==5.24.0; dev-only: the runtime
-never imports them). Steps, each printed with its time:
-  1. `corpus.conversations(CORPUS_SIZE, CORPUS_SEED)` rendered with the real EXAONE template;
-  2. a byte-level BPE tokenizer trained with `tokenizers` on that text: EXAONE's special and added
-     tokens first (same strings and flags as upstream: the think/tool tags are non-special),
-     digits kept as single tokens, the same pre-tokenizer/decoder/post-processor as upstream;
+Needs the test extras (torch==2.13.0, transformers==5.24.0; dev-only: the runtime never imports
+them). The shipped model was made in two stages, from the repository root:
+
+    nice -n 10 python models/exaone4-demo/make.py --out /tmp/demo-stage1
+    nice -n 10 python models/exaone4-demo/make.py --init /tmp/demo-stage1 --out models/exaone4-demo \
+        --corpus-seed 20260102 --corpus-size 56000 --arithmetic-mix --steps 3200 --lr 2e-3 --warmup 100
+
+Each run prints what it does with timestamps:
+  1. `corpus.conversations(size, seed)` rendered with the real EXAONE template;
+  2. (stage 1) a byte-level BPE tokenizer trained with `tokenizers` on that text: EXAONE's
+     special and added tokens first (same strings and flags as upstream: the think/tool tags are
+     non-special), digits kept as single tokens, no merge across a newline (so a generation
+     prompt ending in "\n\n" tokenizes like the training text; checked), and the upstream
+     pre-tokenizer/decoder/post-processor; stage 2 reuses the stage-1 tokenizer;
   3. an `Exaone4ForCausalLM` (all global layers, llama3 RoPE, tied head, GQA) trained from a
-     fixed seed with AdamW on the assistant replies only (the template's generation prompt,
-     `<think>\n\n</think>\n\n` or `<think>\n`, is masked like every non-assistant token);
+     fixed seed (stage 2: from the stage-1 weights, on a fresh corpus with more arithmetic) with
+     AdamW and a warmup + cosine schedule, on the assistant replies only (the template's
+     generation prompt, `<think>\n\n</think>\n\n` or `<think>\n`, is masked like every
+     non-assistant token);
   4. `save_pretrained` in bfloat16 plus tokenizer.json, tokenizer_config.json,
      special_tokens_map.json, generation_config.json and chat_template.jinja.
-torch runs on 1 thread with deterministic settings, so a rerun on the same machine gives the
+torch runs on 1 thread with deterministic algorithms, so a rerun on the same machine gives the
 same weights; other CPUs may differ in the last bits.
 """
 
