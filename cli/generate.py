@@ -90,7 +90,8 @@ def _raw(model, prompt, options, as_json, show) -> dict:
 
 
 def _chat(model, prompt, system, think, options, as_json, show) -> dict:
-    messages = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": prompt})
     done = None
     reasoning_shown = False
     for event in model.chat(messages, enable_thinking=think, stream=True, **options):

@@ -7,7 +7,8 @@ looked up in the local Hugging Face cache, `HF_HUB_CACHE`, else `HF_HOME/hub`, e
 named by `refs/main` is preferred, else the newest snapshot holding a config.json). Without M
 the shipped demo model is used: `default_model_path()` looks for `exaone4-demo` as package data
 of `tinyexaone.models` (models/ of the checkout, installed as tinyexaone/models/) first, then in
-the source checkout next to the `tinyexaone` package. Every failure is a one-line `TinyExaoneError` naming what was looked for and where.
+the source checkout next to the `tinyexaone` package. Every failure is a one-line
+`TinyExaoneError` naming what was looked for and where.
 """
 
 from __future__ import annotations

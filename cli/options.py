@@ -49,7 +49,8 @@ class Number(click.ParamType):
             try:
                 number = self.kind(str(value).strip())
             except ValueError:
-                raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not {'an' if self.kind is int else 'a'} "
+                article = "an" if self.kind is int else "a"
+                raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not {article} "
                                       f"{self.name}") from None
         if self.kind is float and not math.isfinite(number):
             raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not a finite number")

@@ -77,7 +77,9 @@ def type_schema(hint) -> dict:
             return {"type": "array", "items": type_schema(args[0])}
         return {"type": "array", "prefixItems": [type_schema(a) for a in args]}
     if origin is dict:
-        return {"type": "object", "additionalProperties": type_schema(args[1])} if len(args) == 2 else {"type": "object"}
+        if len(args) == 2:
+            return {"type": "object", "additionalProperties": type_schema(args[1])}
+        return {"type": "object"}
     return {}
 
 

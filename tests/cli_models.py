@@ -44,7 +44,8 @@ def build_tiny_chat_model(directory: Path, seed: int = 0) -> Path:
         shutil.copyfile(FIXTURE / name, directory / name)
     rng = np.random.default_rng(seed)
     h, d, vocab = config["hidden_size"], config["head_dim"], config["vocab_size"]
-    q_out, kv_out, mlp = config["num_attention_heads"] * d, config["num_key_value_heads"] * d, config["intermediate_size"]
+    q_out, kv_out = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+    mlp = config["intermediate_size"]
 
     def matrix(rows, cols):
         return (0.3 * rng.standard_normal((rows, cols))).astype(np.float32)
@@ -75,9 +76,18 @@ def cli_env(home: Path) -> dict:
     return env
 
 
+def one_thread(args) -> list[str]:
+    """`chat`/`generate` ARGS with `--threads 1` added: on a machine busy with other work, Numba's
+    parallel launches can cost far more than the demo model's small matrices (tests stay fast;
+    the flag itself is tested separately)."""
+    args = [str(a) for a in args]
+    return [args[0], "--threads", "1", *args[1:]] if args and args[0] in ("chat", "generate") else args
+
+
 def cli(*args, cwd: Path, input: bytes | None = None, env: dict | None = None, timeout: float = 120):
-    """Run `python -m tinyexaone ARGS` with cwd outside the checkout; returns CompletedProcess (bytes)."""
-    return subprocess.run([sys.executable, "-m", "tinyexaone", *map(str, args)], input=input, capture_output=True,
+    """Run `python -m tinyexaone ARGS` (one thread, see one_thread) with cwd outside the checkout;
+    returns the CompletedProcess (bytes)."""
+    return subprocess.run([sys.executable, "-m", "tinyexaone", *one_thread(args)], input=input, capture_output=True,
                           cwd=cwd, env=env or cli_env(Path(cwd)), timeout=timeout)
 
 

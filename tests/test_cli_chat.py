@@ -17,7 +17,8 @@ import time
 import pexpect
 import pytest
 
-from cli_models import FIXTURE, ScriptedChatModel, build_tiny_chat_model, cli, cli_env, shipped_model
+from cli_models import (FIXTURE, ScriptedChatModel, build_tiny_chat_model, cli, cli_env, one_thread,
+                        shipped_model)
 from tinyexaone import load, load_tokenizer
 from tinyexaone.cli.chat import ChatApp, check_conversation
 from tinyexaone.cli.terminal import Style
@@ -44,8 +45,8 @@ def spawn(tmp_path, args, delay=None):
     env = cli_env(tmp_path)
     if delay is not None:
         env["TINYEXAONE_TEST_REPLY_DELAY"] = str(delay)
-    child = pexpect.spawn(sys.executable, ["-m", "tinyexaone", "chat", *args], cwd=str(tmp_path), env=env,
-                          encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250))
+    child = pexpect.spawn(sys.executable, ["-m", "tinyexaone", *one_thread(["chat", *args])], cwd=str(tmp_path),
+                          env=env, encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250))
     child.logfile_read = open(tmp_path / "screen.log", "a", encoding="utf-8")
     return child
 

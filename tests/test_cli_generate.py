@@ -6,11 +6,12 @@ when it is present (else on a tiny random model with the real EXAONE tokenizer).
 
 import json
 
+import numba
 import pytest
 
 from tinyexaone import load_tokenizer
 
-from cli_models import build_tiny_chat_model, cli, cli_env, shipped_model
+from cli_models import build_tiny_chat_model, cli, cli_env, one_thread, shipped_model
 
 PROMPT = "What is 12 + 7?"
 
@@ -28,32 +29,54 @@ def run(tmp_path):
     return run_cli
 
 
-def test_greedy_output_is_the_same_on_every_run(run, model_dir):
-    outputs = []
-    for _ in range(2):
-        code, out, err = run("generate", "--model", model_dir, "--prompt", PROMPT, "--temperature", "0",
-                             "--max-tokens", "24")
-        assert code == 0, err
-        outputs.append(out)
+@pytest.fixture
+def run_here(capsys):
+    """Run `tinyexaone ARGS` in this process (faster); returns (exit code, stdout, stderr)."""
+    from tinyexaone.cli.main import main
+
+    def run_main(*args):
+        threads = numba.get_num_threads()
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                main(one_thread(args))
+        finally:
+            numba.set_num_threads(threads)  # --threads must not leak into the other tests of this process
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+    return run_main
+
+
+@pytest.fixture(scope="module")
+def greedy_output(model_dir, tmp_path_factory):
+    """stdout of two separate greedy runs of the installed command."""
+    cwd = tmp_path_factory.mktemp("greedy")
+    results = [cli("generate", "--model", model_dir, "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "24",
+                   cwd=cwd) for _ in range(2)]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        err = result.stderr.decode()
         assert "prompt" in err and "tok/s" in err and "first token" in err  # the stats line
-    assert outputs[0] == outputs[1] and outputs[0].strip()
+    return [result.stdout.decode("utf-8") for result in results]
+
+
+def test_greedy_output_is_the_same_on_every_run(greedy_output, run_here, model_dir):
+    assert greedy_output[0] == greedy_output[1] and greedy_output[0].strip()
     # the same greedy run as JSON carries the same text, the documented keys and the stats
-    code, out, err = run("generate", "-m", model_dir, "-p", PROMPT, "--temp", "0", "-n", "24", "--json")
+    code, out, err = run_here("generate", "-m", model_dir, "-p", PROMPT, "--temp", "0", "-n", "24", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert set(data) == {"content", "reasoning_content", "tool_calls", "finish_reason", "stats"}
-    assert data["content"] == outputs[0].rstrip("\n")
+    assert data["content"] == greedy_output[0].rstrip("\n")
     assert data["stats"]["prompt_tokens"] > 0 and data["stats"]["generated_tokens"] <= 24
     assert data["finish_reason"] in ("stop", "length")
 
 
-def test_seeded_sampling_repeats_and_raw_mode(run, model_dir):
-    seeded = [run("generate", "-m", model_dir, "-p", PROMPT, "--seed", "7", "--temperature", "1.0", "-n", "12",
-                  "--json")[1] for _ in range(2)]
-    first, second = (json.loads(s) for s in seeded)
+def test_seeded_sampling_repeats_and_raw_mode(run_here, model_dir):
+    first, second = (json.loads(run_here("generate", "-m", model_dir, "-p", PROMPT, "--seed", "7", "--temperature",
+                                         "1.0", "-n", "12", "--json")[1]) for _ in range(2))
     assert first["content"] == second["content"]
-    code, out, err = run("generate", "-m", model_dir, "-p", "12 + 7 =", "--raw", "--temperature", "0", "-n", "6",
-                         "--json")
+    code, out, err = run_here("generate", "-m", model_dir, "-p", "12 + 7 =", "--raw", "--temperature", "0", "-n", "6",
+                              "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["reasoning_content"] is None
@@ -67,16 +90,21 @@ def test_prompt_from_stdin_and_invalid_utf8(run, model_dir):
     assert json.loads(out)["stats"]["prompt_tokens"] > 0
 
 
-def test_context_limits_are_explained(run, model_dir):
-    code, out, err = run("generate", "-m", model_dir, "-p", PROMPT * 20, "--ctx-size", "16", "-n", "4")
+def test_context_limits_are_explained(run_here, model_dir):
+    code, out, err = run_here("generate", "-m", model_dir, "-p", PROMPT * 20, "--ctx-size", "16", "-n", "4")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "does not fit the context" in err and "--ctx-size" in err and "Traceback" not in err
     # a reply that runs into the end of the context stops there and says so
-    code, out, err = run("generate", "-m", model_dir, "-p", PROMPT, "--ctx-size", "40", "--temperature", "0",
-                         "-n", "500", "--json")
+    prompt_tokens = len(load_tokenizer(model_dir).apply_chat_template([{"role": "user", "content": PROMPT}],
+                                                                      tokenize=True))
+    code, out, err = run_here("generate", "-m", model_dir, "-p", PROMPT, "--ctx-size", prompt_tokens + 2,
+                              "--temperature", "0", "-n", "500")
+    assert code == 0 and "the context is full; use a larger --ctx-size" in err
+    code, out, err = run_here("generate", "-m", model_dir, "-p", PROMPT, "--ctx-size", prompt_tokens + 2,
+                              "--temperature", "0", "-n", "500", "--json")
     data = json.loads(out)
-    if data["finish_reason"] == "length":  # (a model may also end its reply first)
-        assert data["stats"]["context_full"] and data["stats"]["prompt_tokens"] + data["stats"]["generated_tokens"] <= 41
+    assert data["finish_reason"] == "length" and data["stats"]["context_full"]
+    assert data["stats"]["generated_tokens"] <= 3  # two fit; the third is sampled but has no room to be fed
 
 
 def error_line(code, err):
@@ -109,22 +137,18 @@ def test_errors_are_one_line_with_exit_code_2(run, model_dir, tmp_path):
     (["--raw", "--think"], "need the chat template"),
     (["--prompt", "  "], "the prompt is empty"),
 ])
-def test_more_errors_in_process(capsys, model_dir, tmp_path, args, message):
-    from tinyexaone.cli.main import main
-
+def test_more_errors_in_process(run_here, model_dir, tmp_path, args, message):
     args = [str(a).format(tmp=tmp_path) for a in args]
     if "--model" not in args:
         args = ["--model", str(model_dir), *args]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--prompt", "hi", *args])
-    assert message in error_line(exit_info.value.code, capsys.readouterr().err)
+    assert message in error_line(*run_here("generate", "--prompt", "hi", *args)[::2])
 
 
-def test_missing_prompt_is_one_line(run, model_dir):
-    assert "needs --prompt" in error_line(*run("generate", "--model", model_dir)[::2])
+def test_missing_prompt_is_one_line(run_here, model_dir):
+    assert "needs --prompt" in error_line(*run_here("generate", "--model", model_dir)[::2])
 
 
-def test_repo_id_in_a_fake_hf_cache(run, model_dir, tmp_path):
+def test_repo_id_in_a_fake_hf_cache(run, run_here, greedy_output, model_dir, tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     snapshot = hub / "models--someorg--tiny-chat" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
@@ -138,31 +162,28 @@ def test_repo_id_in_a_fake_hf_cache(run, model_dir, tmp_path):
     code, out, err = run("generate", "--model", "someorg/tiny-chat", "-p", PROMPT, "--temperature", "0", "-n", "24",
                          env=env)
     assert code == 0, err
-    direct = run("generate", "--model", model_dir, "-p", PROMPT, "--temperature", "0", "-n", "24")[1]
-    assert out == direct
-    code, out, err = run("generate", "--model", "someorg/other", "-p", "hi", env=env)
+    assert out == greedy_output[0]  # the same model as by its path
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    code, out, err = run_here("generate", "--model", "someorg/other", "-p", "hi")
     assert "no such model in the Hugging Face cache" in error_line(code, err)
 
 
-def test_generate_without_model_uses_the_shipped_model(run, model_dir):
+def test_generate_without_model_uses_the_shipped_model(run, greedy_output):
     if shipped_model() is None:
         code, _, err = run("generate", "-p", "hi")
         assert "no --model given and the shipped demo model" in error_line(code, err)
     else:
         code, out, err = run("generate", "-p", PROMPT, "--temperature", "0", "-n", "24")
         assert code == 0, err
-        assert out == run("generate", "-m", model_dir, "-p", PROMPT, "--temperature", "0", "-n", "24")[1]
+        assert out == greedy_output[0]
 
 
-def test_think_system_and_reasoning_budget_flags(capsys, model_dir):
-    from tinyexaone.cli.main import main
-
+def test_think_system_and_reasoning_budget_flags(run_here, model_dir):
     def generate_json(*args):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["generate", "--model", str(model_dir), "-p", PROMPT, "--temperature", "0", "-n", "12", "--json",
-                  *args])
-        assert exit_info.value.code == 0
-        return json.loads(capsys.readouterr().out)
+        code, out, err = run_here("generate", "--model", model_dir, "-p", PROMPT, "--temperature", "0", "-n", "12",
+                                  "--json", *args)
+        assert code == 0, err
+        return json.loads(out)
 
     plain = generate_json()
     with_system = generate_json("--system", "You are a helpful assistant.")
