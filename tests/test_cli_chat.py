@@ -201,6 +201,17 @@ def test_piped_overlong_line_is_reported_and_later_lines_still_run(model_dir, tm
     assert result.stdout.decode().startswith("\n") and result.stdout.decode().count("\n") >= 2
 
 
+@pytest.mark.skipif(shipped_model() is None, reason="needs the trained demo model (a random model calls no tools)")
+def test_piped_tool_use_on_the_demo_model(tmp_path):
+    (tmp_path / "tools.py").write_text(TOOLS_SOURCE)
+    result = cli("chat", "--tools", tmp_path / "tools.py", "--temperature", "0", cwd=tmp_path,
+                 input=b"What is 123 + 456?\n")
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, err
+    assert '→ tool call add({"a": 123, "b": 456})' in err and "← 579" in err  # shown and run
+    assert "579" in out  # the result went back to the model, which answered with it
+
+
 def test_startup_errors_are_one_line(model_dir, tmp_path, capsys):
     broken = tmp_path / "broken_tools.py"
     broken.write_text("import no_such_module_for_tools\n")
