@@ -477,7 +477,7 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
                f"context {app.session.cache.max_tokens:,} tokens",
                f"thinking {'on' if app.session.enable_thinking else 'off'}"]
     if threads is not None:
-        details.append(f"{threads} threads")
+        details.append(f"{threads} thread{'' if threads == 1 else 's'}")
     app.line(style.dim(" · ".join(details)))
     if toolbox is not None:
         app.line(style.dim(f"tools from {sanitize(str(toolbox.path))}: {', '.join(toolbox.functions)}"))
