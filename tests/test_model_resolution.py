@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_models import build_tiny_chat_model
+from cli_models import build_tiny_chat_model, shipped_model
 from tinyexaone import TinyExaoneError
 from tinyexaone.cli import model_resolution
 from tinyexaone.cli.model_resolution import default_model_path, load_model, resolve_model
@@ -130,15 +130,24 @@ def test_chat_needs_a_chat_template_but_raw_text_does_not(tiny_dir, tmp_path):
 
 
 def test_default_model_prefers_package_data_then_checkout(tmp_path, monkeypatch):
-    checkout = Path(__file__).resolve().parent.parent / "models" / "exaone4-demo"
-    expected = checkout if (checkout / "config.json").is_file() else None
-    assert default_model_path() == expected
-    # an installed package carrying the model as package data wins over the checkout
+    import tinyexaone
+
+    if shipped_model() is not None:  # installed as package data, or found in the checkout
+        assert (default_model_path() / "config.json").is_file()
+    # an installed package carrying the model as package data comes first
     package = tmp_path / "site" / "tinyexaone" / "models"
     (package / "exaone4-demo").mkdir(parents=True)
     (package / "exaone4-demo" / "config.json").write_text("{}")
     monkeypatch.setattr(resources, "files", lambda name: package if name == "tinyexaone.models" else None)
     assert default_model_path() == package / "exaone4-demo"
+
+    # without the models package, the checkout next to the imported tinyexaone package is used
+    def no_models_package(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(resources, "files", no_models_package)
+    checkout = Path(tinyexaone.__file__).resolve().parent.parent / "models" / "exaone4-demo"
+    assert default_model_path() == (checkout if (checkout / "config.json").is_file() else None)
 
 
 def test_no_default_model_is_a_clear_error(monkeypatch):
