@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tinyexaone.bf16 import Bf16Weight, bf16_matmul_rows, bf16_matmul_rows_numpy, widen_numpy
+from tinyexaone.bf16 import Bf16Weight, bf16_matmul_rows, bf16_matmul_rows_numpy, bf16_matmul_rows_serial, widen_numpy
 from tinyexaone.kernels import chunk_count
 
 
@@ -18,10 +18,13 @@ def test_kernel_matches_numpy_twin(rows, out_dim, in_dim):
     bits = random_bits(rng, (out_dim, in_dim))
     x = rng.standard_normal((rows, in_dim)).astype(np.float32)
     out = np.full((rows, out_dim), np.nan, np.float32)  # poisoned: every element must be written
+    serial = np.full((rows, out_dim), np.nan, np.float32)
     bf16_matmul_rows(bits, x, out, chunk_count(out_dim))
+    bf16_matmul_rows_serial(bits, x, serial)
     expected = bf16_matmul_rows_numpy(bits, x)
     scale = np.abs(x) @ np.abs(widen_numpy(bits)).T
     assert np.all(np.abs(out - expected) <= 1e-5 * scale), f"seed {seed}"
+    assert np.all(np.abs(serial - expected) <= 1e-5 * scale), f"seed {seed}"
 
 
 @pytest.mark.parametrize("rows", [1, 5, 8, 33])

@@ -59,6 +59,23 @@ def test_matvec_matches_numpy_twin(bits, group_size):
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_serial_matvec_matches_numpy_twin(bits, group_size):
+    seed, rng = fresh_rng()
+    n_rows = int(rng.integers(1, 300))
+    n_cols = group_size * int(rng.integers(1, 12))
+    arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
+    codes = arrays["nibbles" if bits == 4 else "quants"]
+    scale_bits = arrays["scales"].view(np.uint16)
+    serial = kernels.q4_matvec_serial if bits == 4 else kernels.q8_matvec_serial
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    out = np.full(n_rows, np.nan, np.float32)
+    serial(codes, scale_bits, x, out)
+    expected = kernel_pair(bits)[1](codes, scale_bits, x)
+    assert np.isfinite(out).all(), f"seed {seed}: output left unwritten"
+    assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {(n_rows, n_cols)}"
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
 def test_dequantize_matches_numpy_twin(bits, group_size):
     seed, rng = fresh_rng()
     n_rows, n_cols = int(rng.integers(2, 90)), group_size * int(rng.integers(1, 7))

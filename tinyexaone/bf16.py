@@ -4,7 +4,8 @@
 never copied, never written) and offers the weight interface of `weights.py`. A BF16 value is
 the top half of a float32, so widening is a 16-bit shift. For a few input rows (decode),
 `bf16_matmul_rows` widens each weight row once into a per-thread scratch and reuses it for
-every input row; for many rows (prefill) the matrix is widened tile by tile and multiplied by
+every input row (`bf16_matmul_rows_serial` does the same on the calling thread for small
+matrices, where waking the thread pool costs more than the work); for many rows (prefill) the matrix is widened tile by tile and multiplied by
 NumPy BLAS outside jitted code. Every kernel has a NumPy twin (`*_numpy`). Parallel kernels are
 entered under `kernels.COMPUTE_LOCK`.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import COMPUTE_LOCK, FASTMATH, chunk_count
+from .kernels import COMPUTE_LOCK, FASTMATH, SERIAL_BELOW, chunk_count
 
 FEW_ROWS = 8  # below this many input rows, the fused Numba kernel; from it on, tiles + BLAS
 TILE_ELEMENTS = 1 << 21  # weights per widened float32 tile (8 MB)
@@ -46,6 +47,23 @@ def bf16_matmul_rows(bits, x, out, n_chunks):
     return out
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def bf16_matmul_rows_serial(bits, x, out):
+    """`bf16_matmul_rows` on the calling thread, for matrices too small to repay a parallel launch."""
+    k_dim = bits.shape[1]
+    wide = np.empty(k_dim, np.uint32)
+    row = wide.view(np.float32)
+    for n in range(bits.shape[0]):
+        for k in range(k_dim):
+            wide[k] = np.uint32(bits[n, k]) << np.uint32(16)
+        for t in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for k in range(k_dim):
+                acc += row[k] * x[t, k]
+            out[t, n] = acc
+    return out
+
+
 def bf16_matmul_rows_numpy(bits: np.ndarray, x: np.ndarray) -> np.ndarray:
     """NumPy twin of `bf16_matmul_rows`: x [T, K] @ widen(bits)^T -> [T, N]."""
     return x @ widen_numpy(bits).T
@@ -65,6 +83,8 @@ class Bf16Weight:
         x = np.ascontiguousarray(x, dtype=np.float32)  # [T, in]
         if x.shape[0] < FEW_ROWS:
             out = np.empty((x.shape[0], self.shape[0]), np.float32)  # [T, out]
+            if self.shape[0] * self.shape[1] < SERIAL_BELOW:
+                return bf16_matmul_rows_serial(self.bits, x, out)
             with COMPUTE_LOCK:
                 return bf16_matmul_rows(self.bits, x, out, chunk_count(self.shape[0]))
         out = np.empty((x.shape[0], self.shape[0]), np.float32)  # [T, out]

@@ -48,6 +48,8 @@ from numba.extending import intrinsic
 FASTMATH = {"contract", "reassoc", "nsz", "arcp", "afn"}
 CONTRACT = {"contract"}
 COMPUTE_LOCK = threading.Lock()
+SERIAL_BELOW = 1 << 18  # weights: a decode matvec this small runs on the calling thread, since
+# waking the pool costs more than the work (~10 us idle, a scheduler tick when the cores are busy)
 CHUNKS_PER_THREAD = 4  # row chunks per Numba thread: a few, so a stalled thread costs little
 
 
@@ -187,6 +189,20 @@ def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
     return outs
 
 
+@njit(nogil=True, cache=True, fastmath=CONTRACT)
+def q4_matvec_serial(nibbles, scale_bits, x, out):
+    """`q4_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
+    n_rows, _, n_blocks = nibbles.shape
+    x_low = np.empty((16, n_blocks), np.float32)
+    x_high = np.empty((16, n_blocks), np.float32)
+    offsets = np.empty(n_blocks, np.float32)
+    _q4_prepare(x, x_low, x_high, offsets)
+    block_dots = np.empty(n_blocks, np.float32)
+    for n in range(n_rows):
+        out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots)
+    return out
+
+
 def q4_matvec_numpy(nibbles: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:
     """NumPy twin of `q4_matvec` (and of each output of `q4_matvec_fused`): W x [N] in float32."""
     return q4_dequantize_numpy(nibbles, scale_bits) @ x
@@ -227,6 +243,18 @@ def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
             outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_blocked, block_dots)
             row += 1
     return outs
+
+
+@njit(nogil=True, cache=True, fastmath=CONTRACT)
+def q8_matvec_serial(quants, scale_bits, x, out):
+    """`q8_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
+    n_rows, _, n_blocks = quants.shape
+    x_blocked = np.empty((32, n_blocks), np.float32)
+    _q8_prepare(x, x_blocked)
+    block_dots = np.empty(n_blocks, np.float32)
+    for n in range(n_rows):
+        out[n] = _q8_row(quants, scale_bits, n, x_blocked, block_dots)
+    return out
 
 
 def q8_matvec_numpy(quants: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:

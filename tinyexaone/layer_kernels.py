@@ -13,8 +13,9 @@ documented shapes (the model builds them; nothing here validates).
 - `attention_decode(q, keys, values, first_pos, n_keys, modulo, scores, out)`: one query per
   head over the n_keys cached positions first_pos .. first_pos + n_keys - 1, stored in row
   `position % modulo` of keys/values [capacity, KV, d]; GQA (head h reads KV head h // (H/KV)),
-  softmax in float32; out [H, d]. Parallel over KV heads; `scores` [H, >= n_keys] is scratch.
-  Twin: `attention_decode_numpy`.
+  softmax in float32; out [H, d]. Parallel over KV heads (`attention_decode_serial`: on the
+  calling thread, for short caches); `scores` [H, >= n_keys] is scratch. Twin:
+  `attention_decode_numpy`.
 """
 
 from __future__ import annotations
@@ -100,35 +101,50 @@ def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, key
     keys[slot], values[slot] = k, v
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
+    d = q.shape[1]
+    for h in range(g * group, (g + 1) * group):
+        best = -np.inf
+        for j in range(n_keys):
+            slot = (first_pos + j) % modulo
+            s = np.float32(0.0)
+            for i in range(d):
+                s += q[h, i] * keys[slot, g, i]
+            s *= scale
+            scores[h, j] = s
+            best = max(best, s)
+        total = np.float32(0.0)
+        for j in range(n_keys):
+            p = np.exp(scores[h, j] - best)
+            scores[h, j] = p
+            total += p
+        for i in range(d):
+            out[h, i] = np.float32(0.0)
+        for j in range(n_keys):
+            slot = (first_pos + j) % modulo
+            p = scores[h, j] / total
+            for i in range(d):
+                out[h, i] += p * values[slot, g, i]
+
+
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def attention_decode(q, keys, values, first_pos, n_keys, modulo, scores, out):
-    heads, d = q.shape
     kv_heads = keys.shape[1]
-    group = heads // kv_heads
-    scale = np.float32(1.0 / math.sqrt(d))
+    group = q.shape[0] // kv_heads
+    scale = np.float32(1.0 / math.sqrt(q.shape[1]))
     for g in prange(kv_heads):
-        for h in range(g * group, (g + 1) * group):
-            best = -np.inf
-            for j in range(n_keys):
-                slot = (first_pos + j) % modulo
-                s = np.float32(0.0)
-                for i in range(d):
-                    s += q[h, i] * keys[slot, g, i]
-                s *= scale
-                scores[h, j] = s
-                best = max(best, s)
-            total = np.float32(0.0)
-            for j in range(n_keys):
-                p = np.exp(scores[h, j] - best)
-                scores[h, j] = p
-                total += p
-            for i in range(d):
-                out[h, i] = np.float32(0.0)
-            for j in range(n_keys):
-                slot = (first_pos + j) % modulo
-                p = scores[h, j] / total
-                for i in range(d):
-                    out[h, i] += p * values[slot, g, i]
+        _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def attention_decode_serial(q, keys, values, first_pos, n_keys, modulo, scores, out):
+    """`attention_decode` on the calling thread, for caches too small to repay a parallel launch."""
+    kv_heads = keys.shape[1]
+    group = q.shape[0] // kv_heads
+    scale = np.float32(1.0 / math.sqrt(q.shape[1]))
+    for g in range(kv_heads):
+        _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale)
 
 
 def attention_decode_numpy(q, keys, values, first_pos, n_keys, modulo, scores, out) -> None:

@@ -34,8 +34,8 @@ from . import generation
 from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
-from .kernels import COMPUTE_LOCK
-from .layer_kernels import add_rms_norm, attention_decode, qk_norm_rope_store, silu_mul
+from .kernels import COMPUTE_LOCK, SERIAL_BELOW
+from .layer_kernels import add_rms_norm, attention_decode, attention_decode_serial, qk_norm_rope_store, silu_mul
 from .quantized import matmul_fused
 from .rope import apply_rope, cos_sin, inverse_frequencies
 from .tokenizer import load_tokenizer
@@ -197,8 +197,11 @@ class Model:
                                layer_cache.keys, layer_cache.values, slot)
             first, n_keys, modulo = layer_cache.visible()
             scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
-            with COMPUTE_LOCK:
-                attention_decode(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
+            if n_keys * heads * d < SERIAL_BELOW:
+                attention_decode_serial(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
+            else:
+                with COMPUTE_LOCK:
+                    attention_decode(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
             add_rms_norm(h, layer.o_proj.matmul(attended.reshape(1, heads * d)), layer.post_attention_layernorm, eps)
             gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [1, intermediate] each
             silu_mul(gate, up, activated)

@@ -143,6 +143,8 @@ class QuantizedWeight:
         self._codes = _read_only(codes)  # [N, 32, B] int8 or [N, 16, B] uint8
         self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [N, G]
         self._matvec = kernels.q8_matvec if bits == 8 else kernels.q4_matvec
+        self._matvec_serial = kernels.q8_matvec_serial if bits == 8 else kernels.q4_matvec_serial
+        self.small = self.shape[0] * self.shape[1] < kernels.SERIAL_BELOW  # decode without the thread pool
         self._matmul = kernels.q8_matmul if bits == 8 else kernels.q4_matmul
 
     @classmethod
@@ -196,6 +198,10 @@ class QuantizedWeight:
             out = np.empty((n_tokens, n_out), np.float32)
         elif out.shape != (n_tokens, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise TinyExaoneError(f"matmul output must be a C-contiguous float32 array of shape {(n_tokens, n_out)}")
+        if n_tokens < PREFILL_MIN_TOKENS and self.small:
+            for t in range(n_tokens):
+                self._matvec_serial(self._codes, self._scale_bits, x[t], out[t])
+            return out
         with kernels.COMPUTE_LOCK:
             if n_tokens < PREFILL_MIN_TOKENS:
                 chunks = kernels.chunk_count(n_out)
@@ -218,7 +224,7 @@ def matmul_fused(weights, x: np.ndarray) -> list[np.ndarray]:
     same_format = all(
         isinstance(w, QuantizedWeight) and w.bits == first.bits and w.shape[1] == first.shape[1] for w in weights
     )
-    if not same_format or x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != first.shape[1]:
+    if not same_format or x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != first.shape[1] or first.small:
         return [w.matmul(x) for w in weights]
     outs = tuple(np.empty((1, w.shape[0]), np.float32) for w in weights)
     fused = kernels.q8_matvec_fused if first.bits == 8 else kernels.q4_matvec_fused
