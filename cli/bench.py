@@ -1,6 +1,7 @@
 """`tinyexaone bench`: end-to-end speed of a model, with the ratios that make it comparable.
 
-One run measures, on a compact file (`--model`) or a synthetic one of the real EXAONE-4.0-1.2B
+One run measures, on a model (`--model`: a compact file, or a Hugging Face directory whose
+BF16 weights run in place) or a synthetic compact file of the real EXAONE-4.0-1.2B
 shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no float
 checkpoint in between): load time; time to first token of a short prompt in a fresh process
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
@@ -166,7 +167,8 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
     prefill_sizes, decode_tokens, long_context = ((16, 64), 16, 64) if quick else ((64, 512), 128, 512)
-    result = {"model": str(path), "threads": threads, "file_mb": path.stat().st_size / 1e6}
+    files = [path] if path.is_file() else list(path.glob("*.safetensors"))
+    result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6}
     start = time.perf_counter()
     model = load(path)
     result["load_s"] = time.perf_counter() - start
@@ -227,7 +229,8 @@ def print_table(result: dict) -> None:
 
 
 @click.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), help="A compact model file.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="A compact model file or a Hugging Face model directory.")
 @click.option("--synthetic", type=click.Choice(sorted(SYNTHETIC_SHAPES)), help="A random-weight model of this shape.")
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Synthetic model bits.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True)
@@ -243,8 +246,8 @@ def bench(model_path, synthetic, bits, group_size, threads, quick, as_json):
     threads = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
     if synthetic:
         model_path = synthetic_model(synthetic, int(bits), int(group_size))
-    elif not model_path.is_file():
-        raise TinyExaoneError(f"{model_path}: bench needs a compact model file (make one with tinyexaone quantize)")
+    elif not model_path.exists():
+        raise TinyExaoneError(f"{model_path}: no such file or directory")
     result = run_bench(model_path, threads, quick)
     if as_json:
         click.echo(json.dumps(result, indent=2))

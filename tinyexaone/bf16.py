@@ -97,3 +97,7 @@ class Bf16Weight:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return widen_numpy(self.bits[ids])  # [T, in]
+
+    def dequantize(self) -> np.ndarray:
+        """The whole matrix as float32 [out, in] (a copy)."""
+        return widen_numpy(self.bits)
