@@ -248,6 +248,7 @@ def bench(model_path, synthetic, bits, group_size, threads, quick, as_json):
         model_path = synthetic_model(synthetic, int(bits), int(group_size))
     elif not model_path.exists():
         raise TinyExaoneError(f"{model_path}: no such file or directory")
+    model_path = model_path.resolve()  # the first-token runs start in another directory
     result = run_bench(model_path, threads, quick)
     if as_json:
         click.echo(json.dumps(result, indent=2))
