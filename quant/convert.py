@@ -2,8 +2,8 @@
 
 `convert(src, out, bits=, group_size=, embedding_bits=, force=)` validates SRC like the loader
 does (config, every tensor's name, dtype and shape), then quantizes one tensor at a time: the
-matrices to int`bits` (the embedding, and an untied lm_head, to int`embedding_bits`), all with
-`group_size`, the norms kept float32; a tied head is stored once, as the embedding. Each matrix
+matrices to int`bits` with `group_size` (the embedding, and an untied lm_head, to
+int`embedding_bits`, with group 128 when that is int8), the norms kept float32; a tied head is stored once, as the embedding. Each matrix
 is read from the source file in row slices of about `SLICE_ELEMENTS` weights and quantized
 slice by slice (the group-wise layout stacks rows, so the slices' arrays are written one after
 another), so peak memory stays near one slice plus one quantized tensor, never the model.
@@ -113,32 +113,43 @@ def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[di
     return parts, relative
 
 
-def _plan(config, bits: int, group_size: int, embedding_bits: int) -> dict[str, int | None]:
-    """Model tensor -> its bits (None: kept float32); checks every matrix fits the group size."""
+def embedding_group_for(embedding_bits: int, group_size: int) -> int:
+    """The embedding's group size: 128 for int8 (8.125 bits/weight; int8's error is small at any
+    group), the layers' group size for int4."""
+    return 128 if embedding_bits == 8 else group_size
+
+
+def _plan(config, bits: int, group_size: int, embedding_bits: int) -> dict[str, tuple[int, int] | None]:
+    """Model tensor -> (bits, group size), or None when kept float32; checks every matrix fits its group."""
     plan = {}
     for name, shape in expected_tensors(config).items():
         if len(shape) == 1:
             plan[name] = None
             continue
-        plan[name] = embedding_bits if name in HEAD_NAMES else bits
-        if shape[1] % group_size:
+        head = name in HEAD_NAMES
+        group = embedding_group_for(embedding_bits, group_size) if head else group_size
+        if head and shape[1] % group:
+            group = group_size  # a hidden size that 128 does not divide
+        plan[name] = (embedding_bits if head else bits, group)
+        if shape[1] % group:
             raise TinyExaoneError(
-                f"tensor '{name}' has {shape[1]} input columns, not a multiple of the group size {group_size}"
+                f"tensor '{name}' has {shape[1]} input columns, not a multiple of the group size {group}"
                 f" (choose a group size that divides it)"
             )
     return plan
 
 
-def _quantization_record(plan: dict[str, int | None], shapes: dict, bits: int, group_size: int,
+def _quantization_record(plan: dict[str, tuple[int, int] | None], shapes: dict, bits: int, group_size: int,
                          embedding_bits: int) -> dict:
     tensors = {}
-    for name, tensor_bits in plan.items():
-        if tensor_bits is None:
+    for name, scheme in plan.items():
+        if scheme is None:
             tensors[name] = {"scheme": "float32", "shape": list(shapes[name]), "arrays": {"weight": name}}
         else:
-            keys = expected_arrays(tensor_bits, group_size, shapes[name])
+            tensor_bits, group = scheme
+            keys = expected_arrays(tensor_bits, group, shapes[name])
             tensors[name] = {
-                "scheme": f"int{tensor_bits}", "group_size": group_size, "shape": list(shapes[name]),
+                "scheme": f"int{tensor_bits}", "group_size": group, "shape": list(shapes[name]),
                 "arrays": {key: array_name(name, key) for key in keys},
             }
     return {"bits": bits, "group_size": group_size, "embedding_bits": embedding_bits, "tensors": tensors}
@@ -255,15 +266,15 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     return report
 
 
-def _convert_tensor(writer: CompactWriter, entry: TensorEntry, bits: int | None, quantization: dict,
+def _convert_tensor(writer: CompactWriter, entry: TensorEntry, scheme: tuple[int, int] | None, quantization: dict,
                     report: ConversionReport) -> None:
     spec = quantization["tensors"][entry.name]
     params = math.prod(entry.shape)
     report.total_params += params
-    if bits is None:
+    if scheme is None:
         writer.add(spec["arrays"]["weight"], _read_float32(entry, 0, params).reshape(entry.shape))
         return
-    parts, relative = _quantize_matrix(entry, bits, spec["group_size"])
+    parts, relative = _quantize_matrix(entry, *scheme)
     if set(parts) != set(spec["arrays"]):
         raise RuntimeError(f"quantize() returned arrays {sorted(parts)}, expected {sorted(spec['arrays'])}")
     for key, slices in parts.items():

@@ -69,12 +69,12 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
         os.chmod(tmp, 0o644)
         with open(fd, "wb+") as f:
             writer = CompactWriter(f, metadata, names)
-            for name, tensor_bits in plan.items():
+            for name, scheme in plan.items():
                 spec = quantization["tensors"][name]
-                if tensor_bits is None:  # a norm weight
+                if scheme is None:  # a norm weight
                     writer.add(spec["arrays"]["weight"], 1 + 0.1 * rng.standard_normal(shapes[name]).astype(np.float32))
                     continue
-                for key, (dtype, shape) in expected_arrays(tensor_bits, group_size, shapes[name]).items():
+                for key, (dtype, shape) in expected_arrays(*scheme, shapes[name]).items():
                     writer.add_stacked(spec["arrays"][key], list(_random_array(rng, key, dtype, shape)))
             writer.finish()
         os.replace(tmp, out)

@@ -156,13 +156,13 @@ def test_the_file_holds_exactly_what_quantize_produces(compact, source):
     ckpt = tinyexaone.checkpoint.open_checkpoint(source)
     model = tinyexaone.load(compact)
     layer = model.weights.layers[1]
-    for name, weight, bits in [
-        ("model.layers.1.mlp.gate_proj.weight", layer.gate_proj, 4),
-        ("model.layers.1.self_attn.o_proj.weight", layer.o_proj, 4),
-        ("model.embed_tokens.weight", model.weights.embed_tokens, 8),
+    for name, weight, bits, group in [
+        ("model.layers.1.mlp.gate_proj.weight", layer.gate_proj, 4, 32),
+        ("model.layers.1.self_attn.o_proj.weight", layer.o_proj, 4, 32),
+        ("model.embed_tokens.weight", model.weights.embed_tokens, 8, 128),  # int8 embeddings use group 128
     ]:
-        expected = quantize(ckpt.float32(name), bits, 32)
-        assert weight.bits == bits and weight.group_size == 32 and weight.shape == expected.shape
+        expected = quantize(ckpt.float32(name), bits, group)
+        assert weight.bits == bits and weight.group_size == group and weight.shape == expected.shape
         for key, array in expected.arrays.items():
             np.testing.assert_array_equal(weight.arrays[key], array)
     np.testing.assert_array_equal(layer.q_norm, ckpt.float32("model.layers.1.self_attn.q_norm.weight"))
@@ -399,7 +399,7 @@ def run_cli(capsys, *args):
 def test_info_describes_compact_files_and_directories(compact, source, capsys):
     code, out, _ = run_cli(capsys, "info", compact, "--verify")
     assert code == 0
-    assert "format version 1" in out and "int4 g32" in out and "embedding int8 g32" in out
+    assert "format version 1" in out and "int4 g32" in out and "embedding int8 g128" in out
     assert f"{compact.stat().st_size:,} bytes" in out and "24 model tensors" in out
     assert "hidden 128" in out and "matches" in out
     code, out, _ = run_cli(capsys, "info", source)

@@ -126,13 +126,15 @@ def test_schemes_are_recorded_and_slicing_does_not_change_the_file(synthetic_src
     assert (tmp_path / "whole.tx").read_bytes() == (tmp_path / "sliced.tx").read_bytes()
     quant = open_compact(tmp_path / "whole.tx").quantization
     assert (quant["bits"], quant["group_size"], quant["embedding_bits"]) == (bits, group_size, embedding_bits)
+    embedding_group = 128 if embedding_bits == 8 else group_size  # int8 embeddings use group 128
     for name, spec in quant["tensors"].items():
         if spec["scheme"] != "float32":
-            expected_bits = embedding_bits if name in ("model.embed_tokens.weight", "lm_head.weight") else bits
-            assert (spec["scheme"], spec["group_size"]) == (f"int{expected_bits}", group_size), name
+            head = name in ("model.embed_tokens.weight", "lm_head.weight")
+            expected = (f"int{embedding_bits}", embedding_group) if head else (f"int{bits}", group_size)
+            assert (spec["scheme"], spec["group_size"]) == expected, name
     assert set(whole.relative_errors) == {n for n, s in quant["tensors"].items() if s["scheme"] != "float32"}
     assert 0 < whole.worst_error[1] < (0.2 if 4 in (bits, embedding_bits) else 0.02)
-    matrix_bits = {4: 4 + 16 / group_size, 8: 8 + 16 / group_size}
+    matrix_bits = {4: 4 + 16 / group_size, 8: 8 + 16 / min(group_size, embedding_group)}
     assert min(matrix_bits.values()) <= whole.matrix_bits_per_weight <= max(matrix_bits.values())
 
 
