@@ -23,23 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyexaone.quant.synthetic import EXAONE_4_0_1_2B as SYNTHETIC_1_2B
+
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
 )
 SLICE_ELEMENTS = 1 << 22
 
-EXAONE_4_0_1_2B = {
-    "architectures": ["Exaone4ForCausalLM"],
-    "model_type": "exaone4",
-    "bos_token_id": 1, "eos_token_id": 361, "pad_token_id": 0,
-    "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 4096,
-    "initializer_range": 0.02, "layer_types": ["full_attention"] * 30, "max_position_embeddings": 65536,
-    "num_attention_heads": 32, "num_hidden_layers": 30, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 16.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 1000000.0, "sliding_window": None, "sliding_window_pattern": None,
-    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "vocab_size": 102400,
-}
+# the real EXAONE-4.0-1.2B config.json, as the runtime's synthetic-model writer keeps it
+EXAONE_4_0_1_2B = dict(SYNTHETIC_1_2B, initializer_range=0.02, torch_dtype="bfloat16")
 
 
 def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
