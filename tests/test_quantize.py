@@ -244,7 +244,7 @@ def test_interrupted_quantize_leaves_no_output(synthetic_src, tmp_path, signum, 
     env = dict(os.environ, TINYEXAONE_TEST_QUANTIZE_DELAY="0.25")
     process = subprocess.Popen(
         [sys.executable, "-m", "tinyexaone", "quantize", str(synthetic_src), str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,  # the installed package, not ./tinyexaone
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if our parent ignores SIGINT
     )
     try:
