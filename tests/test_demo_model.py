@@ -196,3 +196,18 @@ def test_quantized_model_keeps_quality(tmp_path, float32_scores, bits, max_perpl
 
     assert arithmetic(scores) >= arithmetic(float32_scores) - max_accuracy_drop
     assert scores["tool_call"] >= 0.95 and scores["endofturn"] >= 0.99
+
+
+@pytest.mark.parametrize("name, min_mean_cosine", [("exaone4-demo-int8.tx", 0.999), ("exaone4-demo-int4.tx", 0.99)])
+def test_shipped_compact_logits_follow_float32(model, name, min_mean_cosine):
+    """On trained weights the quantized logits stay close to float32 over a whole conversation
+    (measured: int8 0.99997, int4 g32 0.9995 mean cosine over 87 positions)."""
+    import numpy as np
+
+    messages = [{"role": "user", "content": "What is 47 + 38?"}, {"role": "assistant", "content": "47 + 38 = 85."},
+                {"role": "user", "content": "¿Cuánto es 12 - 5?"}, {"role": "assistant", "content": "12 - 5 = 7."},
+                {"role": "user", "content": "Hello! Who are you?"}]
+    ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(messages), add_special_tokens=False)
+    ours, quantized = model.forward(ids), tinyexaone.load(DEMO / name).forward(ids)
+    cosine = np.sum(ours * quantized, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(quantized, axis=1)
+    assert cosine.mean() >= min_mean_cosine
