@@ -27,14 +27,27 @@ def assert_close(ours, ref):
     assert max_abs <= MAX_ABS and rel_l2 <= MAX_REL_L2, f"max abs {max_abs:.3g}, rel L2 {rel_l2:.3g}"
 
 
+_BUILT = {}
+
+
+def build(name, tmp_path_factory):
+    """(layout name, tinyexaone model, float64 transformers model, token ids), built once per layout."""
+    if name not in _BUILT:
+        directory = tmp_path_factory.mktemp(name)
+        ref = build_reference_model(directory, seed=7, **LAYOUTS[name])
+        ids = np.random.default_rng(11).integers(0, LAYOUTS[name]["vocab_size"], SEQ_LEN)
+        _BUILT[name] = name, tinyexaone.load(directory), ref, ids
+    return _BUILT[name]
+
+
 @pytest.fixture(scope="module", params=sorted(LAYOUTS))
 def built(request, tmp_path_factory):
-    """(layout name, tinyexaone model, float64 transformers model, token ids)."""
-    name = request.param
-    directory = tmp_path_factory.mktemp(name)
-    ref = build_reference_model(directory, seed=7, **LAYOUTS[name])
-    ids = np.random.default_rng(11).integers(0, LAYOUTS[name]["vocab_size"], SEQ_LEN)
-    return name, tinyexaone.load(directory), ref, ids
+    return build(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=sorted(n for n, layout in LAYOUTS.items() if layout["sliding_window"]))
+def built_sliding(request, tmp_path_factory):
+    return build(request.param, tmp_path_factory)
 
 
 def test_layer_kinds_match_transformers(built):
@@ -76,11 +89,9 @@ def test_greedy_tokens_equal_transformers_generate(built):
     assert ours == expected
 
 
-def test_sliding_layers_keep_window_sized_memory(built):
-    name, model, ref, ids = built
+def test_sliding_layers_keep_window_sized_memory(built_sliding):
+    name, model, ref, ids = built_sliding
     cfg = model.config
-    if cfg.sliding_window is None:
-        pytest.skip("no sliding layers in this layout")
     cache = model.new_cache()
     for token in ids:
         model.forward([int(token)], cache)
@@ -175,11 +186,9 @@ def test_last_only_logits_equal_the_last_row(built):
     np.testing.assert_allclose(model.forward(ids, last_only=True), model.forward(ids)[-1:], rtol=1e-5, atol=1e-5)
 
 
-def test_ring_buffer_trims_freely_until_it_evicts(built):
-    _, model, _, ids = built
+def test_ring_buffer_trims_freely_until_it_evicts(built_sliding):
+    _, model, _, ids = built_sliding
     window = model.config.sliding_window
-    if window is None:
-        pytest.skip("no sliding layers in this layout")
     cache = model.new_cache()
     model.forward(ids[: window - 1], cache)  # nothing evicted yet: every earlier prefix is held
     assert all(cache.can_trim(n) for n in range(window))
