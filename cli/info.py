@@ -32,7 +32,7 @@ def _describe_config(config: Exaone4Config) -> None:
         f"shape       {config.num_hidden_layers} layers, hidden {config.hidden_size}, MLP {config.intermediate_size}, "
         f"heads {config.num_attention_heads}/{config.num_key_value_heads} x {config.head_dim}, vocab {config.vocab_size}"
     )
-    click.echo(f"layers      " + ", ".join(f"{n} {k.replace('_attention', '')}" for k, n in kinds.items())
+    click.echo("layers      " + ", ".join(f"{n} {k.replace('_attention', '')}" for k, n in kinds.items())
                + (f" (window {config.sliding_window})" if config.sliding_window else ""))
     click.echo(f"rope        {rope_text}")
     click.echo(f"head        {'tied to the embedding' if config.tie_word_embeddings else 'separate lm_head'}")

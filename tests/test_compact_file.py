@@ -23,6 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from byte_mutations import BYTE_MUTATIONS, header_intact, header_length, mutate_bytes
+
 import tinyexaone
 from tinyexaone.cli.main import main
 from tinyexaone.compact import embedded_files, extract_embedded_files, open_compact, verify_data
@@ -416,10 +418,7 @@ def test_info_verify_on_damaged_data_is_one_line(compact, damaged, capsys):
 # --- fuzzing -------------------------------------------------------------------------------------------------
 
 mutation = st.one_of(
-    st.tuples(st.just("flip_header"), st.integers(0, 10**6), st.integers(1, 255)),
-    st.tuples(st.just("flip_any"), st.integers(0, 10**9), st.integers(1, 255)),
-    st.tuples(st.just("truncate"), st.integers(0, 10**9), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.integers(0, 255)),
+    *BYTE_MUTATIONS,
     st.tuples(st.just("reseal_value"), st.integers(0, 10**6), st.sampled_from(
         ["-1", "0", "1", "63", "64", "1e999", "[]", "{}", "null", '"U8"', '"F32"', '"I8"', "[0,99999999999999999999]",
          "[[[[[[[[", "18446744073709551617", "true", '"x"'])),
@@ -427,21 +426,12 @@ mutation = st.one_of(
 
 
 def apply(raw: bytes, kind: str, where: int, value) -> bytes:
-    n = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else 0
-    header_ok = 0 < n and 8 + n <= len(raw)
-    if kind in ("flip_header", "reseal_value") and not header_ok:
+    mutated = mutate_bytes(raw, kind, where, value)
+    if mutated is not None:
+        return mutated
+    if not header_intact(raw):
         return raw
-    if kind == "flip_header":
-        i = 8 + where % n
-        return raw[:i] + bytes([raw[i] ^ value]) + raw[i + 1 :]
-    if kind == "flip_any":
-        i = where % len(raw)
-        return raw[:i] + bytes([raw[i] ^ value]) + raw[i + 1 :]
-    if kind == "truncate":
-        return raw[: where % len(raw)]
-    if kind == "insert":
-        i = where % len(raw)
-        return raw[:i] + bytes([value]) + raw[i:]
+    n = header_length(raw)
     # a hostile edit: replace one JSON value of the tensor table by another token and re-seal
     header = raw[8 : 8 + n]
     table = header.find(b'"},"', max(header.find(b'"integrity"'), 0))  # end of __metadata__

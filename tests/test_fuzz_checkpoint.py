@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinyexaone
+from byte_mutations import BYTE_MUTATIONS, header_intact, header_length, mutate_bytes
 from reference_models import LAYOUTS, build_reference_model
 from tinyexaone.errors import TinyExaoneError
 
@@ -27,16 +28,8 @@ def pristine(tmp_path_factory):
     return directory, (directory / "model.safetensors").read_bytes()
 
 
-def header_length(raw: bytes) -> int:
-    return struct.unpack("<Q", raw[:8])[0]
-
-
 mutation = st.one_of(
-    # flip a byte anywhere; the header region is small, so bias half the flips into it
-    st.tuples(st.just("flip_header"), st.integers(0, 10**6), st.integers(1, 255)),
-    st.tuples(st.just("flip_any"), st.integers(0, 10**9), st.integers(1, 255)),
-    st.tuples(st.just("truncate"), st.integers(0, 10**9), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.integers(0, 255)),
+    *BYTE_MUTATIONS,
     st.tuples(st.just("length"), st.integers(0, 2**64 - 1), st.just(0)),
     st.tuples(st.just("json_value"), st.integers(0, 10**6), st.sampled_from(
         ['-1', '1e999', '[]', '{}', 'null', '"BF16"', '"F64"', '[0, 99999999999999999999]', '[[[[[[[[[[',
@@ -46,23 +39,14 @@ mutation = st.one_of(
 
 def apply(raw: bytes, kind: str, where: int, value) -> bytes:
     """One mutation; header mutations of a file whose header is already broken change nothing."""
-    n = header_length(raw) if len(raw) >= 8 else 0
-    header_ok = 0 < n and 8 + n <= len(raw)
-    if kind in ("flip_header", "json_value") and not header_ok:
-        return raw
-    if kind == "flip_header":
-        i = 8 + where % n
-        return raw[:i] + bytes([raw[i] ^ value]) + raw[i + 1 :]
-    if kind == "flip_any":
-        i = where % len(raw)
-        return raw[:i] + bytes([raw[i] ^ value]) + raw[i + 1 :]
-    if kind == "truncate":
-        return raw[: where % len(raw)]
-    if kind == "insert":
-        i = where % len(raw)
-        return raw[:i] + bytes([value]) + raw[i:]
+    mutated = mutate_bytes(raw, kind, where, value)
+    if mutated is not None:
+        return mutated
     if kind == "length":
         return struct.pack("<Q", value) + raw[8:]
+    if not header_intact(raw):
+        return raw
+    n = header_length(raw)
     # replace one JSON scalar/array value in the header by another token
     try:
         header = raw[8 : 8 + n].decode()
