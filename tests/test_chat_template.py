@@ -1,13 +1,11 @@
-"""The real EXAONE chat template rendered by us vs transformers' apply_chat_template, plus the sandbox."""
+"""The real EXAONE chat template rendered by us vs transformers' apply_chat_template, plus the sandbox.
 
-from pathlib import Path
+The `ours` and `reference` tokenizers come from conftest.py."""
 
 import pytest
 
-from tinyexaone import TinyExaoneError, load_tokenizer
+from tinyexaone import TinyExaoneError
 from tinyexaone.chat_template import compile_chat_template, render_chat_template
-
-FIXTURE = Path(__file__).parent / "fixtures" / "exaone-4.0-1.2b"
 
 WEATHER_TOOL = {
     "type": "function",
@@ -70,17 +68,6 @@ MATRIX = [
     ("late_system_turn", [USER, ANSWER, {"role": "system", "content": "Answer in French."}, FOLLOWUP], None, {}),
     ("whitespace_content", [{"role": "user", "content": "  padded  \r\n\n"}], None, {}),
 ]
-
-
-@pytest.fixture(scope="module")
-def ours():
-    return load_tokenizer(FIXTURE)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(FIXTURE))
 
 
 def _hf_ids(reference, messages, tools, add_generation_prompt, kwargs):

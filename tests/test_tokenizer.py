@@ -33,17 +33,6 @@ GOLDEN_TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ours():
-    return load_tokenizer(FIXTURE)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(FIXTURE))
-
-
 @pytest.mark.parametrize("text", GOLDEN_TEXTS)
 def test_encode_matches_transformers(ours, reference, text):
     assert ours.encode(text) == reference(text)["input_ids"]
