@@ -35,6 +35,12 @@ def relative_error(actual, expected):
     return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
 
 
+def vector_and_tail_columns(rng, group_size):
+    """An input size with 1-3 full vector steps (kernels.LANES blocks each) and a random tail of
+    whole groups (possibly none), so both the vector and the scalar path of a matvec run."""
+    return 32 * kernels.LANES * int(rng.integers(1, 4)) + group_size * int(rng.integers(0, 8))
+
+
 def kernel_pair(bits):
     if bits == 4:
         return kernels.q4_matvec, kernels.q4_matvec_numpy, kernels.q4_dequantize, kernels.q4_dequantize_numpy
@@ -45,7 +51,7 @@ def kernel_pair(bits):
 def test_matvec_matches_numpy_twin(bits, group_size):
     seed, rng = fresh_rng()
     n_rows = int(rng.integers(1, 300))
-    n_cols = group_size * int(rng.integers(1, 12)) + (group_size * 3 if group_size == 32 else 0)
+    n_cols = vector_and_tail_columns(rng, group_size)
     arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
     codes = arrays["nibbles" if bits == 4 else "quants"]
     scale_bits = arrays["scales"].view(np.uint16)
@@ -62,7 +68,7 @@ def test_matvec_matches_numpy_twin(bits, group_size):
 def test_serial_matvec_matches_numpy_twin(bits, group_size):
     seed, rng = fresh_rng()
     n_rows = int(rng.integers(1, 300))
-    n_cols = group_size * int(rng.integers(1, 12))
+    n_cols = vector_and_tail_columns(rng, group_size)
     arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
     codes = arrays["nibbles" if bits == 4 else "quants"]
     scale_bits = arrays["scales"].view(np.uint16)
@@ -101,17 +107,88 @@ def test_stored_order_matches_the_layout():
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
 @pytest.mark.parametrize("n_tokens", [1, 3, 37])
-def test_weight_matmul_matches_dequantized_matrix(bits, group_size, n_tokens):
-    """QuantizedWeight.matmul (decode kernel below 4 rows, blocked prefill kernel above) vs NumPy."""
+def test_weight_matmul_matches_its_kernels_twin(bits, group_size, n_tokens):
+    """QuantizedWeight.matmul: below 4 rows the decode kernel (activations quantized per block,
+    so the twin is the matvec twin), from 4 rows the blocked prefill kernel (exact float32)."""
     seed, rng = fresh_rng()
-    shape = (int(rng.integers(1, 200)), group_size * int(rng.integers(1, 9)))
+    shape = (int(rng.integers(1, 200)), vector_and_tail_columns(rng, group_size))
     weight = QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
     x = rng.standard_normal((n_tokens, shape[1])).astype(np.float32)
     out = np.full((n_tokens, shape[0]), np.nan, np.float32)
     weight.matmul(x, out=out)
-    expected = x.astype(np.float64) @ weight.dequantize().T.astype(np.float64)
+    if n_tokens < 4:
+        matvec_numpy = kernel_pair(bits)[1]
+        expected = np.stack([matvec_numpy(weight._codes, weight._scale_bits, row) for row in x])
+    else:
+        expected = x.astype(np.float64) @ weight.dequantize().T.astype(np.float64)
     assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {shape}"
     np.testing.assert_array_equal(weight.matmul(x), out)
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_activation_quantization_error_is_within_its_bound(bits, group_size):
+    """Decode quantizes x per 32-element block with step d = max|x| / 127 and rounding to
+    nearest, so each element moves by at most d / 2 and |W x - W x_q| <= sum |w| d / 2."""
+    seed, rng = fresh_rng()
+    shape = (int(rng.integers(1, 200)), vector_and_tail_columns(rng, group_size))
+    weight = QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
+    x = (rng.standard_normal(shape[1]) * rng.uniform(1e-3, 1e3)).astype(np.float32)
+    out = weight.matmul(x[None, :])[0]
+    w = weight.dequantize().astype(np.float64)  # [N, K]
+    _, x_scales = kernels.quantize_activation_numpy(x)
+    bound = np.abs(w) @ np.repeat(x_scales.astype(np.float64) / 2, 32)  # [N]
+    exact = w @ x.astype(np.float64)
+    slack = 1e-5 * np.abs(w) @ np.abs(x.astype(np.float64))  # float32 rounding of the sums
+    assert (np.abs(out - exact) <= bound + slack).all(), f"seed {seed}, shape {shape}"
+    assert (np.abs(out - exact) > slack).any(), f"seed {seed}: quantization left no trace"
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_matvec_integer_sums_do_not_overflow_at_the_extremes(bits):
+    """Largest codes times largest activation codes in every lane: the 16-bit partial sums
+    (int4: 16 products of 15 x 127; int8: pairs of 128 x 127) must stay in range."""
+    n_cols = 32 * kernels.LANES * 2 + 32 * 3  # vector steps and a scalar tail
+    shape = (5, n_cols)
+    arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape) in expected_arrays(bits, 32, shape).items()}
+    arrays["scales"][:] = 1.0
+    if bits == 4:
+        arrays["nibbles"][:] = 0xFF  # code 15 - 8 = 7 in both halves
+    else:
+        arrays["quants"][:] = -128
+    weight = QuantizedWeight.from_arrays(bits, 32, shape, arrays)
+    for sign in (1.0, -1.0):
+        x = np.full((1, n_cols), sign, np.float32)
+        expected = (7.0 if bits == 4 else -128.0) * sign * n_cols
+        np.testing.assert_array_equal(weight.matmul(x)[0], np.full(5, expected, np.float32))
+
+
+def test_quantized_activation_codes_match_between_numba_and_numpy():
+    """The kernels' per-block rounding equals the twin's bit for bit, ties and zero blocks included."""
+    seed, rng = fresh_rng()
+    x = (rng.standard_normal(32 * 40) * rng.uniform(1e-4, 1e4)).astype(np.float32)
+    x[:32] = 0.0  # an all-zero block
+    x[32:64] = np.arange(32, dtype=np.float32) - 15.5  # many exact halves after scaling
+    x[64:96] = np.float32(127.0) * (np.arange(32) % 5) / 2  # code ties at .5
+    codes, scales = kernels.quantize_activation_numpy(x)
+    low, high = np.empty((16, 40), np.int16), np.empty((16, 40), np.int16)
+    x_scales, offsets = np.empty(40, np.float32), np.empty(40, np.float32)
+    kernels._q4_prepare(x, low, high, x_scales, offsets)
+    np.testing.assert_array_equal(np.concatenate([low.T, high.T], axis=1), codes, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(x_scales, scales, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(offsets, 8 * codes.sum(axis=1).astype(np.float32))
+
+
+def test_non_finite_activations_give_non_finite_outputs():
+    """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
+    rng = np.random.default_rng(0)
+    shape = (7, 32 * kernels.LANES + 64)
+    for bits in (4, 8):
+        weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape))
+        for bad in (np.nan, np.inf):
+            x = rng.standard_normal((1, shape[1])).astype(np.float32)
+            x[0, 100] = bad
+            assert not np.isfinite(weight.matmul(x)).any()
+            assert not np.isfinite(kernel_pair(bits)[1](weight._codes, weight._scale_bits, x[0])).any()
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
@@ -147,7 +224,7 @@ def test_half_to_float_is_exact_for_every_finite_float16():
 def test_fused_matvec_equals_separate_launches(bits):
     """One launch over q/k/v-like matrices (mixed group sizes) gives each matrix's own result."""
     seed, rng = fresh_rng()
-    n_cols = 128 * int(rng.integers(1, 4))
+    n_cols = 32 * kernels.LANES + 128 * int(rng.integers(0, 4))
     weights = []
     for group_size in (32, 128, 64):
         shape = (int(rng.integers(1, 150)), n_cols)

@@ -175,23 +175,28 @@ def _cosine(a, b):
 # logits cosine is 0.934-0.960 (affine int4 measured 0.958 on one), because 4-bit codes leave an
 # 8.4% rms weight error that the random 3-layer model amplifies; int8 gives 0.9995-0.9998. The
 # argmax agreement is decided by near-ties of random logits: over 20 sequences of 200 it is
-# 93-98.5% (mean 96.4%), so it is measured on 5 fixed sequences of 200 (1000 positions).
+# 93-98.5% (mean 96.4%), so it is measured on 5 fixed sequences of 200 (1000 positions), for
+# prefill (blocked kernel, float32 activations) and for decode (matvec kernels, activations
+# quantized to int8 per 32-element block: measured 95.8% and 95.3%).
 @pytest.mark.parametrize("bits,min_cosine,min_argmax", [(8, 0.999, 0.95), (4, 0.93, None)])
 def test_quantized_model_logits_close_to_float32(float_model, bits, min_cosine, min_argmax):
     """Cosine of all 200 x vocab logits, embedding/head int8; prefill (blocked kernel) and decode (matvec)."""
     model = _quantized_model(float_model, bits, 32, embedding_bits=8)
     rng = np.random.default_rng(2026)
-    same_argmax = []
+    prefill_argmax, decode_argmax = [], []
     for sequence in range(5):
         ids = rng.integers(0, float_model.config.vocab_size, 200)
         expected = float_model.forward(ids)  # [200, vocab]
         prefill = model.forward(ids)
-        assert _cosine(prefill, expected) >= min_cosine, f"sequence {sequence}: cosine {_cosine(prefill, expected):.5f}"
-        same_argmax.append(prefill.argmax(axis=1) == expected.argmax(axis=1))
-    cache = model.new_cache()
-    model.forward(ids[:150], cache)
-    decode = np.concatenate([model.forward(ids[t : t + 1], cache) for t in range(150, 200)])  # [50, vocab]
-    assert _cosine(decode, expected[150:]) >= min_cosine, f"decode cosine {_cosine(decode, expected[150:]):.5f}"
-    np.testing.assert_allclose(decode, prefill[150:], rtol=1e-4, atol=1e-4 * np.abs(prefill).max())
+        cache = model.new_cache()
+        decode = np.concatenate([model.forward(ids[t : t + 1], cache) for t in range(200)])  # token by token
+        for name, logits in (("prefill", prefill), ("decode", decode)):
+            cosine = _cosine(logits, expected)
+            assert cosine >= min_cosine, f"sequence {sequence}: {name} cosine {cosine:.5f}"
+        # decode differs from prefill only by the activation rounding: far less than the weights'
+        assert _cosine(decode, prefill) >= 1 - (1 - min_cosine) / 4, f"sequence {sequence}: decode vs prefill"
+        prefill_argmax.append(prefill.argmax(axis=1) == expected.argmax(axis=1))
+        decode_argmax.append(decode.argmax(axis=1) == expected.argmax(axis=1))
     if min_argmax is not None:
-        assert np.mean(same_argmax) >= min_argmax, f"same argmax on {np.mean(same_argmax):.1%} of 1000 positions"
+        for name, same in (("prefill", prefill_argmax), ("decode", decode_argmax)):
+            assert np.mean(same) >= min_argmax, f"{name}: same argmax on {np.mean(same):.1%} of 1000 positions"

@@ -8,12 +8,18 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 
 - `q4_matvec` / `q8_matvec`: decode, out[n] = sum_k W[n, k] x[k] for one input vector;
   `*_matvec_fused` do the same for a tuple of matrices sharing x (q/k/v, gate/up) in one launch.
-  Vector lanes run across the 32-element blocks of a row (the layout stores element e of all
-  blocks contiguously); the 16 or 32 steps within a block are unrolled by LLVM, so each lane's
-  accumulators stay in registers; a second, short pass applies the group scales to the
-  block sums.
-  int4 folds the codes' -8 offset into a per-block sum of x, subtracted once per block, and
-  skips the low-nibble mask by using byte * x_lo + (byte >> 4) * (x_hi - 16 x_lo).
+  x is first quantized per 32-element block to int8-range codes and a float32 scale (max|x| / 127,
+  round to nearest: `quantize_activation_numpy` is the exact rule), as llama.cpp does, so the
+  block dot products are integer: 16-bit multiplies and adds, widened to 32 bits at the block's
+  end, then one float multiply by the activation and weight scales per block. The integer part
+  is explicit LLVM vector IR (`_q4_lanes_dot`, `_q8_lanes_dot`: generic <16 x i16> operations,
+  no target intrinsics; on AVX2 they become vpmullw/vpaddw on ymm, on NEON mul/add on two q
+  registers). Vector lanes run across LANES = 16 blocks of a row (the layout stores element e of
+  all blocks contiguously); blocks past the last full vector take a scalar loop. The rounding
+  of x adds at most scale / 2 per element, about 0.5% rms of the output, far below int4's weight
+  error and about int8's; measured end to end in tests/test_quantized.py.
+  int4 codes enter as unsigned nibbles 0..15: the -8 offset is subtracted once per block as
+  8 * (sum of the block's activation codes).
 - `q4_matmul` / `q8_matmul`: prefill, out = x W^T for many tokens. Each thread dequantizes
   PREFILL_ROWS rows into a float32 tile (the `*_dequantize_serial` helpers) and multiplies it
   with every token, two tokens per pass. Measured against dequantized tiles + NumPy BLAS
@@ -38,15 +44,13 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-# LLVM fast-math flags without nnan/ninf: NaN and infinity keep their meaning. The matvec
-# kernels use CONTRACT only (FMA contraction): with "reassoc" LLVM folds their four independent
-# accumulators back into one serial FMA chain, which measured 1.4-2x slower. The per-row helpers
-# are inlined at Numba level: as separate LLVM functions their scratch arrays lose the
-# no-alias facts of local allocations and the block loop ran 1.6x slower.
+# LLVM fast-math flags without nnan/ninf: NaN and infinity keep their meaning. The decode
+# matvec kernels use none: Numba compiles a helper called from a fast-math kernel with the
+# caller's flags, and "arcp" changed the activation scales by an ulp against their NumPy twin.
 FASTMATH = {"contract", "reassoc", "nsz", "arcp", "afn"}
-CONTRACT = {"contract"}
 COMPUTE_LOCK = threading.Lock()
 SERIAL_BELOW = 1 << 18  # weights: a decode matvec this small runs on the calling thread, since
 # waking the pool costs more than the work (~10 us idle, a scheduler tick when the cores are busy)
@@ -75,191 +79,345 @@ def half_bits_to_float_numpy(bits: np.ndarray) -> np.ndarray:
     return bits.view(np.float16).astype(np.float32)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _scaled_row_sum(block_dots, scale_bits, n):
-    """sum over groups g of scale[n, g] * (sum of the block dots [B] of group g)."""
-    n_groups = scale_bits.shape[1]
-    per_group = block_dots.shape[0] // n_groups
+LANES = 16  # blocks handled together by one integer dot step (vectors of 16 x i16)
+
+
+def quantize_activation_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [32 B] float32 -> (codes [B, 32] int16 in [-127, 127], scales [B] float32) with
+    x ~= codes * scale per 32-element block: scale = max|x| / 127, codes = rint(x * (127 / max|x|)).
+    A block holding NaN or infinity gets scale NaN (and codes 0), so the result stays non-finite.
+    The Numba kernels quantize with exactly these float32 operations (`_quantize_block`)."""
+    blocks = x.reshape(-1, 32).astype(np.float32)  # [B, 32]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        peak = np.abs(blocks).max(axis=1)  # [B]
+        finite = np.isfinite(blocks).all(axis=1)
+        scales = np.where(finite, peak / np.float32(127.0), np.float32(np.nan)).astype(np.float32)
+        inverse = np.where(finite & (peak > 0), np.float32(127.0) / peak, np.float32(0.0)).astype(np.float32)
+        codes = np.rint(np.where(finite[:, None], blocks, 0) * inverse[:, None]).astype(np.int16)
+    return codes, scales
+
+
+@njit(nogil=True, cache=True)
+def _quantize_block(x, b, codes):
+    """Block b of x as int8-range codes [32] (int16) and its scale: `quantize_activation_numpy`
+    for one block, same float32 operations (no fast-math: the rounding must match bit for bit)."""
+    peak = np.float32(0.0)
+    finite = True
+    for e in range(32):
+        value = x[32 * b + e]
+        if not np.isfinite(value):
+            finite = False
+        elif abs(value) > peak:
+            peak = abs(value)
+    if not finite:
+        codes[:] = 0
+        return np.float32(np.nan)
+    inverse = np.float32(127.0) / peak if peak > 0 else np.float32(0.0)
+    for e in range(32):
+        codes[e] = np.int16(np.rint(x[32 * b + e] * inverse))
+    return peak / np.float32(127.0)
+
+
+def _item_pointer(context, builder, array_type, array, indices, element):
+    """Pointer to array[indices] reinterpreted as a pointer to `element` (an LLVM type)."""
+    pointer = cgutils.get_item_pointer(context, builder, array_type, array, indices)
+    return builder.bitcast(pointer, element.as_pointer())
+
+
+def _scaled_lane_sum(context, builder, lane_sums, block_scales, offsets, scale_bits_type, scale_bits, n, first, per_group):
+    """sum over the LANES blocks from `first` of (lane_sums - offsets) * block_scales * weight scale,
+    the weight scales being the float16 scales of row n (one per `per_group` blocks)."""
+    floats = ir.VectorType(ir.FloatType(), LANES)
+    values = builder.sitofp(lane_sums, floats)
+    if offsets is not None:
+        values = builder.fsub(values, offsets)
+    values = builder.fmul(values, block_scales)
+    n_scales = LANES // per_group
+    group = builder.sdiv(first, context.get_constant(types.intp, per_group))
+    halves = ir.VectorType(ir.HalfType(), n_scales)
+    weight_scales = builder.fpext(
+        builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits, [n, group], halves), align=2),
+        ir.VectorType(ir.FloatType(), n_scales),
+    )
+    if per_group > 1:  # repeat each group's scale over its blocks
+        spread = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [i // per_group for i in range(LANES)])
+        weight_scales = builder.shuffle_vector(weight_scales, weight_scales, spread)
+    values = builder.fmul(values, weight_scales)
+    width = LANES
+    while width > 1:  # pairwise tree: the same order on every machine
+        width //= 2
+        low = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width)))
+        high = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width)))
+        values = builder.fadd(builder.shuffle_vector(values, values, low), builder.shuffle_vector(values, values, high))
+    return builder.extract_element(values, ir.Constant(ir.IntType(32), 0))
+
+
+def _q4_lanes_dot(per_group):
+    """Intrinsic: row n of an int4 matrix times the activation codes over blocks first ..
+    first + LANES, scaled: a float32 partial dot product (see `q4_matvec`)."""
+
+    @intrinsic
+    def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets):
+        signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_low, x_high, x_scales, offsets)
+
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
+                      for t, a in zip(signature.args, args)]
+            nib, scales, n, first, low_codes, high_codes, block_scales, block_offsets = arrays
+            types_ = signature.args
+            bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
+            floats = ir.VectorType(ir.FloatType(), LANES)
+            mask, shift = ir.Constant(bytes_, [15] * LANES), ir.Constant(bytes_, [4] * LANES)
+            # products of a code 0..15 and an activation code |x| <= 127, 16 per lane: |sum| <= 30480
+            low_sum = high_sum = ir.Constant(shorts, [0] * LANES)
+            for j in range(16):
+                row_j = context.get_constant(types.intp, j)
+                packed = builder.load(_item_pointer(context, builder, types_[0], nib, [n, row_j, first], bytes_), align=1)
+                x_lo = builder.load(_item_pointer(context, builder, types_[4], low_codes, [row_j, first], shorts), align=2)
+                x_hi = builder.load(_item_pointer(context, builder, types_[5], high_codes, [row_j, first], shorts), align=2)
+                low_sum = builder.add(low_sum, builder.mul(builder.zext(builder.and_(packed, mask), shorts), x_lo))
+                high_sum = builder.add(high_sum, builder.mul(builder.zext(builder.lshr(packed, shift), shorts), x_hi))
+            lane_sums = builder.add(builder.sext(low_sum, ints), builder.sext(high_sum, ints))
+            x_scale = builder.load(_item_pointer(context, builder, types_[6], block_scales, [first], floats), align=4)
+            offset = builder.load(_item_pointer(context, builder, types_[7], block_offsets, [first], floats), align=4)
+            return _scaled_lane_sum(context, builder, lane_sums, x_scale, offset, types_[1], scales, n, first, per_group)
+
+        return signature, codegen
+
+    return q4_lanes_dot
+
+
+def _q8_lanes_dot(per_group):
+    """Intrinsic: `_q4_lanes_dot` for an int8 matrix (see `q8_matvec`)."""
+
+    @intrinsic
+    def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_codes, x_scales):
+        signature = types.float32(quants, scale_bits, types.intp, types.intp, x_codes, x_scales)
+
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
+                      for t, a in zip(signature.args, args)]
+            codes, scales, n, first, activation_codes, block_scales = arrays
+            types_ = signature.args
+            bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
+            floats = ir.VectorType(ir.FloatType(), LANES)
+            lane_sums = ir.Constant(ints, [0] * LANES)
+            for e in range(0, 32, 2):
+                pair = []
+                for element in (e, e + 1):
+                    index = context.get_constant(types.intp, element)
+                    w = builder.load(_item_pointer(context, builder, types_[0], codes, [n, index, first], bytes_), align=1)
+                    x = builder.load(_item_pointer(context, builder, types_[4], activation_codes, [index, first], shorts), align=2)
+                    pair.append(builder.mul(builder.sext(w, shorts), x))
+                # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
+                lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
+            x_scale = builder.load(_item_pointer(context, builder, types_[5], block_scales, [first], floats), align=4)
+            return _scaled_lane_sum(context, builder, lane_sums, x_scale, None, types_[1], scales, n, first, per_group)
+
+        return signature, codegen
+
+    return q8_lanes_dot
+
+
+_q4_lanes_dot_1, _q4_lanes_dot_2, _q4_lanes_dot_4 = (_q4_lanes_dot(p) for p in (1, 2, 4))
+_q8_lanes_dot_1, _q8_lanes_dot_2, _q8_lanes_dot_4 = (_q8_lanes_dot(p) for p in (1, 2, 4))
+
+
+@njit(nogil=True, cache=True)
+def _q4_prepare(x, x_low, x_high, x_scales, offsets):
+    """Quantize x [32 B]: x_low / x_high [16, B] = codes of each block's first / second half,
+    x_scales [B], offsets [B] = 8 * the block's code sum (the int4 codes' +8 bias)."""
+    codes = np.empty(32, np.int16)
+    for b in range(x_scales.shape[0]):
+        x_scales[b] = _quantize_block(x, b, codes)
+        total = 0
+        for j in range(16):
+            x_low[j, b] = codes[j]
+            x_high[j, b] = codes[16 + j]
+            total += np.int32(codes[j]) + np.int32(codes[16 + j])
+        offsets[b] = np.float32(8 * total)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets):
+    """Row n of an int4 matrix times the activation quantized by `_q4_prepare`."""
+    n_blocks = nibbles.shape[2]
+    per_group = n_blocks // scale_bits.shape[1]
+    vector_blocks = n_blocks - n_blocks % LANES
     total = np.float32(0.0)
-    if per_group == 1:
-        for g in range(n_groups):
-            total += half_to_float(scale_bits[n, g]) * block_dots[g]
-    else:
-        for g in range(n_groups):
-            part = np.float32(0.0)
-            for t in range(per_group):
-                part += block_dots[g * per_group + t]
-            total += half_to_float(scale_bits[n, g]) * part
+    for first in range(0, vector_blocks, LANES):
+        if per_group == 1:
+            total += _q4_lanes_dot_1(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
+        elif per_group == 2:
+            total += _q4_lanes_dot_2(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
+        else:
+            total += _q4_lanes_dot_4(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
+    for b in range(vector_blocks, n_blocks):  # fewer than LANES blocks left
+        lane_sum = np.int32(0)
+        for j in range(16):
+            packed = np.int32(nibbles[n, j, b])
+            lane_sum += (packed & 15) * np.int32(x_low[j, b]) + (packed >> 4) * np.int32(x_high[j, b])
+        total += (np.float32(lane_sum) - offsets[b]) * x_scales[b] * half_to_float(scale_bits[n, b // per_group])
     return total
 
 
-@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
-def _q4_prepare(x, x_low, x_high, offsets):
-    """Split x [32 B] per block: x_low [16, B] = first halves, x_high [16, B] = second halves
-    minus 16 x_low, offsets [B] = 8 * the block's sum (the codes' +8 bias)."""
-    for b in range(offsets.shape[0]):
-        total = np.float32(0.0)
-        for j in range(16):
-            low, high = x[32 * b + j], x[32 * b + 16 + j]
-            x_low[j, b] = low
-            x_high[j, b] = high - np.float32(16.0) * low
-            total += low + high
-        offsets[b] = np.float32(8.0) * total
-
-
-@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
-def _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots):
-    """Row n of an int4 matrix times x (prepared by `_q4_prepare`); block_dots [B] is scratch."""
-    for b in range(block_dots.shape[0]):
-        # four independent accumulators: a single chain of 32 FMAs is latency-bound
-        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
-        for j in range(8):
-            # byte = low + 16 high, so byte * x_lo + high * (x_hi - 16 x_lo) = low x_lo + high x_hi:
-            # no mask for the low nibble (34% faster than masking, ~16x the rounding error)
-            v = np.int32(nibbles[n, j, b])
-            w = np.int32(nibbles[n, j + 8, b])
-            acc0 += np.float32(v) * x_low[j, b]
-            acc1 += np.float32(v >> 4) * x_high[j, b]
-            acc2 += np.float32(w) * x_low[j + 8, b]
-            acc3 += np.float32(w >> 4) * x_high[j + 8, b]
-        block_dots[b] = (acc0 + acc1) + (acc2 + acc3) - offsets[b]
-    return _scaled_row_sum(block_dots, scale_bits, n)
-
-
-@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
-def _q8_prepare(x, x_blocked):
-    """x_blocked [32, B] = x [32 B] with element e of block b at [e, b]."""
-    for b in range(x_blocked.shape[1]):
+@njit(nogil=True, cache=True)
+def _q8_prepare(x, x_codes, x_scales):
+    """Quantize x [32 B]: x_codes [32, B] (element e of block b at [e, b]), x_scales [B]."""
+    codes = np.empty(32, np.int16)
+    for b in range(x_scales.shape[0]):
+        x_scales[b] = _quantize_block(x, b, codes)
         for e in range(32):
-            x_blocked[e, b] = x[32 * b + e]
+            x_codes[e, b] = codes[e]
 
 
-@njit(nogil=True, cache=True, fastmath=CONTRACT, inline="always")
-def _q8_row(quants, scale_bits, n, x_blocked, block_dots):
-    """Row n of an int8 matrix times x (prepared by `_q8_prepare`); block_dots [B] is scratch."""
-    for b in range(block_dots.shape[0]):
-        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)  # independent FMA chains
-        for e in range(8):
-            acc0 += np.float32(quants[n, e, b]) * x_blocked[e, b]
-            acc1 += np.float32(quants[n, e + 8, b]) * x_blocked[e + 8, b]
-            acc2 += np.float32(quants[n, e + 16, b]) * x_blocked[e + 16, b]
-            acc3 += np.float32(quants[n, e + 24, b]) * x_blocked[e + 24, b]
-        block_dots[b] = (acc0 + acc1) + (acc2 + acc3)
-    return _scaled_row_sum(block_dots, scale_bits, n)
+@njit(nogil=True, cache=True, inline="always")
+def _q8_row(quants, scale_bits, n, x_codes, x_scales):
+    """Row n of an int8 matrix times the activation quantized by `_q8_prepare`."""
+    n_blocks = quants.shape[2]
+    per_group = n_blocks // scale_bits.shape[1]
+    vector_blocks = n_blocks - n_blocks % LANES
+    total = np.float32(0.0)
+    for first in range(0, vector_blocks, LANES):
+        if per_group == 1:
+            total += _q8_lanes_dot_1(quants, scale_bits, n, first, x_codes, x_scales)
+        elif per_group == 2:
+            total += _q8_lanes_dot_2(quants, scale_bits, n, first, x_codes, x_scales)
+        else:
+            total += _q8_lanes_dot_4(quants, scale_bits, n, first, x_codes, x_scales)
+    for b in range(vector_blocks, n_blocks):
+        lane_sum = np.int32(0)
+        for e in range(32):
+            lane_sum += np.int32(quants[n, e, b]) * np.int32(x_codes[e, b])
+        total += np.float32(lane_sum) * x_scales[b] * half_to_float(scale_bits[n, b // per_group])
+    return total
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+@njit(parallel=True, nogil=True, cache=True)
 def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
     """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
     n_rows, _, n_blocks = nibbles.shape
-    x_low = np.empty((16, n_blocks), np.float32)
-    x_high = np.empty((16, n_blocks), np.float32)
+    x_low = np.empty((16, n_blocks), np.int16)
+    x_high = np.empty((16, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, offsets)
+    _q4_prepare(x, x_low, x_high, x_scales, offsets)
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        block_dots = np.empty(n_blocks, np.float32)
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots)
+            out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets)
     return out
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+@njit(parallel=True, nogil=True, cache=True)
 def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
     """outs[m] [N_m] = W_m x for a tuple of int4 matrices sharing x, in one parallel launch."""
     n_blocks = nibbles[0].shape[2]
-    x_low = np.empty((16, n_blocks), np.float32)
-    x_high = np.empty((16, n_blocks), np.float32)
+    x_low = np.empty((16, n_blocks), np.int16)
+    x_high = np.empty((16, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, offsets)
+    _q4_prepare(x, x_low, x_high, x_scales, offsets)
     n_total = 0
     for out in outs:
         n_total += out.shape[0]
     per_chunk = (n_total + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        block_dots = np.empty(n_blocks, np.float32)
         row, first_of_matrix, m = chunk * per_chunk, 0, 0
         while row < min(n_total, (chunk + 1) * per_chunk):
             while row >= first_of_matrix + outs[m].shape[0]:
                 first_of_matrix += outs[m].shape[0]
                 m += 1
             n = row - first_of_matrix
-            outs[m][n] = _q4_row(nibbles[m], scale_bits[m], n, x_low, x_high, offsets, block_dots)
+            outs[m][n] = _q4_row(nibbles[m], scale_bits[m], n, x_low, x_high, x_scales, offsets)
             row += 1
     return outs
 
 
-@njit(nogil=True, cache=True, fastmath=CONTRACT)
+@njit(nogil=True, cache=True)
 def q4_matvec_serial(nibbles, scale_bits, x, out):
     """`q4_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
     n_rows, _, n_blocks = nibbles.shape
-    x_low = np.empty((16, n_blocks), np.float32)
-    x_high = np.empty((16, n_blocks), np.float32)
+    x_low = np.empty((16, n_blocks), np.int16)
+    x_high = np.empty((16, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, offsets)
-    block_dots = np.empty(n_blocks, np.float32)
+    _q4_prepare(x, x_low, x_high, x_scales, offsets)
     for n in range(n_rows):
-        out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, offsets, block_dots)
+        out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets)
     return out
+
+
+def _matvec_numpy(codes: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """codes [N, B, 32] (integers) times x quantized per block, with the kernels' float32 steps."""
+    x_codes, x_scales = quantize_activation_numpy(x)  # [B, 32], [B]
+    block_sums = np.einsum("nbe,be->nb", codes.astype(np.int64), x_codes.astype(np.int64))  # [N, B], exact
+    n_rows, n_blocks = block_sums.shape
+    weight_scales = np.repeat(half_bits_to_float_numpy(scale_bits), n_blocks // scale_bits.shape[1], axis=1)  # [N, B]
+    terms = block_sums.astype(np.float32) * x_scales * weight_scales  # [N, B] float32
+    return terms.sum(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def q4_matvec_numpy(nibbles: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy twin of `q4_matvec` (and of each output of `q4_matvec_fused`): W x [N] in float32."""
-    return q4_dequantize_numpy(nibbles, scale_bits) @ x
+    """NumPy twin of `q4_matvec` (and of each output of `q4_matvec_fused`): W x [N] in float32,
+    x quantized per 32-element block as by `quantize_activation_numpy`."""
+    blocked = nibbles.transpose(0, 2, 1).astype(np.int16)  # [N, B, 16]
+    codes = np.concatenate([blocked & 15, blocked >> 4], axis=2) - 8  # [N, B, 32]
+    return _matvec_numpy(codes, scale_bits, x)
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+@njit(parallel=True, nogil=True, cache=True)
 def q8_matvec(quants, scale_bits, x, out, n_chunks):
     """out [N] = W x for int8 W (quants [N, 32, B] int8, scale_bits [N, G] uint16), x [32 B]."""
     n_rows, _, n_blocks = quants.shape
-    x_blocked = np.empty((32, n_blocks), np.float32)
-    _q8_prepare(x, x_blocked)
+    x_codes = np.empty((32, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
+    _q8_prepare(x, x_codes, x_scales)
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        block_dots = np.empty(n_blocks, np.float32)
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            out[n] = _q8_row(quants, scale_bits, n, x_blocked, block_dots)
+            out[n] = _q8_row(quants, scale_bits, n, x_codes, x_scales)
     return out
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=CONTRACT)
+@njit(parallel=True, nogil=True, cache=True)
 def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
     """outs[m] [N_m] = W_m x for a tuple of int8 matrices sharing x, in one parallel launch."""
     n_blocks = quants[0].shape[2]
-    x_blocked = np.empty((32, n_blocks), np.float32)
-    _q8_prepare(x, x_blocked)
+    x_codes = np.empty((32, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
+    _q8_prepare(x, x_codes, x_scales)
     n_total = 0
     for out in outs:
         n_total += out.shape[0]
     per_chunk = (n_total + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        block_dots = np.empty(n_blocks, np.float32)
         row, first_of_matrix, m = chunk * per_chunk, 0, 0
         while row < min(n_total, (chunk + 1) * per_chunk):
             while row >= first_of_matrix + outs[m].shape[0]:
                 first_of_matrix += outs[m].shape[0]
                 m += 1
             n = row - first_of_matrix
-            outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_blocked, block_dots)
+            outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_codes, x_scales)
             row += 1
     return outs
 
 
-@njit(nogil=True, cache=True, fastmath=CONTRACT)
+@njit(nogil=True, cache=True)
 def q8_matvec_serial(quants, scale_bits, x, out):
     """`q8_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
     n_rows, _, n_blocks = quants.shape
-    x_blocked = np.empty((32, n_blocks), np.float32)
-    _q8_prepare(x, x_blocked)
-    block_dots = np.empty(n_blocks, np.float32)
+    x_codes = np.empty((32, n_blocks), np.int16)
+    x_scales = np.empty(n_blocks, np.float32)
+    _q8_prepare(x, x_codes, x_scales)
     for n in range(n_rows):
-        out[n] = _q8_row(quants, scale_bits, n, x_blocked, block_dots)
+        out[n] = _q8_row(quants, scale_bits, n, x_codes, x_scales)
     return out
 
 
 def q8_matvec_numpy(quants: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy twin of `q8_matvec`: W x [N] in float32."""
-    return q8_dequantize_numpy(quants, scale_bits) @ x
+    """NumPy twin of `q8_matvec`: W x [N] in float32, x quantized as by `quantize_activation_numpy`."""
+    return _matvec_numpy(quants.transpose(0, 2, 1), scale_bits, x)
 
 
 def stored_order(x: np.ndarray) -> np.ndarray:
