@@ -104,28 +104,36 @@ def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, key
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
     d = q.shape[1]
+    start = first_pos % modulo  # key j sits in slot start + j, wrapped once at most (n_keys <= modulo)
     for h in range(g * group, (g + 1) * group):
-        best = -np.inf
+        slot = start
         for j in range(n_keys):
-            slot = (first_pos + j) % modulo
             s = np.float32(0.0)
             for i in range(d):
                 s += q[h, i] * keys[slot, g, i]
-            s *= scale
-            scores[h, j] = s
-            best = max(best, s)
+            scores[h, j] = s * scale
+            slot += 1
+            if slot == modulo:
+                slot = 0
+        best = np.float32(-np.inf)  # float32: a float64 max would make every exp float64
+        for j in range(n_keys):
+            best = max(best, scores[h, j])
         total = np.float32(0.0)
         for j in range(n_keys):
             p = np.exp(scores[h, j] - best)
             scores[h, j] = p
             total += p
+        inverse_total = np.float32(1.0) / total
         for i in range(d):
             out[h, i] = np.float32(0.0)
+        slot = start
         for j in range(n_keys):
-            slot = (first_pos + j) % modulo
-            p = scores[h, j] / total
+            p = scores[h, j] * inverse_total
             for i in range(d):
                 out[h, i] += p * values[slot, g, i]
+            slot += 1
+            if slot == modulo:
+                slot = 0
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
