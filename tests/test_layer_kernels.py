@@ -56,6 +56,7 @@ def test_qk_norm_rope_store(heads, kv_heads, d, rotate):
 @pytest.mark.parametrize("heads, kv_heads, d, capacity, first, n, modulo", [
     (8, 2, 16, 300, 0, 257, 300),   # growable: rows are positions
     (6, 3, 10, 7, 11, 7, 7),        # ring: positions 11..17 in slots pos % 7
+    (6, 3, 10, 7, 12, 5, 7),        # ring not yet full of visible keys: slots 5, 6, 0, 1, 2
     (4, 4, 64, 33, 0, 1, 33),       # a single key
 ])
 def test_attention_decode(heads, kv_heads, d, capacity, first, n, modulo):
