@@ -4,6 +4,11 @@ Random codes and scales with a fresh seed per test (printed on failure), shapes 
 powers of two, every scheme and group size, outputs poisoned with NaN before each call.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -170,10 +175,11 @@ def test_quantized_activation_codes_match_between_numba_and_numpy():
     x[32:64] = np.arange(32, dtype=np.float32) - 15.5  # many exact halves after scaling
     x[64:96] = np.float32(127.0) * (np.arange(32) % 5) / 2  # code ties at .5
     codes, scales = kernels.quantize_activation_numpy(x)
-    low, high = np.empty((16, 40), np.int16), np.empty((16, 40), np.int16)
+    low, high = np.empty((8, 80), np.int8), np.empty((8, 80), np.int8)  # pairs of a block side by side
     x_scales, offsets = np.empty(40, np.float32), np.empty(40, np.float32)
     kernels._q4_prepare(x, low, high, x_scales, offsets)
-    np.testing.assert_array_equal(np.concatenate([low.T, high.T], axis=1), codes, err_msg=f"seed {seed}")
+    unpaired = [side.reshape(8, 40, 2).transpose(1, 0, 2).reshape(40, 16) for side in (low, high)]  # [B, 16] each
+    np.testing.assert_array_equal(np.concatenate(unpaired, axis=1), codes, err_msg=f"seed {seed}")
     np.testing.assert_array_equal(x_scales, scales, err_msg=f"seed {seed}")
     np.testing.assert_array_equal(offsets, 8 * codes.sum(axis=1).astype(np.float32))
 
@@ -238,3 +244,17 @@ def test_fused_matvec_equals_separate_launches(bits):
     many_rows = rng.standard_normal((9, n_cols)).astype(np.float32)  # falls back to per-weight matmul
     for weight, out in zip(weights, matmul_fused(weights, many_rows)):
         np.testing.assert_array_equal(out, weight.matmul(many_rows))
+
+
+def test_portable_integer_path_matches_numpy_twin(tmp_path):
+    """The generic-IR integer dot (what ARM and non-AVX2 CPUs run) passes the matvec twin tests:
+    rerun them in a fresh process with TINYEXAONE_GENERIC_KERNELS=1 and an empty Numba cache."""
+    env = dict(os.environ, TINYEXAONE_GENERIC_KERNELS="1", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    probe = subprocess.run([sys.executable, "-c", "from tinyexaone import kernels; print(kernels.integer_dot_path())"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "generic"
+    tests = [str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-k",
+             "matvec or overflow or non_finite or activation_quantization"]
+    done = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "deselected" in done.stdout
