@@ -72,3 +72,45 @@ def test_attention_decode(heads, kv_heads, d, capacity, first, n, modulo):
     lk.attention_decode_numpy(q, keys, values, first, n, modulo, scores, expected)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
     np.testing.assert_allclose(serial, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window", [
+    (8, 2, 16, 37, 0, 0, 37, 0),      # a fresh prompt: queries and keys are the same positions
+    (6, 3, 10, 9, 20, 0, 29, 0),      # a prompt continued after 20 cached tokens
+    (4, 4, 64, 13, 40, 30, 23, 8),    # sliding window of 8: the cache holds positions 30..52
+    (4, 1, 24, 5, 3, 0, 8, 100),      # a window wider than the sequence
+])
+def test_attention_prefill(heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window):
+    """The Numba prefill attention against the NumPy `model.attention` (BLAS score matrices)."""
+    from tinyexaone.model import attention
+
+    rng, seed = fresh_rng()
+    assert first_key_pos + n_stored == first_query_pos + n_queries  # the last key is the last query's
+    q = rng.standard_normal((n_queries, heads, d)).astype(np.float32)
+    keys = (rng.standard_normal((n_stored, kv_heads, d)) * 3).astype(np.float32)
+    values = rng.standard_normal((n_stored, kv_heads, d)).astype(np.float32)
+    out = np.full((n_queries, heads, d), np.nan, np.float32)
+    lk.attention_prefill(q, keys, values, first_query_pos, first_key_pos, window, 3, out)
+    expected = attention(q, keys, values, first_query_pos, first_key_pos, window or None)
+    np.testing.assert_allclose(out.reshape(n_queries, -1), expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+def test_exp_nonpositive_matches_numpy():
+    """The softmax exponential: within 3e-7 relative of np.exp from 0 to -87, 0 below and at -inf."""
+    from numba import njit
+
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = lk.exp_nonpositive(x[i])
+
+    rng, seed = fresh_rng()
+    x = np.concatenate([-np.logspace(-9, np.log10(87.0), 100_000), -rng.uniform(0, 87, 100_000)]).astype(np.float32)
+    edges = np.float32([0.0, -0.0, -87.0, -87.01, -88.0, -1e4, -np.inf])
+    x = np.concatenate([x, edges])
+    out = np.full_like(x, np.nan)
+    apply(x, out)
+    expected = np.exp(x.astype(np.float64))
+    normal = x >= -87
+    assert np.max(np.abs(out[normal] - expected[normal]) / expected[normal]) <= 3e-7, f"seed {seed}"
+    assert (out[~normal] == 0).all() and out[0] == 1.0 and out[1] == 1.0

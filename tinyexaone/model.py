@@ -34,8 +34,10 @@ from . import generation
 from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
-from .kernels import COMPUTE_LOCK, SERIAL_BELOW
-from .layer_kernels import add_rms_norm, attention_decode, attention_decode_serial, qk_norm_rope_store, silu_mul
+from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
+from .layer_kernels import (
+    add_rms_norm, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_store, silu_mul,
+)
 from .quantized import matmul_fused
 from .rope import apply_rope, cos_sin, inverse_frequencies
 from .tokenizer import load_tokenizer
@@ -59,6 +61,7 @@ def attention(
     q: np.ndarray, keys: np.ndarray, values: np.ndarray, first_query_pos: int, first_key_pos: int, window: int | None
 ) -> np.ndarray:
     """Causal GQA attention; q [T, heads, d], keys/values [S, kv_heads, d] -> [T, heads * d].
+    The readable NumPy form; prefill runs its Numba twin `layer_kernels.attention_prefill`.
 
     Query t sits at absolute position first_query_pos + t and key s at first_key_pos + s. A query
     at i sees keys j <= i, and with a window W only those with i - W < j.
@@ -174,8 +177,11 @@ class Model:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         keys, values = layer_cache.extend(k, v)  # [S, kv_heads, d] each, ending at position start + T - 1
         first_key_pos = start + t_len - keys.shape[0]
-        a = attention(q, keys, values, start, first_key_pos, window)  # [T, heads * d]
-        return layer.o_proj.matmul(a)  # [T, hidden]
+        a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
+        with COMPUTE_LOCK:  # the Numba twin of `attention` below
+            attention_prefill(np.ascontiguousarray(q), np.ascontiguousarray(keys), np.ascontiguousarray(values),
+                              start, first_key_pos, window or 0, chunk_count(t_len), a)
+        return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         return layer.down_proj.matmul(silu(layer.gate_proj.matmul(h)) * layer.up_proj.matmul(h))  # [T, hidden]
