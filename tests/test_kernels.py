@@ -41,9 +41,9 @@ def relative_error(actual, expected):
 
 
 def vector_and_tail_columns(rng, group_size):
-    """An input size with 1-3 full vector steps (kernels.LANES blocks each) and a random tail of
+    """An input size with 1-3 full vector steps (kernels.Q4_LANES blocks each, a multiple of the int8 step) and a random tail of
     whole groups (possibly none), so both the vector and the scalar path of a matvec run."""
-    return 32 * kernels.LANES * int(rng.integers(1, 4)) + group_size * int(rng.integers(0, 8))
+    return 32 * kernels.Q4_LANES * int(rng.integers(1, 4)) + group_size * int(rng.integers(0, 8))
 
 
 def kernel_pair(bits):
@@ -152,7 +152,7 @@ def test_activation_quantization_error_is_within_its_bound(bits, group_size):
 def test_matvec_integer_sums_do_not_overflow_at_the_extremes(bits):
     """Largest codes times largest activation codes in every lane: the 16-bit partial sums
     (int4: 16 products of 15 x 127; int8: pairs of 128 x 127) must stay in range."""
-    n_cols = 32 * kernels.LANES * 2 + 32 * 3  # vector steps and a scalar tail
+    n_cols = 32 * kernels.Q4_LANES * 2 + 32 * 3  # vector steps and a scalar tail
     shape = (5, n_cols)
     arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape) in expected_arrays(bits, 32, shape).items()}
     arrays["scales"][:] = 1.0
@@ -175,19 +175,23 @@ def test_quantized_activation_codes_match_between_numba_and_numpy():
     x[32:64] = np.arange(32, dtype=np.float32) - 15.5  # many exact halves after scaling
     x[64:96] = np.float32(127.0) * (np.arange(32) % 5) / 2  # code ties at .5
     codes, scales = kernels.quantize_activation_numpy(x)
-    low, high = np.empty((8, 80), np.int8), np.empty((8, 80), np.int8)  # pairs of a block side by side
-    x_scales, offsets = np.empty(40, np.float32), np.empty(40, np.float32)
-    kernels._q4_prepare(x, low, high, x_scales, offsets)
-    unpaired = [side.reshape(8, 40, 2).transpose(1, 0, 2).reshape(40, 16) for side in (low, high)]  # [B, 16] each
-    np.testing.assert_array_equal(np.concatenate(unpaired, axis=1), codes, err_msg=f"seed {seed}")
-    np.testing.assert_array_equal(x_scales, scales, err_msg=f"seed {seed}")
+    n_blocks = 40  # one vector step of Q4_LANES blocks and a tail
+    pairs, plain = np.empty((16, 2 * n_blocks), np.int8), np.empty((32, n_blocks), np.int8)
+    x_scales, offsets = np.empty(n_blocks, np.float32), np.empty(n_blocks, np.float32)
+    kernels._q4_prepare(x, pairs, plain, x_scales, offsets)
+    np.testing.assert_array_equal(plain.T, codes, err_msg=f"seed {seed}")
+    for k, (block_a, block_b) in enumerate(zip(kernels.Q4_BLOCKS_A, kernels.Q4_BLOCKS_B)):
+        for s in range(2):
+            np.testing.assert_array_equal(pairs[:, 2 * k + s], codes[block_a, 16 * s : 16 * s + 16])
+            np.testing.assert_array_equal(pairs[:, 32 + 2 * k + s], codes[block_b, 16 * s : 16 * s + 16])
+    assert sorted(kernels.Q4_BLOCKS_A + kernels.Q4_BLOCKS_B) == list(range(kernels.Q4_LANES))
     np.testing.assert_array_equal(offsets, 8 * codes.sum(axis=1).astype(np.float32))
 
 
 def test_non_finite_activations_give_non_finite_outputs():
     """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
     rng = np.random.default_rng(0)
-    shape = (7, 32 * kernels.LANES + 64)
+    shape = (7, 32 * kernels.Q4_LANES + 64)
     for bits in (4, 8):
         weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape))
         for bad in (np.nan, np.inf):
@@ -230,7 +234,7 @@ def test_half_to_float_is_exact_for_every_finite_float16():
 def test_fused_matvec_equals_separate_launches(bits):
     """One launch over q/k/v-like matrices (mixed group sizes) gives each matrix's own result."""
     seed, rng = fresh_rng()
-    n_cols = 32 * kernels.LANES + 128 * int(rng.integers(0, 4))
+    n_cols = 32 * kernels.Q4_LANES + 128 * int(rng.integers(0, 4))
     weights = []
     for group_size in (32, 128, 64):
         shape = (int(rng.integers(1, 150)), n_cols)

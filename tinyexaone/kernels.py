@@ -127,30 +127,42 @@ def _item_pointer(context, builder, array_type, array, indices, element):
     return builder.bitcast(pointer, element.as_pointer())
 
 
-def _scaled_lane_sum(context, builder, lane_sums, block_scales, offsets, scale_bits_type, scale_bits, n, first, per_group):
-    """sum over the LANES blocks from `first` of (lane_sums - offsets) * block_scales * weight scale,
-    the weight scales being the float16 scales of row n (one per `per_group` blocks)."""
-    floats = ir.VectorType(ir.FloatType(), LANES)
-    values = builder.sitofp(lane_sums, floats)
+def _int_constants(bits, values):
+    return ir.Constant(ir.VectorType(ir.IntType(bits), len(values)), list(values))
+
+
+def _lane_values(context, builder, array_type, array, first, lane_blocks):
+    """<16 x float>: array[first + b] for each b of lane_blocks (float32 per-block values)."""
+    span = max(lane_blocks) + 1
+    loaded = builder.load(_item_pointer(context, builder, array_type, array, [first], ir.VectorType(ir.FloatType(), span)), align=4)
+    return builder.shuffle_vector(loaded, loaded, _int_constants(32, lane_blocks))
+
+
+def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first, per_group):
+    """<16 x float>: per lane, (lane_sums - offset) * activation scale * weight scale of block
+    first + lane_blocks[lane]. x_scales / offsets are (array type, array) pairs of float32 [B]
+    (offsets may be None); the weight scales are the float16 scales of row n, one per per_group blocks."""
+    values = builder.sitofp(lane_sums, ir.VectorType(ir.FloatType(), len(lane_blocks)))
     if offsets is not None:
-        values = builder.fsub(values, offsets)
-    values = builder.fmul(values, block_scales)
-    n_scales = LANES // per_group
+        values = builder.fsub(values, _lane_values(context, builder, *offsets, first, lane_blocks))
+    values = builder.fmul(values, _lane_values(context, builder, *x_scales, first, lane_blocks))
+    n_scales = (max(lane_blocks) + 1) // per_group
     group = builder.sdiv(first, context.get_constant(types.intp, per_group))
     halves = ir.VectorType(ir.HalfType(), n_scales)
+    scale_bits_type, scale_bits_array = scale_bits
     weight_scales = builder.fpext(
-        builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits, [n, group], halves), align=2),
+        builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits_array, [n, group], halves), align=2),
         ir.VectorType(ir.FloatType(), n_scales),
     )
-    if per_group > 1:  # repeat each group's scale over its blocks
-        spread = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [i // per_group for i in range(LANES)])
-        weight_scales = builder.shuffle_vector(weight_scales, weight_scales, spread)
-    values = builder.fmul(values, weight_scales)
-    width = LANES
-    while width > 1:  # pairwise tree: the same order on every machine
+    spread = _int_constants(32, [b // per_group for b in lane_blocks])  # each lane's group
+    return builder.fmul(values, builder.shuffle_vector(weight_scales, weight_scales, spread))
+
+
+def _horizontal_sum(builder, values, width):
+    """The sum of a <width x float> as a pairwise tree: the same order on every machine."""
+    while width > 1:
         width //= 2
-        low = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width)))
-        high = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width)))
+        low, high = _int_constants(32, range(width)), _int_constants(32, range(width, 2 * width))
         values = builder.fadd(builder.shuffle_vector(values, values, low), builder.shuffle_vector(values, values, high))
     return builder.extract_element(values, ir.Constant(ir.IntType(32), 0))
 
@@ -188,41 +200,55 @@ def _pair_products(context, builder, unsigned_bytes, signed_bytes):
     return builder.add(halves[0], halves[1])
 
 
+# One int4 vector step covers Q4_LANES = 32 blocks: row j of the step is 32 bytes holding
+# element j (low nibble) and element j + 16 (high nibble) of each block. Interleaving the two
+# nibble vectors puts both elements of a block side by side for one pair product; the
+# interleave is AVX2's in-lane vpunpck{l,h}bw, so the first product vector holds blocks
+# Q4_BLOCKS_A and the second Q4_BLOCKS_B (the activation pairs are stored in that order).
+Q4_LANES = 32
+Q4_BLOCKS_A = [lane * 16 + i for lane in (0, 1) for i in range(8)]  # 0..7, 16..23
+Q4_BLOCKS_B = [lane * 16 + i for lane in (0, 1) for i in range(8, 16)]  # 8..15, 24..31
+
+
 def _q4_lanes_dot(per_group):
     """Intrinsic: row n of an int4 matrix times the activation codes over blocks first ..
-    first + LANES, scaled: a float32 partial dot product (see `q4_matvec`)."""
+    first + Q4_LANES, scaled: a float32 partial dot product (see `q4_matvec`)."""
 
     @intrinsic
-    def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets):
-        signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_low, x_high, x_scales, offsets)
+    def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_scales, offsets):
+        signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_scales, offsets)
 
         def codegen(context, builder, signature, args):
-            arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
-                      for t, a in zip(signature.args, args)]
-            nib, scales, n, first, low_codes, high_codes, block_scales, block_offsets = arrays
-            types_ = signature.args
-            bytes_, pair_bytes = ir.VectorType(ir.IntType(8), LANES), ir.VectorType(ir.IntType(8), 2 * LANES)
-            shorts, ints = ir.VectorType(ir.IntType(16), LANES), ir.VectorType(ir.IntType(32), LANES)
-            floats = ir.VectorType(ir.FloatType(), LANES)
-            mask, shift = ir.Constant(pair_bytes, [15] * 2 * LANES), ir.Constant(pair_bytes, [4] * 2 * LANES)
-            interleave = ir.Constant(ir.VectorType(ir.IntType(32), 2 * LANES), [k for i in range(LANES) for k in (i, i + LANES)])
+            t = signature.args
+            nib, scales, pairs, block_scales, block_offsets = (
+                context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5, 6))
+            n, first = args[2], args[3]
+            row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
+            shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
+            mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
+            # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
+            pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
+            pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
             pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-            # 8 pair sums of a code 0..15 times an activation code |x| <= 127 per lane: |sum| <= 30480
-            low_sum = high_sum = ir.Constant(shorts, [0] * LANES)
-            for pair in range(8):
-                rows = [builder.load(_item_pointer(context, builder, types_[0], nib,
-                                                   [n, context.get_constant(types.intp, 2 * pair + k), first], bytes_), align=1)
-                        for k in (0, 1)]
-                packed = builder.shuffle_vector(rows[0], rows[1], interleave)  # elements 2p, 2p+1 of a block side by side
-                index = [context.get_constant(types.intp, pair), pair_first]
-                x_lo = builder.load(_item_pointer(context, builder, types_[4], low_codes, index, pair_bytes), align=1)
-                x_hi = builder.load(_item_pointer(context, builder, types_[5], high_codes, index, pair_bytes), align=1)
-                low_sum = builder.add(low_sum, _pair_products(context, builder, builder.and_(packed, mask), x_lo))
-                high_sum = builder.add(high_sum, _pair_products(context, builder, builder.lshr(packed, shift), x_hi))
-            lane_sums = builder.add(builder.sext(low_sum, ints), builder.sext(high_sum, ints))
-            x_scale = builder.load(_item_pointer(context, builder, types_[6], block_scales, [first], floats), align=4)
-            offset = builder.load(_item_pointer(context, builder, types_[7], block_offsets, [first], floats), align=4)
-            return _scaled_lane_sum(context, builder, lane_sums, x_scale, offset, types_[1], scales, n, first, per_group)
+            # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
+            sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
+            for j in range(16):
+                row_j = context.get_constant(types.intp, j)
+                packed = builder.load(_item_pointer(context, builder, t[0], nib, [n, row_j, first], row_bytes), align=1)
+                low = builder.and_(packed, mask)
+                high = builder.and_(builder.lshr(packed, shift), mask)
+                for half, pick in enumerate((pick_a, pick_b)):
+                    where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
+                    x = builder.load(_item_pointer(context, builder, t[4], pairs, [row_j, where], row_bytes), align=1)
+                    products = _pair_products(context, builder, builder.shuffle_vector(low, high, pick), x)
+                    sums[half][j // 8] = builder.add(sums[half][j // 8], products)
+            total = None
+            for half, lane_blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B)):
+                lane_sums = builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints))
+                values = _scaled_lanes(context, builder, lane_sums, lane_blocks, (t[5], block_scales),
+                                       (t[6], block_offsets), (t[1], scales), n, first, per_group)
+                total = values if total is None else builder.fadd(total, values)
+            return _horizontal_sum(builder, total, 16)
 
         return signature, codegen
 
@@ -242,7 +268,6 @@ def _q8_lanes_dot(per_group):
             codes, scales, n, first, activation_codes, block_scales = arrays
             types_ = signature.args
             bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
-            floats = ir.VectorType(ir.FloatType(), LANES)
             lane_sums = ir.Constant(ints, [0] * LANES)
             for e in range(0, 32, 2):
                 pair = []
@@ -253,8 +278,9 @@ def _q8_lanes_dot(per_group):
                     pair.append(builder.mul(builder.sext(w, shorts), x))
                 # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
                 lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
-            x_scale = builder.load(_item_pointer(context, builder, types_[5], block_scales, [first], floats), align=4)
-            return _scaled_lane_sum(context, builder, lane_sums, x_scale, None, types_[1], scales, n, first, per_group)
+            values = _scaled_lanes(context, builder, lane_sums, list(range(LANES)), (types_[5], block_scales), None,
+                                   (types_[1], scales), n, first, per_group)
+            return _horizontal_sum(builder, values, LANES)
 
         return signature, codegen
 
@@ -266,42 +292,50 @@ _q8_lanes_dot_1, _q8_lanes_dot_2, _q8_lanes_dot_4 = (_q8_lanes_dot(p) for p in (
 
 
 @njit(nogil=True, cache=True)
-def _q4_prepare(x, x_low, x_high, x_scales, offsets):
-    """Quantize x [32 B] for the int4 kernels: x_low / x_high [8, 2 B] int8 hold the codes of each
-    block's first / second half in pairs, x_low[p, 2 b + k] = code of element 2 p + k of block b
-    (x_high: element 16 + 2 p + k), matching the nibble pairs the kernel interleaves; x_scales [B];
-    offsets [B] = 8 * the block's code sum (the int4 codes' +8 bias)."""
+def _q4_prepare(x, x_pairs, x_codes, x_scales, offsets):
+    """Quantize x [32 B] for the int4 kernels: x_codes [32, B] int8 (element e of block b at
+    [e, b], for the scalar tail); x_pairs [16, 2 B] int8, the codes in the vector steps' order:
+    for the step at block f, x_pairs[j, 2 f + 2 k + s] holds element j + 16 s of block
+    f + Q4_BLOCKS_A[k] and x_pairs[j, 2 f + 32 + 2 k + s] that of block f + Q4_BLOCKS_B[k];
+    x_scales [B]; offsets [B] = 8 * the block's code sum (the int4 codes' +8 bias)."""
     codes = np.empty(32, np.int16)
-    for b in range(x_scales.shape[0]):
+    n_blocks = x_scales.shape[0]
+    for b in range(n_blocks):
         x_scales[b] = _quantize_block(x, b, codes)
         total = 0
-        for e in range(16):
-            x_low[e // 2, 2 * b + e % 2] = codes[e]
-            x_high[e // 2, 2 * b + e % 2] = codes[16 + e]
-            total += np.int32(codes[e]) + np.int32(codes[16 + e])
+        for e in range(32):
+            x_codes[e, b] = codes[e]
+            total += np.int32(codes[e])
         offsets[b] = np.float32(8 * total)
+    for first in range(0, n_blocks - n_blocks % Q4_LANES, Q4_LANES):
+        for k in range(16):
+            block_a = first + (k if k < 8 else k + 8)
+            block_b = first + (k + 8 if k < 8 else k + 16)
+            for j in range(16):
+                for s in range(2):
+                    x_pairs[j, 2 * first + 2 * k + s] = x_codes[j + 16 * s, block_a]
+                    x_pairs[j, 2 * first + 32 + 2 * k + s] = x_codes[j + 16 * s, block_b]
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets):
+def _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets):
     """Row n of an int4 matrix times the activation quantized by `_q4_prepare`."""
     n_blocks = nibbles.shape[2]
     per_group = n_blocks // scale_bits.shape[1]
-    vector_blocks = n_blocks - n_blocks % LANES
+    vector_blocks = n_blocks - n_blocks % Q4_LANES
     total = np.float32(0.0)
-    for first in range(0, vector_blocks, LANES):
+    for first in range(0, vector_blocks, Q4_LANES):
         if per_group == 1:
-            total += _q4_lanes_dot_1(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
+            total += _q4_lanes_dot_1(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
         elif per_group == 2:
-            total += _q4_lanes_dot_2(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
+            total += _q4_lanes_dot_2(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
         else:
-            total += _q4_lanes_dot_4(nibbles, scale_bits, n, first, x_low, x_high, x_scales, offsets)
-    for b in range(vector_blocks, n_blocks):  # fewer than LANES blocks left
+            total += _q4_lanes_dot_4(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
+    for b in range(vector_blocks, n_blocks):  # fewer than Q4_LANES blocks left
         lane_sum = np.int32(0)
         for j in range(16):
             packed = np.int32(nibbles[n, j, b])
-            slot = 2 * b + j % 2
-            lane_sum += (packed & 15) * np.int32(x_low[j // 2, slot]) + (packed >> 4) * np.int32(x_high[j // 2, slot])
+            lane_sum += (packed & 15) * np.int32(x_codes[j, b]) + (packed >> 4) * np.int32(x_codes[j + 16, b])
         total += (np.float32(lane_sum) - offsets[b]) * x_scales[b] * half_to_float(scale_bits[n, b // per_group])
     return total
 
@@ -342,15 +376,15 @@ def _q8_row(quants, scale_bits, n, x_codes, x_scales):
 def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
     """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
     n_rows, _, n_blocks = nibbles.shape
-    x_low = np.empty((8, 2 * n_blocks), np.int8)
-    x_high = np.empty((8, 2 * n_blocks), np.int8)
+    x_pairs = np.empty((16, 2 * n_blocks), np.int8)
+    x_codes = np.empty((32, n_blocks), np.int8)
     x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, x_scales, offsets)
+    _q4_prepare(x, x_pairs, x_codes, x_scales, offsets)
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets)
+            out[n] = _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets)
     return out
 
 
@@ -358,11 +392,11 @@ def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
 def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
     """outs[m] [N_m] = W_m x for a tuple of int4 matrices sharing x, in one parallel launch."""
     n_blocks = nibbles[0].shape[2]
-    x_low = np.empty((8, 2 * n_blocks), np.int8)
-    x_high = np.empty((8, 2 * n_blocks), np.int8)
+    x_pairs = np.empty((16, 2 * n_blocks), np.int8)
+    x_codes = np.empty((32, n_blocks), np.int8)
     x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, x_scales, offsets)
+    _q4_prepare(x, x_pairs, x_codes, x_scales, offsets)
     n_total = 0
     for out in outs:
         n_total += out.shape[0]
@@ -374,7 +408,7 @@ def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
                 first_of_matrix += outs[m].shape[0]
                 m += 1
             n = row - first_of_matrix
-            outs[m][n] = _q4_row(nibbles[m], scale_bits[m], n, x_low, x_high, x_scales, offsets)
+            outs[m][n] = _q4_row(nibbles[m], scale_bits[m], n, x_pairs, x_codes, x_scales, offsets)
             row += 1
     return outs
 
@@ -383,13 +417,13 @@ def q4_matvec_fused(nibbles, scale_bits, x, outs, n_chunks):
 def q4_matvec_serial(nibbles, scale_bits, x, out):
     """`q4_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
     n_rows, _, n_blocks = nibbles.shape
-    x_low = np.empty((8, 2 * n_blocks), np.int8)
-    x_high = np.empty((8, 2 * n_blocks), np.int8)
+    x_pairs = np.empty((16, 2 * n_blocks), np.int8)
+    x_codes = np.empty((32, n_blocks), np.int8)
     x_scales = np.empty(n_blocks, np.float32)
     offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_low, x_high, x_scales, offsets)
+    _q4_prepare(x, x_pairs, x_codes, x_scales, offsets)
     for n in range(n_rows):
-        out[n] = _q4_row(nibbles, scale_bits, n, x_low, x_high, x_scales, offsets)
+        out[n] = _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets)
     return out
 
 
