@@ -146,16 +146,34 @@ def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, s
     if offsets is not None:
         values = builder.fsub(values, _lane_values(context, builder, *offsets, first, lane_blocks))
     values = builder.fmul(values, _lane_values(context, builder, *x_scales, first, lane_blocks))
-    n_scales = (max(lane_blocks) + 1) // per_group
-    group = builder.sdiv(first, context.get_constant(types.intp, per_group))
-    halves = ir.VectorType(ir.HalfType(), n_scales)
+    return builder.fmul(values, _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group))
+
+
+def _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group):
+    """<16 x float>: the float16 scale of row n for block first + b, b in lane_blocks, where a
+    scale covers per_group (1, 2 or 4: a runtime i64) blocks. One branch per group size around
+    the small load, so the large dot product before it is compiled once, not three times."""
     scale_bits_type, scale_bits_array = scale_bits
-    weight_scales = builder.fpext(
-        builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits_array, [n, group], halves), align=2),
-        ir.VectorType(ir.FloatType(), n_scales),
-    )
-    spread = _int_constants(32, [b // per_group for b in lane_blocks])  # each lane's group
-    return builder.fmul(values, builder.shuffle_vector(weight_scales, weight_scales, spread))
+    result = cgutils.alloca_once(builder, ir.VectorType(ir.FloatType(), len(lane_blocks)))
+    done = builder.append_basic_block("scales.done")
+    for size in (1, 2, 4):
+        this, other = builder.append_basic_block(f"scales.per{size}"), builder.append_basic_block(f"scales.not{size}")
+        builder.cbranch(builder.icmp_signed("==", per_group, context.get_constant(types.intp, size)), this, other)
+        builder.position_at_end(this)
+        n_scales = (max(lane_blocks) + 1) // size
+        group = builder.sdiv(first, context.get_constant(types.intp, size))
+        halves = ir.VectorType(ir.HalfType(), n_scales)
+        loaded = builder.fpext(
+            builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits_array, [n, group], halves), align=2),
+            ir.VectorType(ir.FloatType(), n_scales),
+        )
+        spread = _int_constants(32, [b // size for b in lane_blocks])  # each lane's group
+        builder.store(builder.shuffle_vector(loaded, loaded, spread), result)
+        builder.branch(done)
+        builder.position_at_end(other)
+    builder.branch(done)  # callers pass only 1, 2 or 4
+    builder.position_at_end(done)
+    return builder.load(result)
 
 
 def _prefetch(builder, address, distance):
@@ -223,91 +241,79 @@ Q4_BLOCKS_A = [lane * 16 + i for lane in (0, 1) for i in range(8)]  # 0..7, 16..
 Q4_BLOCKS_B = [lane * 16 + i for lane in (0, 1) for i in range(8, 16)]  # 8..15, 24..31
 
 
-def _q4_lanes_dot(per_group):
-    """Intrinsic: row n of an int4 matrix times the activation codes over blocks first ..
-    first + Q4_LANES, scaled: a float32 partial dot product (see `q4_matvec`)."""
+@intrinsic
+def _q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group):
+    """Row n of an int4 matrix times the activation codes over blocks first .. first + Q4_LANES,
+    scaled: a float32 partial dot product (see `q4_matvec`)."""
+    signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_scales, offsets, types.intp)
 
-    @intrinsic
-    def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_scales, offsets):
-        signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_scales, offsets)
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        nib, scales, pairs, block_scales, block_offsets = (
+            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5, 6))
+        n, first, per_group = args[2], args[3], args[7]
+        row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
+        shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
+        mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
+        # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
+        pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
+        pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
+        pair_first = builder.mul(first, context.get_constant(types.intp, 2))
+        row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
+        # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
+        sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
+        for j in range(16):
+            row_j = context.get_constant(types.intp, j)
+            address = _item_pointer(context, builder, t[0], nib, [n, row_j, first], ir.IntType(8))
+            _prefetch(builder, address, row_stride)
+            packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
+            low = builder.and_(packed, mask)
+            high = builder.and_(builder.lshr(packed, shift), mask)
+            for half, pick in enumerate((pick_a, pick_b)):
+                where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
+                x = builder.load(_item_pointer(context, builder, t[4], pairs, [row_j, where], row_bytes), align=1)
+                products = _pair_products(context, builder, builder.shuffle_vector(low, high, pick), x)
+                sums[half][j // 8] = builder.add(sums[half][j // 8], products)
+        total = None
+        for half, lane_blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B)):
+            lane_sums = builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints))
+            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, (t[5], block_scales),
+                                   (t[6], block_offsets), (t[1], scales), n, first, per_group)
+            total = values if total is None else builder.fadd(total, values)
+        return _horizontal_sum(builder, total, 16)
 
-        def codegen(context, builder, signature, args):
-            t = signature.args
-            nib, scales, pairs, block_scales, block_offsets = (
-                context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5, 6))
-            n, first = args[2], args[3]
-            row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
-            shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
-            mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
-            # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
-            pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
-            pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
-            pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-            row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
-            # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
-            sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
-            for j in range(16):
-                row_j = context.get_constant(types.intp, j)
-                address = _item_pointer(context, builder, t[0], nib, [n, row_j, first], ir.IntType(8))
+    return signature, codegen
+
+
+@intrinsic
+def _q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_codes, x_scales, per_group):
+    """`_q4_lanes_dot` for an int8 matrix over blocks first .. first + LANES (see `q8_matvec`)."""
+    signature = types.float32(quants, scale_bits, types.intp, types.intp, x_codes, x_scales, types.intp)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        codes, scales, activation_codes, block_scales = (
+            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5))
+        n, first, per_group = args[2], args[3], args[6]
+        bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
+        row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
+        lane_sums = ir.Constant(ints, [0] * LANES)
+        for e in range(0, 32, 2):
+            pair = []
+            for element in (e, e + 1):
+                index = context.get_constant(types.intp, element)
+                address = _item_pointer(context, builder, t[0], codes, [n, index, first], ir.IntType(8))
                 _prefetch(builder, address, row_stride)
-                packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
-                low = builder.and_(packed, mask)
-                high = builder.and_(builder.lshr(packed, shift), mask)
-                for half, pick in enumerate((pick_a, pick_b)):
-                    where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
-                    x = builder.load(_item_pointer(context, builder, t[4], pairs, [row_j, where], row_bytes), align=1)
-                    products = _pair_products(context, builder, builder.shuffle_vector(low, high, pick), x)
-                    sums[half][j // 8] = builder.add(sums[half][j // 8], products)
-            total = None
-            for half, lane_blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B)):
-                lane_sums = builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints))
-                values = _scaled_lanes(context, builder, lane_sums, lane_blocks, (t[5], block_scales),
-                                       (t[6], block_offsets), (t[1], scales), n, first, per_group)
-                total = values if total is None else builder.fadd(total, values)
-            return _horizontal_sum(builder, total, 16)
+                w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
+                x = builder.load(_item_pointer(context, builder, t[4], activation_codes, [index, first], shorts), align=2)
+                pair.append(builder.mul(builder.sext(w, shorts), x))
+            # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
+            lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
+        values = _scaled_lanes(context, builder, lane_sums, list(range(LANES)), (t[5], block_scales), None,
+                               (t[1], scales), n, first, per_group)
+        return _horizontal_sum(builder, values, LANES)
 
-        return signature, codegen
-
-    return q4_lanes_dot
-
-
-def _q8_lanes_dot(per_group):
-    """Intrinsic: `_q4_lanes_dot` for an int8 matrix (see `q8_matvec`)."""
-
-    @intrinsic
-    def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_codes, x_scales):
-        signature = types.float32(quants, scale_bits, types.intp, types.intp, x_codes, x_scales)
-
-        def codegen(context, builder, signature, args):
-            arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
-                      for t, a in zip(signature.args, args)]
-            codes, scales, n, first, activation_codes, block_scales = arrays
-            types_ = signature.args
-            bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
-            row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
-            lane_sums = ir.Constant(ints, [0] * LANES)
-            for e in range(0, 32, 2):
-                pair = []
-                for element in (e, e + 1):
-                    index = context.get_constant(types.intp, element)
-                    address = _item_pointer(context, builder, types_[0], codes, [n, index, first], ir.IntType(8))
-                    _prefetch(builder, address, row_stride)
-                    w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
-                    x = builder.load(_item_pointer(context, builder, types_[4], activation_codes, [index, first], shorts), align=2)
-                    pair.append(builder.mul(builder.sext(w, shorts), x))
-                # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
-                lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
-            values = _scaled_lanes(context, builder, lane_sums, list(range(LANES)), (types_[5], block_scales), None,
-                                   (types_[1], scales), n, first, per_group)
-            return _horizontal_sum(builder, values, LANES)
-
-        return signature, codegen
-
-    return q8_lanes_dot
-
-
-_q4_lanes_dot_1, _q4_lanes_dot_2, _q4_lanes_dot_4 = (_q4_lanes_dot(p) for p in (1, 2, 4))
-_q8_lanes_dot_1, _q8_lanes_dot_2, _q8_lanes_dot_4 = (_q8_lanes_dot(p) for p in (1, 2, 4))
+    return signature, codegen
 
 
 @njit(nogil=True, cache=True)
@@ -344,12 +350,7 @@ def _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets):
     vector_blocks = n_blocks - n_blocks % Q4_LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, Q4_LANES):
-        if per_group == 1:
-            total += _q4_lanes_dot_1(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
-        elif per_group == 2:
-            total += _q4_lanes_dot_2(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
-        else:
-            total += _q4_lanes_dot_4(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets)
+        total += _q4_lanes_dot(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group)
     for b in range(vector_blocks, n_blocks):  # fewer than Q4_LANES blocks left
         lane_sum = np.int32(0)
         for j in range(16):
@@ -377,12 +378,7 @@ def _q8_row(quants, scale_bits, n, x_codes, x_scales):
     vector_blocks = n_blocks - n_blocks % LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, LANES):
-        if per_group == 1:
-            total += _q8_lanes_dot_1(quants, scale_bits, n, first, x_codes, x_scales)
-        elif per_group == 2:
-            total += _q8_lanes_dot_2(quants, scale_bits, n, first, x_codes, x_scales)
-        else:
-            total += _q8_lanes_dot_4(quants, scale_bits, n, first, x_codes, x_scales)
+        total += _q8_lanes_dot(quants, scale_bits, n, first, x_codes, x_scales, per_group)
     for b in range(vector_blocks, n_blocks):
         lane_sum = np.int32(0)
         for e in range(32):
