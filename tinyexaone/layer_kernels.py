@@ -145,7 +145,7 @@ def exp_nonpositive(x):
     return scaled if x >= np.float32(-87.0) else np.float32(0.0)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
     `attention_decode`). Keys go four at a time: four independent dot products per head and
