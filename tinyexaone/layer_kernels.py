@@ -51,19 +51,6 @@ def add_rms_norm_numpy(h, a, weight, eps) -> None:
     h += weight * (a / np.sqrt(np.mean(np.square(a), axis=-1, keepdims=True) + np.float32(eps)))
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def silu_mul(gate, up, out):
-    rows, width = gate.shape
-    for t in range(rows):
-        for i in range(width):
-            g = gate[t, i]
-            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * up[t, i]
-
-
-def silu_mul_numpy(gate, up, out) -> None:
-    out[:] = gate * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * gate)) * up
-
-
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def _norm_rope_head(x, weight, cos, sin, eps, rotate, scratch):
     d = x.shape[0]
@@ -143,6 +130,21 @@ def exp_nonpositive(x):
     p = p * r + np.float32(1.0)
     scaled = p * _bits_to_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))  # p * 2^n
     return scaled if x >= np.float32(-87.0) else np.float32(0.0)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def silu_mul(gate, up, out):
+    rows, width = gate.shape
+    for t in range(rows):
+        for i in range(width):
+            g = gate[t, i]
+            e = exp_nonpositive(-abs(g))  # exp(-|g|) <= 1: sigmoid without overflow, vectorised
+            sigmoid = np.float32(1.0) / (np.float32(1.0) + e) if g >= 0 else e / (np.float32(1.0) + e)
+            out[t, i] = g * sigmoid * up[t, i]
+
+
+def silu_mul_numpy(gate, up, out) -> None:
+    out[:] = gate * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * gate)) * up
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)

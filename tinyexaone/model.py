@@ -52,11 +52,6 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(variance + np.float32(eps))) * weight
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x), with sigmoid written through tanh so large |x| cannot overflow."""
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
-
-
 def attention(
     q: np.ndarray, keys: np.ndarray, values: np.ndarray, first_query_pos: int, first_key_pos: int, window: int | None
 ) -> np.ndarray:
@@ -184,7 +179,9 @@ class Model:
         return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
-        return layer.down_proj.matmul(silu(layer.gate_proj.matmul(h)) * layer.up_proj.matmul(h))  # [T, hidden]
+        gate, up = layer.gate_proj.matmul(h), layer.up_proj.matmul(h)  # [T, intermediate] each
+        silu_mul(gate, up, gate)  # silu(gate) * up in place, the Numba twin of `silu(gate) * up`
+        return layer.down_proj.matmul(gate)  # [T, hidden]
 
     def _decode_hidden(self, token_id: int, cache: KVCache, pos: int) -> np.ndarray:
         """The final-normed hidden state [1, hidden] of one new token at position `pos`."""
