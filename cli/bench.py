@@ -6,8 +6,9 @@ shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no 
 checkpoint in between): load time; time to first token of a short prompt in a fresh process
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
 tok/s for 64 and 512 tokens; decode tok/s for 128 tokens from an empty context and after 512
-tokens; peak RSS; and the memory-bandwidth floor measured in the same run (a large NumPy read),
-which gives achieved GB/s and % of the floor. As ratios in the same run it times the float32
+tokens; peak RSS; the memory-bandwidth floor measured in the same run (a large NumPy read),
+which gives decode's achieved GB/s and % of the floor; and the compute floor of prefill (NumPy
+BLAS float32 multiply-adds per second over the layers' multiply-adds per token). As ratios in the same run it times the float32
 NumPy path on the first layers and, when torch and transformers are installed, PyTorch bf16 on
 the same layers. Prints a table, or JSON with `--json`. Absolute times drift on shared
 machines; the ratios are what to compare.
@@ -67,6 +68,13 @@ def decode_bytes_per_token(model) -> int:
     matrices = [w.lm_head] + [getattr(layer, name) for layer in w.layers for name in
                               ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
     return sum(m.nbytes for m in matrices)
+
+
+def layer_macs_per_token(model) -> int:
+    """Multiply-adds of one prompt token through the layer matrices (the head runs for the last
+    token only, and attention's share is small at these lengths)."""
+    return sum(getattr(layer, name).shape[0] * getattr(layer, name).shape[1] for layer in model.weights.layers
+               for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 
 def time_prefill(model, n_tokens: int, rng) -> float:
@@ -162,7 +170,7 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     import numba
 
     from tinyexaone import load
-    from tinyexaone.benchmarks import read_bandwidth
+    from tinyexaone.benchmarks import blas_rate, read_bandwidth
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -189,6 +197,10 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     result["floor_tok_s"] = result["bandwidth_gbs"] * 1e9 / bytes_per_token
     result["decode_gbs"] = result["decode_tok_s"] * bytes_per_token / 1e9
     result["decode_pct_of_floor"] = 100 * result["decode_tok_s"] / result["floor_tok_s"]
+    result["blas_gmacs"] = blas_rate()
+    result["prefill_floor_tok_s"] = result["blas_gmacs"] * 1e9 / layer_macs_per_token(model)
+    largest = max(prefill_sizes)
+    result["prefill_pct_of_floor"] = 100 * result[f"prefill_{largest}_tok_s"] / result["prefill_floor_tok_s"]
     quantized = first_layers(model, COMPARE_LAYERS, dense=False)
     ours = time_layers(quantized, 32, 8 if quick else 32)
     result["layers_compared"] = COMPARE_LAYERS
@@ -212,10 +224,14 @@ ROWS = [
 
 def print_table(result: dict) -> None:
     rows = list(ROWS)
-    rows += [(f"prefill {k.split('_')[1]} tokens", k, "{:.1f} tok/s") for k in result if k.startswith("prefill_")]
+    prefill_sizes = [int(k.split("_")[1]) for k in result if k.startswith("prefill_") and k.split("_")[1].isdigit()]
+    rows += [(f"prefill {n} tokens", f"prefill_{n}_tok_s", "{:.1f} tok/s") for n in prefill_sizes]
     rows += [("decode, empty context", "decode_tok_s", "{:.1f} tok/s")]
     rows += [(f"decode after {k.split('_')[2]} tokens", k, "{:.1f} tok/s") for k in result if k.startswith("decode_after_")]
     rows += [
+        ("BLAS float32 rate (all cores)", "blas_gmacs", "{:.1f} G multiply-adds/s"),
+        ("prefill compute floor", "prefill_floor_tok_s", "{:.1f} tok/s"),
+        (f"prefill {max(prefill_sizes)} tokens, % of compute floor", "prefill_pct_of_floor", "{:.0f} %"),
         ("decode, achieved", "decode_gbs", "{:.1f} GB/s"),
         ("decode, % of floor", "decode_pct_of_floor", "{:.0f} %"),
         ("peak RSS", "peak_rss_mb", "{:.0f} MB"),

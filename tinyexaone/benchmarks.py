@@ -2,6 +2,8 @@
 
 `read_bandwidth(threads)` measures the machine's large-read bandwidth (NumPy max over 512 MB,
 split over that many threads) so kernel throughput can be quoted as a share of it.
+`blas_rate()` measures the float32 multiply-add rate of NumPy's BLAS at a prefill shape: the
+compute ceiling a prefill of dequantized weights could reach on this machine.
 `random_weight(bits, group_size, shape)` builds a `QuantizedWeight` with random codes and scales
 directly (no float intermediate), so real 1.2B shapes cost only their stored size.
 `time_matvec` / `time_matmul` time `QuantizedWeight.matmul` for one or many input rows and
@@ -50,6 +52,16 @@ def read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int = 5) -> f
     with ThreadPoolExecutor(threads) as pool:
         seconds = best_time(lambda: list(pool.map(np.max, parts)), repeats)
     return values.nbytes / seconds / 1e9
+
+
+def blas_rate(n_tokens: int = 512, shape=(4096, 2048), repeats: int = 3) -> float:
+    """Billions of float32 multiply-adds per second of x [n_tokens, in] @ W^T (W [out, in]) by
+    NumPy's BLAS with its own thread count (all cores unless OPENBLAS_NUM_THREADS says otherwise)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n_tokens, shape[1]), np.float32)
+    w = rng.standard_normal(shape, np.float32)
+    seconds = best_time(lambda: x @ w.T, repeats)
+    return n_tokens * shape[0] * shape[1] / seconds / 1e9
 
 
 def random_weight(bits: int, group_size: int, shape, seed: int = 0) -> QuantizedWeight:
