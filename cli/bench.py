@@ -241,7 +241,7 @@ def print_table(result: dict) -> None:
     click.echo(f"tinyexaone bench: {result['model']} ({result['threads']} threads)")
     for label, key, fmt in rows:
         value = result.get(key)
-        click.echo(f"  {label:<36} {'n/a (not installed)' if value is None else fmt.format(value)}")
+        click.echo(f"  {label:<40} {'n/a (not installed)' if value is None else fmt.format(value)}")
 
 
 @click.command()

@@ -12,14 +12,16 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   round to nearest: `quantize_activation_numpy` is the exact rule), as llama.cpp does, so the
   block dot products are integer: 16-bit multiplies and adds, widened to 32 bits at the block's
   end, then one float multiply by the activation and weight scales per block. The integer part
-  is explicit LLVM vector IR (`_q4_lanes_dot`, `_q8_lanes_dot`) in generic <16 x i16>
-  operations, except one step: int4 pairs its products with x86's vpmaddubsw when Numba compiles
-  for AVX2 (`integer_dot_path`; LLVM does not form it from generic IR), 8% faster per token
-  than generic vpmullw code. The generic IR is the portable path (NEON: widening multiplies) and
-  is tested on every machine. Vector lanes run across LANES = 16 blocks of a row (the layout
-  stores element e of all blocks contiguously); blocks past the last full vector take a scalar
-  loop. The rounding of x adds at most scale / 2 per element, about 0.5% rms of the output,
-  far below int4's weight error and about int8's; measured end to end in tests/test_quantized.py.
+  is explicit LLVM vector IR (`_q4_lanes_dot`, `_q8_lanes_dot`) in generic vector operations,
+  except one step: int4 pairs its products with x86's vpmaddubsw when Numba compiles for AVX2
+  (`integer_dot_path`; LLVM does not form it from generic IR). The generic IR is the portable
+  path (NEON: widening multiplies) and is tested on every machine. Vector lanes run across
+  blocks (the layout stores element e of all blocks contiguously): 32 blocks per int4 step
+  (Q4_LANES: one 32-byte load per row, low and high nibbles of a block paired by an in-lane
+  interleave), 16 per int8 step (LANES); blocks past the last full step take a scalar loop.
+  Both prefetch the same bytes of the next row. The rounding of x adds at most scale / 2 per
+  element, about 0.5% rms of the output, far below int4's weight error and about int8's;
+  measured end to end in tests/test_quantized.py.
   int4 codes enter as unsigned nibbles 0..15: the -8 offset is subtracted once per block as
   8 * (sum of the block's activation codes).
 - `q4_matmul` / `q8_matmul`: prefill, out = x W^T for many tokens. Each thread dequantizes
