@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tinyexaone import kernels
-from tinyexaone.quantized import QuantizedWeight, expected_arrays, matmul_fused
+from tinyexaone.quantized import PREFILL_MIN_TOKENS, QuantizedWeight, expected_arrays, matmul_fused
 
 SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
 TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a K-term sum
@@ -61,12 +61,13 @@ def test_matvec_matches_numpy_twin(bits, group_size):
     codes = arrays["nibbles" if bits == 4 else "quants"]
     scale_bits = arrays["scales"].view(np.uint16)
     matvec, matvec_numpy, _, _ = kernel_pair(bits)
-    x = rng.standard_normal(n_cols).astype(np.float32)
-    out = np.full(n_rows, np.nan, np.float32)
+    n_tokens = int(rng.integers(1, 6))  # decode (1) and short prompts (each weight row read once)
+    x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+    out = np.full((n_tokens, n_rows), np.nan, np.float32)
     matvec(codes, scale_bits, x, out, kernels.chunk_count(n_rows))
-    expected = matvec_numpy(codes, scale_bits, x)
+    expected = np.stack([matvec_numpy(codes, scale_bits, row) for row in x])
     assert np.isfinite(out).all(), f"seed {seed}: output left unwritten"
-    assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {(n_rows, n_cols)}"
+    assert relative_error(out, expected) <= TOLERANCE, f"seed {seed}, shape {(n_rows, n_cols)}, T={n_tokens}"
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
@@ -111,17 +112,18 @@ def test_stored_order_matches_the_layout():
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
-@pytest.mark.parametrize("n_tokens", [1, 3, 37])
+@pytest.mark.parametrize("n_tokens", [1, 5, PREFILL_MIN_TOKENS - 1, PREFILL_MIN_TOKENS + 3])
 def test_weight_matmul_matches_its_kernels_twin(bits, group_size, n_tokens):
-    """QuantizedWeight.matmul: below 4 rows the decode kernel (activations quantized per block,
-    so the twin is the matvec twin), from 4 rows the blocked prefill kernel (exact float32)."""
+    """QuantizedWeight.matmul: below PREFILL_MIN_TOKENS rows the decode kernel (activations
+    quantized per block, so the twin is the matvec twin), from there the blocked prefill kernel
+    (exact float32)."""
     seed, rng = fresh_rng()
     shape = (int(rng.integers(1, 200)), vector_and_tail_columns(rng, group_size))
     weight = QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
     x = rng.standard_normal((n_tokens, shape[1])).astype(np.float32)
     out = np.full((n_tokens, shape[0]), np.nan, np.float32)
     weight.matmul(x, out=out)
-    if n_tokens < 4:
+    if n_tokens < PREFILL_MIN_TOKENS:
         matvec_numpy = kernel_pair(bits)[1]
         expected = np.stack([matvec_numpy(weight._codes, weight._scale_bits, row) for row in x])
     else:

@@ -114,3 +114,15 @@ def test_exp_nonpositive_matches_numpy():
     normal = x >= -87
     assert np.max(np.abs(out[normal] - expected[normal]) / expected[normal]) <= 3e-7, f"seed {seed}"
     assert (out[~normal] == 0).all() and out[0] == 1.0 and out[1] == 1.0
+    nan = np.full(3, np.nan, np.float32)
+    apply(np.float32([np.nan, np.nan, np.nan]), nan)
+    assert np.isnan(nan).all()  # a corrupt model's NaN must not turn into a probability
+
+
+def test_attention_of_nan_queries_is_nan_not_an_exception():
+    """NaN scores make every probability NaN; the normalisation's 1 / 0 must not raise."""
+    q = np.full((3, 4, 16), np.nan, np.float32)
+    keys = np.ones((3, 2, 16), np.float32)
+    out = np.zeros((3, 4, 16), np.float32)
+    lk.attention_prefill(q, keys, keys.copy(), 0, 0, 0, 2, out)
+    assert np.isnan(out).all()

@@ -6,8 +6,10 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 (a uint16 view): Numba has no float16 type, so `half_to_float` widens them with LLVM's own
 `fpext half -> float` (portable IR; one vcvtph2ps per 8 scales on x86 with F16C).
 
-- `q4_matvec` / `q8_matvec`: decode, out[n] = sum_k W[n, k] x[k] for one input vector;
-  `*_matvec_fused` do the same for a tuple of matrices sharing x (q/k/v, gate/up) in one launch.
+- `q4_matvec` / `q8_matvec`: decode and short prompts, out[t, n] = sum_k W[n, k] x[t, k] for a
+  few input rows (each weight row read once for all of them); `*_matvec_fused` do it for one
+  input vector and a tuple of matrices sharing it (q/k/v, gate/up) in one launch; `*_serial`
+  for one vector on the calling thread.
   x is first quantized per 32-element block to int8-range codes and a float32 scale (max|x| / 127,
   round to nearest: `quantize_activation_numpy` is the exact rule), as llama.cpp does, so the
   block dot products are integer: 16-bit multiplies and adds, widened to 32 bits at the block's
@@ -391,17 +393,21 @@ def _q8_row(quants, scale_bits, n, x_codes, x_scales):
 
 @njit(parallel=True, nogil=True, cache=True)
 def q4_matvec(nibbles, scale_bits, x, out, n_chunks):
-    """out [N] = W x for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16), x [32 B]."""
+    """out [T, N] = x W^T for int4 W (nibbles [N, 16, B], scale_bits [N, G] uint16) and a few
+    input rows x [T, 32 B]: each weight row is read from memory once for all T rows."""
     n_rows, _, n_blocks = nibbles.shape
-    x_pairs = np.empty((16, 2 * n_blocks), np.int8)
-    x_codes = np.empty((32, n_blocks), np.int8)
-    x_scales = np.empty(n_blocks, np.float32)
-    offsets = np.empty(n_blocks, np.float32)
-    _q4_prepare(x, x_pairs, x_codes, x_scales, offsets)
+    n_tokens = x.shape[0]
+    x_pairs = np.empty((n_tokens, 16, 2 * n_blocks), np.int8)
+    x_codes = np.empty((n_tokens, 32, n_blocks), np.int8)
+    x_scales = np.empty((n_tokens, n_blocks), np.float32)
+    offsets = np.empty((n_tokens, n_blocks), np.float32)
+    for t in range(n_tokens):
+        _q4_prepare(x[t], x_pairs[t], x_codes[t], x_scales[t], offsets[t])
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            out[n] = _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets)
+            for t in range(n_tokens):
+                out[t, n] = _q4_row(nibbles, scale_bits, n, x_pairs[t], x_codes[t], x_scales[t], offsets[t])
     return out
 
 
@@ -464,15 +470,19 @@ def q4_matvec_numpy(nibbles: np.ndarray, scale_bits: np.ndarray, x: np.ndarray) 
 
 @njit(parallel=True, nogil=True, cache=True)
 def q8_matvec(quants, scale_bits, x, out, n_chunks):
-    """out [N] = W x for int8 W (quants [N, 32, B] int8, scale_bits [N, G] uint16), x [32 B]."""
+    """out [T, N] = x W^T for int8 W (quants [N, 32, B] int8, scale_bits [N, G] uint16) and a
+    few input rows x [T, 32 B]: each weight row is read from memory once for all T rows."""
     n_rows, _, n_blocks = quants.shape
-    x_codes = np.empty((32, n_blocks), np.int16)
-    x_scales = np.empty(n_blocks, np.float32)
-    _q8_prepare(x, x_codes, x_scales)
+    n_tokens = x.shape[0]
+    x_codes = np.empty((n_tokens, 32, n_blocks), np.int16)
+    x_scales = np.empty((n_tokens, n_blocks), np.float32)
+    for t in range(n_tokens):
+        _q8_prepare(x[t], x_codes[t], x_scales[t])
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
-            out[n] = _q8_row(quants, scale_bits, n, x_codes, x_scales)
+            for t in range(n_tokens):
+                out[t, n] = _q8_row(quants, scale_bits, n, x_codes[t], x_scales[t])
     return out
 
 

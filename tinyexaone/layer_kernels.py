@@ -115,7 +115,8 @@ LN2_LOW = np.float32(-2.12194440e-4)
 @njit(nogil=True, cache=True, inline="always")
 def exp_nonpositive(x):
     """exp(x) in float32 for x <= 0 (softmax after subtracting the maximum), within 3e-7
-    relative of np.exp down to x = -87, 0 below (where float32 has only subnormals left).
+    relative of np.exp down to x = -87, 0 below (where float32 has only subnormals left), NaN
+    for NaN.
     Plain float arithmetic, so loops over it vectorise; np.exp compiles to a libm call per
     element, which made the exponentials a third of attention's time."""
     clamped = max(x, np.float32(-87.0))
@@ -129,6 +130,8 @@ def exp_nonpositive(x):
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
     scaled = p * _bits_to_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))  # p * 2^n
+    if x != x:
+        return x  # NaN stays NaN, as with np.exp
     return scaled if x >= np.float32(-87.0) else np.float32(0.0)
 
 
@@ -147,11 +150,12 @@ def silu_mul_numpy(gate, up, out) -> None:
     out[:] = gate * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * gate)) * up
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
     `attention_decode`). Keys go four at a time: four independent dot products per head and
-    four value rows per pass over the output row."""
+    four value rows per pass over the output row. NaN scores (a corrupt model) give NaN outputs:
+    error_model="numpy" makes 1 / 0 infinity instead of a ZeroDivisionError."""
     d = q.shape[1]
     heads = range(g * group, (g + 1) * group)
     start = first_pos % modulo  # key j sits in slot start + j, wrapped once at most (n_keys <= modulo)

@@ -1,9 +1,9 @@
 """Compare prefill paths for quantized matrices (not part of the tests).
 
-(a) the blocked Numba kernel that `QuantizedWeight.matmul` uses for 4+ rows (`kernels.q4_matmul`);
+(a) the blocked Numba kernel that `QuantizedWeight.matmul` uses for many rows (`kernels.q4_matmul`);
 (b) dequantize tiles of rows to float32 in Numba (`kernels.q4_dequantize`), then multiply them
     with NumPy BLAS outside jitted code;
-(c) the decode kernel once per token, to place `quantized.PREFILL_MIN_TOKENS`.
+(c) the decode kernel over all rows in one launch, to place `quantized.PREFILL_MIN_TOKENS`.
 Usage: python tools/bench_prefill.py [--threads N] [--cpu-time]
 With --threads 1 --cpu-time (and OPENBLAS_NUM_THREADS=1) it measures per-core efficiency;
 with 2 threads and wall time it shows how the BLAS and Numba pools interact.
@@ -51,9 +51,8 @@ def main() -> None:
             out = np.empty((n_tokens, shape[0]), np.float32)
             chunks = kernels.chunk_count(shape[0])
 
-            def per_token():
-                for t in range(n_tokens):
-                    kernels.q4_matvec(weight._codes, weight._scale_bits, x[t], out[t], chunks)
+            def per_token():  # the decode kernel, all rows in one launch
+                kernels.q4_matvec(weight._codes, weight._scale_bits, x, out, chunks)
 
             def blocked():
                 kernels.q4_matmul(weight._codes, weight._scale_bits, kernels.stored_order(x), out, chunks)
