@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyexaone import kernels
+from tinyexaone import integer_dot, kernels
 from tinyexaone.quantized import PREFILL_MIN_TOKENS, QuantizedWeight, expected_arrays, matmul_fused
 
 SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
@@ -41,9 +41,10 @@ def relative_error(actual, expected):
 
 
 def vector_and_tail_columns(rng, group_size):
-    """An input size with 1-3 full vector steps (kernels.Q4_LANES blocks each, a multiple of the int8 step) and a random tail of
-    whole groups (possibly none), so both the vector and the scalar path of a matvec run."""
-    return 32 * kernels.Q4_LANES * int(rng.integers(1, 4)) + group_size * int(rng.integers(0, 8))
+    """An input size with 1-3 full int4 vector steps (integer_dot.Q4_LANES blocks, a multiple of
+    the int8 step) and a random tail of whole groups (possibly none), so both the vector and the
+    scalar path of a matvec run."""
+    return 32 * integer_dot.Q4_LANES * int(rng.integers(1, 4)) + group_size * int(rng.integers(0, 8))
 
 
 def kernel_pair(bits):
@@ -154,7 +155,7 @@ def test_activation_quantization_error_is_within_its_bound(bits, group_size):
 def test_matvec_integer_sums_do_not_overflow_at_the_extremes(bits):
     """Largest codes times largest activation codes in every lane: the 16-bit partial sums
     (int4: 16 products of 15 x 127; int8: pairs of 128 x 127) must stay in range."""
-    n_cols = 32 * kernels.Q4_LANES * 2 + 32 * 3  # vector steps and a scalar tail
+    n_cols = 32 * integer_dot.Q4_LANES * 2 + 32 * 3  # vector steps and a scalar tail
     shape = (5, n_cols)
     arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape) in expected_arrays(bits, 32, shape).items()}
     arrays["scales"][:] = 1.0
@@ -182,18 +183,18 @@ def test_quantized_activation_codes_match_between_numba_and_numpy():
     x_scales, offsets = np.empty(n_blocks, np.float32), np.empty(n_blocks, np.float32)
     kernels._q4_prepare(x, pairs, plain, x_scales, offsets)
     np.testing.assert_array_equal(plain.T, codes, err_msg=f"seed {seed}")
-    for k, (block_a, block_b) in enumerate(zip(kernels.Q4_BLOCKS_A, kernels.Q4_BLOCKS_B)):
+    for k, (block_a, block_b) in enumerate(zip(integer_dot.Q4_BLOCKS_A, integer_dot.Q4_BLOCKS_B)):
         for s in range(2):
             np.testing.assert_array_equal(pairs[:, 2 * k + s], codes[block_a, 16 * s : 16 * s + 16])
             np.testing.assert_array_equal(pairs[:, 32 + 2 * k + s], codes[block_b, 16 * s : 16 * s + 16])
-    assert sorted(kernels.Q4_BLOCKS_A + kernels.Q4_BLOCKS_B) == list(range(kernels.Q4_LANES))
+    assert sorted(integer_dot.Q4_BLOCKS_A + integer_dot.Q4_BLOCKS_B) == list(range(integer_dot.Q4_LANES))
     np.testing.assert_array_equal(offsets, 8 * codes.sum(axis=1).astype(np.float32))
 
 
 def test_non_finite_activations_give_non_finite_outputs():
     """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
     rng = np.random.default_rng(0)
-    shape = (7, 32 * kernels.Q4_LANES + 64)
+    shape = (7, 32 * integer_dot.Q4_LANES + 64)
     for bits in (4, 8):
         weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape))
         for bad in (np.nan, np.inf):
@@ -236,7 +237,7 @@ def test_half_to_float_is_exact_for_every_finite_float16():
 def test_fused_matvec_equals_separate_launches(bits):
     """One launch over q/k/v-like matrices (mixed group sizes) gives each matrix's own result."""
     seed, rng = fresh_rng()
-    n_cols = 32 * kernels.Q4_LANES + 128 * int(rng.integers(0, 4))
+    n_cols = 32 * integer_dot.Q4_LANES + 128 * int(rng.integers(0, 4))
     weights = []
     for group_size in (32, 128, 64):
         shape = (int(rng.integers(1, 150)), n_cols)
@@ -256,7 +257,7 @@ def test_portable_integer_path_matches_numpy_twin(tmp_path):
     """The generic-IR integer dot (what ARM and non-AVX2 CPUs run) passes the matvec twin tests:
     rerun them in a fresh process with TINYEXAONE_GENERIC_KERNELS=1 and an empty Numba cache."""
     env = dict(os.environ, TINYEXAONE_GENERIC_KERNELS="1", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    probe = subprocess.run([sys.executable, "-c", "from tinyexaone import kernels; print(kernels.integer_dot_path())"],
+    probe = subprocess.run([sys.executable, "-c", "from tinyexaone import integer_dot; print(integer_dot.integer_dot_path())"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "generic"
     tests = [str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-k",

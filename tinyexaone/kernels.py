@@ -14,10 +14,10 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   round to nearest: `quantize_activation_numpy` is the exact rule), as llama.cpp does, so the
   block dot products are integer: 16-bit multiplies and adds, widened to 32 bits at the block's
   end, then one float multiply by the activation and weight scales per block. The integer part
-  is explicit LLVM vector IR (`_q4_lanes_dot`, `_q8_lanes_dot`) in generic vector operations,
-  except one step: int4 pairs its products with x86's vpmaddubsw when Numba compiles for AVX2
-  (`integer_dot_path`; LLVM does not form it from generic IR). The generic IR is the portable
-  path (NEON: widening multiplies) and is tested on every machine. Vector lanes run across
+  is explicit LLVM vector IR (integer_dot.py) in generic vector operations, except one step:
+  int4 pairs its products with x86's vpmaddubsw when Numba compiles for AVX2
+  (`integer_dot.integer_dot_path`; LLVM does not form it from generic IR). The generic IR is
+  the portable path (NEON: widening multiplies) and is tested on every machine. Vector lanes run across
   blocks (the layout stores element e of all blocks contiguously): 32 blocks per int4 step
   (Q4_LANES: one 32-byte load per row, low and high nibbles of a block paired by an in-lane
   interleave), 16 per int8 step (LANES); blocks past the last full step take a scalar loop.
@@ -44,15 +44,15 @@ threads, and a NumPy BLAS call must never run beside a Numba parallel region.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .integer_dot import LANES, Q4_LANES, q4_lanes_dot, q8_lanes_dot
 
 # LLVM fast-math flags without nnan/ninf: NaN and infinity keep their meaning. The decode
 # matvec kernels use none: Numba compiles a helper called from a fast-math kernel with the
@@ -84,9 +84,6 @@ def half_to_float(typingctx, bits):
 def half_bits_to_float_numpy(bits: np.ndarray) -> np.ndarray:
     """NumPy twin of `half_to_float`: uint16 bits -> float32 values."""
     return bits.view(np.float16).astype(np.float32)
-
-
-LANES = 16  # blocks handled together by one integer dot step (vectors of 16 x i16)
 
 
 def quantize_activation_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,207 +122,13 @@ def _quantize_block(x, b, codes):
     return peak / np.float32(127.0)
 
 
-def _item_pointer(context, builder, array_type, array, indices, element):
-    """Pointer to array[indices] reinterpreted as a pointer to `element` (an LLVM type)."""
-    pointer = cgutils.get_item_pointer(context, builder, array_type, array, indices)
-    return builder.bitcast(pointer, element.as_pointer())
-
-
-def _int_constants(bits, values):
-    return ir.Constant(ir.VectorType(ir.IntType(bits), len(values)), list(values))
-
-
-def _lane_values(context, builder, array_type, array, first, lane_blocks):
-    """<16 x float>: array[first + b] for each b of lane_blocks (float32 per-block values)."""
-    span = max(lane_blocks) + 1
-    loaded = builder.load(_item_pointer(context, builder, array_type, array, [first], ir.VectorType(ir.FloatType(), span)), align=4)
-    return builder.shuffle_vector(loaded, loaded, _int_constants(32, lane_blocks))
-
-
-def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first, per_group):
-    """<16 x float>: per lane, (lane_sums - offset) * activation scale * weight scale of block
-    first + lane_blocks[lane]. x_scales / offsets are (array type, array) pairs of float32 [B]
-    (offsets may be None); the weight scales are the float16 scales of row n, one per per_group blocks."""
-    values = builder.sitofp(lane_sums, ir.VectorType(ir.FloatType(), len(lane_blocks)))
-    if offsets is not None:
-        values = builder.fsub(values, _lane_values(context, builder, *offsets, first, lane_blocks))
-    values = builder.fmul(values, _lane_values(context, builder, *x_scales, first, lane_blocks))
-    return builder.fmul(values, _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group))
-
-
-def _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group):
-    """<16 x float>: the float16 scale of row n for block first + b, b in lane_blocks, where a
-    scale covers per_group (1, 2 or 4: a runtime i64) blocks. One branch per group size around
-    the small load, so the large dot product before it is compiled once, not three times."""
-    scale_bits_type, scale_bits_array = scale_bits
-    result = cgutils.alloca_once(builder, ir.VectorType(ir.FloatType(), len(lane_blocks)))
-    done = builder.append_basic_block("scales.done")
-    for size in (1, 2, 4):
-        this, other = builder.append_basic_block(f"scales.per{size}"), builder.append_basic_block(f"scales.not{size}")
-        builder.cbranch(builder.icmp_signed("==", per_group, context.get_constant(types.intp, size)), this, other)
-        builder.position_at_end(this)
-        n_scales = (max(lane_blocks) + 1) // size
-        group = builder.sdiv(first, context.get_constant(types.intp, size))
-        halves = ir.VectorType(ir.HalfType(), n_scales)
-        loaded = builder.fpext(
-            builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits_array, [n, group], halves), align=2),
-            ir.VectorType(ir.FloatType(), n_scales),
-        )
-        spread = _int_constants(32, [b // size for b in lane_blocks])  # each lane's group
-        builder.store(builder.shuffle_vector(loaded, loaded, spread), result)
-        builder.branch(done)
-        builder.position_at_end(other)
-    builder.branch(done)  # callers pass only 1, 2 or 4
-    builder.position_at_end(done)
-    return builder.load(result)
-
-
-def _prefetch(builder, address, distance):
-    """Ask for the cache line `distance` bytes (an i64 value) past `address` (an i8*) to be
-    loaded for reading (llvm.prefetch: prefetcht0 on x86, prfm on ARM; never faults, even past
-    the array's end). The matvec kernels fetch the same bytes of the next row: one row ahead
-    measured 15-25% more bandwidth on large matrices than the hardware prefetchers alone (which
-    stop at 4 KB pages), and more than two or four rows ahead."""
-    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3), "llvm.prefetch.p0")
-    target = builder.gep(address, [distance])
-    builder.call(function, [target, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
-                            ir.Constant(ir.IntType(32), 1)])
-
-
-def _horizontal_sum(builder, values, width):
-    """The sum of a <width x float> as a pairwise tree: the same order on every machine."""
-    while width > 1:
-        width //= 2
-        low, high = _int_constants(32, range(width)), _int_constants(32, range(width, 2 * width))
-        values = builder.fadd(builder.shuffle_vector(values, values, low), builder.shuffle_vector(values, values, high))
-    return builder.extract_element(values, ir.Constant(ir.IntType(32), 0))
-
-
-def integer_dot_path() -> str:
-    """Which code the integer dot products compile to here: "avx2" (vpmaddubsw) when Numba
-    compiles for a CPU with AVX2, else "generic" (portable LLVM IR; also forced by
-    TINYEXAONE_GENERIC_KERNELS=1, which the tests use to check that path on any machine).
-    Numba's on-disk cache is keyed on the CPU, so a cache never carries one path to the other."""
-    if os.environ.get("TINYEXAONE_GENERIC_KERNELS") == "1":
-        return "generic"
-    from numba.core.registry import cpu_target
-
-    features = cpu_target.target_context.codegen()._get_host_cpu_features()
-    return "avx2" if "+avx2" in features.split(",") else "generic"
-
-
-def _pair_products(context, builder, unsigned_bytes, signed_bytes):
-    """<LANES x i16>: lane i = u[2i] s[2i] + u[2i+1] s[2i+1] for <2 LANES x i8> u (unsigned) and s
-    (signed), callers guaranteeing the sums fit in int16. On AVX2 one vpmaddubsw (x86's own
-    intrinsic: LLVM does not form it from generic IR); elsewhere generic IR (NEON: widening
-    multiplies)."""
-    shorts = ir.VectorType(ir.IntType(16), LANES)
-    if integer_dot_path() == "avx2":
-        bytes_ = ir.VectorType(ir.IntType(8), 2 * LANES)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(shorts, [bytes_, bytes_]), "llvm.x86.avx2.pmadd.ub.sw")
-        return builder.call(function, [unsigned_bytes, signed_bytes])
-    halves = []
-    for parity in (0, 1):
-        pick = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(parity, 2 * LANES, 2)))
-        u = builder.zext(builder.shuffle_vector(unsigned_bytes, unsigned_bytes, pick), shorts)
-        v = builder.sext(builder.shuffle_vector(signed_bytes, signed_bytes, pick), shorts)
-        halves.append(builder.mul(u, v))
-    return builder.add(halves[0], halves[1])
-
-
-# One int4 vector step covers Q4_LANES = 32 blocks: row j of the step is 32 bytes holding
-# element j (low nibble) and element j + 16 (high nibble) of each block. Interleaving the two
-# nibble vectors puts both elements of a block side by side for one pair product; the
-# interleave is AVX2's in-lane vpunpck{l,h}bw, so the first product vector holds blocks
-# Q4_BLOCKS_A and the second Q4_BLOCKS_B (the activation pairs are stored in that order).
-Q4_LANES = 32
-Q4_BLOCKS_A = [lane * 16 + i for lane in (0, 1) for i in range(8)]  # 0..7, 16..23
-Q4_BLOCKS_B = [lane * 16 + i for lane in (0, 1) for i in range(8, 16)]  # 8..15, 24..31
-
-
-@intrinsic
-def _q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group):
-    """Row n of an int4 matrix times the activation codes over blocks first .. first + Q4_LANES,
-    scaled: a float32 partial dot product (see `q4_matvec`)."""
-    signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_scales, offsets, types.intp)
-
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        nib, scales, pairs, block_scales, block_offsets = (
-            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5, 6))
-        n, first, per_group = args[2], args[3], args[7]
-        row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
-        shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
-        mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
-        # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
-        pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
-        pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
-        pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-        row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
-        # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
-        sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
-        for j in range(16):
-            row_j = context.get_constant(types.intp, j)
-            address = _item_pointer(context, builder, t[0], nib, [n, row_j, first], ir.IntType(8))
-            _prefetch(builder, address, row_stride)
-            packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
-            low = builder.and_(packed, mask)
-            high = builder.and_(builder.lshr(packed, shift), mask)
-            for half, pick in enumerate((pick_a, pick_b)):
-                where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
-                x = builder.load(_item_pointer(context, builder, t[4], pairs, [row_j, where], row_bytes), align=1)
-                products = _pair_products(context, builder, builder.shuffle_vector(low, high, pick), x)
-                sums[half][j // 8] = builder.add(sums[half][j // 8], products)
-        total = None
-        for half, lane_blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B)):
-            lane_sums = builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints))
-            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, (t[5], block_scales),
-                                   (t[6], block_offsets), (t[1], scales), n, first, per_group)
-            total = values if total is None else builder.fadd(total, values)
-        return _horizontal_sum(builder, total, 16)
-
-    return signature, codegen
-
-
-@intrinsic
-def _q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_codes, x_scales, per_group):
-    """`_q4_lanes_dot` for an int8 matrix over blocks first .. first + LANES (see `q8_matvec`)."""
-    signature = types.float32(quants, scale_bits, types.intp, types.intp, x_codes, x_scales, types.intp)
-
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        codes, scales, activation_codes, block_scales = (
-            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5))
-        n, first, per_group = args[2], args[3], args[6]
-        bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
-        row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
-        lane_sums = ir.Constant(ints, [0] * LANES)
-        for e in range(0, 32, 2):
-            pair = []
-            for element in (e, e + 1):
-                index = context.get_constant(types.intp, element)
-                address = _item_pointer(context, builder, t[0], codes, [n, index, first], ir.IntType(8))
-                _prefetch(builder, address, row_stride)
-                w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
-                x = builder.load(_item_pointer(context, builder, t[4], activation_codes, [index, first], shorts), align=2)
-                pair.append(builder.mul(builder.sext(w, shorts), x))
-            # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
-            lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
-        values = _scaled_lanes(context, builder, lane_sums, list(range(LANES)), (t[5], block_scales), None,
-                               (t[1], scales), n, first, per_group)
-        return _horizontal_sum(builder, values, LANES)
-
-    return signature, codegen
-
-
 @njit(nogil=True, cache=True)
 def _q4_prepare(x, x_pairs, x_codes, x_scales, offsets):
     """Quantize x [32 B] for the int4 kernels: x_codes [32, B] int8 (element e of block b at
     [e, b], for the scalar tail); x_pairs [16, 2 B] int8, the codes in the vector steps' order:
     for the step at block f, x_pairs[j, 2 f + 2 k + s] holds element j + 16 s of block
-    f + Q4_BLOCKS_A[k] and x_pairs[j, 2 f + 32 + 2 k + s] that of block f + Q4_BLOCKS_B[k];
+    f + integer_dot.Q4_BLOCKS_A[k] and x_pairs[j, 2 f + 32 + 2 k + s] that of block
+    f + integer_dot.Q4_BLOCKS_B[k] (the formulas below);
     x_scales [B]; offsets [B] = 8 * the block's code sum (the int4 codes' +8 bias)."""
     codes = np.empty(32, np.int16)
     n_blocks = x_scales.shape[0]
@@ -354,7 +157,7 @@ def _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets):
     vector_blocks = n_blocks - n_blocks % Q4_LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, Q4_LANES):
-        total += _q4_lanes_dot(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group)
+        total += q4_lanes_dot(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group)
     for b in range(vector_blocks, n_blocks):  # fewer than Q4_LANES blocks left
         lane_sum = np.int32(0)
         for j in range(16):
@@ -382,7 +185,7 @@ def _q8_row(quants, scale_bits, n, x_codes, x_scales):
     vector_blocks = n_blocks - n_blocks % LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, LANES):
-        total += _q8_lanes_dot(quants, scale_bits, n, first, x_codes, x_scales, per_group)
+        total += q8_lanes_dot(quants, scale_bits, n, first, x_codes, x_scales, per_group)
     for b in range(vector_blocks, n_blocks):
         lane_sum = np.int32(0)
         for e in range(32):
