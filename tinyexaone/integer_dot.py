@@ -34,16 +34,17 @@ def _int_constants(bits, values):
 
 
 def _lane_values(context, builder, array_type, array, first, lane_blocks):
-    """<16 x float>: array[first + b] for each b of lane_blocks (float32 per-block values)."""
+    """Float vector: array[first + b] for each b of lane_blocks (float32 per-block values)."""
     span = max(lane_blocks) + 1
     loaded = builder.load(_item_pointer(context, builder, array_type, array, [first], ir.VectorType(ir.FloatType(), span)), align=4)
     return builder.shuffle_vector(loaded, loaded, _int_constants(32, lane_blocks))
 
 
 def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first, per_group):
-    """<16 x float>: per lane, (lane_sums - offset) * activation scale * weight scale of block
+    """Float vector, per lane: (lane_sums - offset) * activation scale * weight scale of block
     first + lane_blocks[lane]. x_scales / offsets are (array type, array) pairs of float32 [B]
-    (offsets may be None); the weight scales are the float16 scales of row n, one per per_group blocks."""
+    (offsets may be None); the weight scales are the float16 scales of row n, one per per_group
+    blocks."""
     values = builder.sitofp(lane_sums, ir.VectorType(ir.FloatType(), len(lane_blocks)))
     if offsets is not None:
         values = builder.fsub(values, _lane_values(context, builder, *offsets, first, lane_blocks))
@@ -52,7 +53,7 @@ def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, s
 
 
 def _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group):
-    """<16 x float>: the float16 scale of row n for block first + b, b in lane_blocks, where a
+    """Float vector: the float16 scale of row n for block first + b, b in lane_blocks, where a
     scale covers per_group (1, 2 or 4: a runtime i64) blocks. One branch per group size around
     the small load, so the large dot product before it is compiled once, not three times."""
     scale_bits_type, scale_bits_array = scale_bits
@@ -113,76 +114,101 @@ def integer_dot_path() -> str:
     return "avx2" if "+avx2" in features.split(",") else "generic"
 
 
-def _pair_products(context, builder, unsigned_bytes, signed_bytes):
-    """<LANES x i16>: lane i = u[2i] s[2i] + u[2i+1] s[2i+1] for <2 LANES x i8> u (unsigned) and s
-    (signed), callers guaranteeing the sums fit in int16. On AVX2 one vpmaddubsw (x86's own
-    intrinsic: LLVM does not form it from generic IR); elsewhere generic IR (NEON: widening
-    multiplies)."""
-    shorts = ir.VectorType(ir.IntType(16), LANES)
-    if integer_dot_path() == "avx2":
-        bytes_ = ir.VectorType(ir.IntType(8), 2 * LANES)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(shorts, [bytes_, bytes_]), "llvm.x86.avx2.pmadd.ub.sw")
-        return builder.call(function, [unsigned_bytes, signed_bytes])
-    halves = []
-    for parity in (0, 1):
-        pick = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(parity, 2 * LANES, 2)))
-        u = builder.zext(builder.shuffle_vector(unsigned_bytes, unsigned_bytes, pick), shorts)
-        v = builder.sext(builder.shuffle_vector(signed_bytes, signed_bytes, pick), shorts)
-        halves.append(builder.mul(u, v))
-    return builder.add(halves[0], halves[1])
+def _vpmaddubsw(builder, unsigned_bytes, signed_bytes):
+    """<16 x i16>: lane i = u[2i] s[2i] + u[2i+1] s[2i+1] (saturating) for <32 x i8> u (unsigned)
+    and s (signed): x86's AVX2 intrinsic, which LLVM does not form from generic IR."""
+    shorts, bytes_ = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(8), 32)
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(shorts, [bytes_, bytes_]), "llvm.x86.avx2.pmadd.ub.sw")
+    return builder.call(function, [unsigned_bytes, signed_bytes])
 
 
 # One int4 vector step covers Q4_LANES = 32 blocks: row j of the step is 32 bytes holding
-# element j (low nibble) and element j + 16 (high nibble) of each block. Interleaving the two
-# nibble vectors puts both elements of a block side by side for one pair product; the
-# interleave is AVX2's in-lane vpunpck{l,h}bw, so the first product vector holds blocks
-# Q4_BLOCKS_A and the second Q4_BLOCKS_B (the activation pairs are stored in that order).
+# element j (low nibble) and element j + 16 (high nibble) of each block. The AVX2 path
+# interleaves the two nibble vectors so both elements of a block sit side by side for one
+# vpmaddubsw pair product; the interleave is AVX2's in-lane vpunpck{l,h}bw, so the first product
+# vector holds blocks Q4_BLOCKS_A and the second Q4_BLOCKS_B (the activation pairs, x_pairs, are
+# stored in that order). The generic path keeps blocks in order: 16-bit multiplies of each
+# nibble vector by the plain activation codes (x_codes), one accumulator per nibble half.
 Q4_LANES = 32
 Q4_BLOCKS_A = [lane * 16 + i for lane in (0, 1) for i in range(8)]  # 0..7, 16..23
 Q4_BLOCKS_B = [lane * 16 + i for lane in (0, 1) for i in range(8, 16)]  # 8..15, 24..31
 
 
+def _q4_step_avx2(context, builder, nibbles, n, first, x_pairs):
+    """[(lane_sums <16 x i32>, lane_blocks)] for the AVX2 path (see above)."""
+    (nib_type, nib), (pairs_type, pairs) = nibbles, x_pairs
+    row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
+    shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
+    mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
+    # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
+    pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
+    pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
+    pair_first = builder.mul(first, context.get_constant(types.intp, 2))
+    row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
+    # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
+    sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
+    for j in range(16):
+        row_j = context.get_constant(types.intp, j)
+        address = _item_pointer(context, builder, nib_type, nib, [n, row_j, first], ir.IntType(8))
+        _prefetch(builder, address, row_stride)
+        packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
+        low = builder.and_(packed, mask)
+        high = builder.and_(builder.lshr(packed, shift), mask)
+        for half, pick in enumerate((pick_a, pick_b)):
+            where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
+            x = builder.load(_item_pointer(context, builder, pairs_type, pairs, [row_j, where], row_bytes), align=1)
+            products = _vpmaddubsw(builder, builder.shuffle_vector(low, high, pick), x)
+            sums[half][j // 8] = builder.add(sums[half][j // 8], products)
+    return [(builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints)), blocks)
+            for half, blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B))]
+
+
+def _q4_step_generic(context, builder, nibbles, n, first, x_codes):
+    """[(lane_sums <32 x i32>, lane_blocks)] for the generic path (see above)."""
+    (nib_type, nib), (codes_type, codes) = nibbles, x_codes
+    row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
+    shorts, ints = ir.VectorType(ir.IntType(16), Q4_LANES), ir.VectorType(ir.IntType(32), Q4_LANES)
+    mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
+    row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
+    # 16 products of (code 0..15) x (|activation code| <= 127) per half: |sum| <= 30480
+    low_sum = high_sum = ir.Constant(shorts, [0] * Q4_LANES)
+    for j in range(16):
+        row_j = context.get_constant(types.intp, j)
+        address = _item_pointer(context, builder, nib_type, nib, [n, row_j, first], ir.IntType(8))
+        _prefetch(builder, address, row_stride)
+        packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
+        x_low, x_high = (
+            builder.sext(builder.load(_item_pointer(context, builder, codes_type, codes,
+                                                    [context.get_constant(types.intp, e), first], row_bytes), align=1), shorts)
+            for e in (j, j + 16))
+        low_sum = builder.add(low_sum, builder.mul(builder.zext(builder.and_(packed, mask), shorts), x_low))
+        high_sum = builder.add(high_sum, builder.mul(builder.zext(builder.lshr(packed, shift), shorts), x_high))
+    return [(builder.add(builder.sext(low_sum, ints), builder.sext(high_sum, ints)), list(range(Q4_LANES)))]
+
+
 @intrinsic
-def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group):
+def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_codes, x_scales, offsets, per_group):
     """Row n of an int4 matrix times the activation codes over blocks first .. first + Q4_LANES,
-    scaled: a float32 partial dot product (see kernels.q4_matvec)."""
-    signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_scales, offsets, types.intp)
+    scaled: a float32 partial dot product (see kernels.q4_matvec). x_pairs feeds the AVX2 path,
+    x_codes the generic one (kernels._q4_prepare writes both)."""
+    signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_codes, x_scales, offsets,
+                              types.intp)
 
     def codegen(context, builder, signature, args):
         t = signature.args
-        nib, scales, pairs, block_scales, block_offsets = (
-            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5, 6))
-        n, first, per_group = args[2], args[3], args[7]
-        row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
-        shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
-        mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
-        # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
-        pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
-        pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
-        pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-        row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
-        # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
-        sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
-        for j in range(16):
-            row_j = context.get_constant(types.intp, j)
-            address = _item_pointer(context, builder, t[0], nib, [n, row_j, first], ir.IntType(8))
-            _prefetch(builder, address, row_stride)
-            packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
-            low = builder.and_(packed, mask)
-            high = builder.and_(builder.lshr(packed, shift), mask)
-            for half, pick in enumerate((pick_a, pick_b)):
-                where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
-                x = builder.load(_item_pointer(context, builder, t[4], pairs, [row_j, where], row_bytes), align=1)
-                products = _pair_products(context, builder, builder.shuffle_vector(low, high, pick), x)
-                sums[half][j // 8] = builder.add(sums[half][j // 8], products)
+        arrays = {i: (t[i], context.make_array(t[i])(context, builder, args[i])) for i in (0, 1, 4, 5, 6, 7)}
+        n, first, per_group = args[2], args[3], args[8]
+        if integer_dot_path() == "avx2":
+            steps = _q4_step_avx2(context, builder, arrays[0], n, first, arrays[4])
+        else:
+            steps = _q4_step_generic(context, builder, arrays[0], n, first, arrays[5])
         total = None
-        for half, lane_blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B)):
-            lane_sums = builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints))
-            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, (t[5], block_scales),
-                                   (t[6], block_offsets), (t[1], scales), n, first, per_group)
+        for lane_sums, lane_blocks in steps:
+            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, arrays[6], arrays[7], arrays[1], n,
+                                   first, per_group)
             total = values if total is None else builder.fadd(total, values)
-        return _horizontal_sum(builder, total, 16)
+        return _horizontal_sum(builder, total, len(steps[0][1]))
 
     return signature, codegen
 

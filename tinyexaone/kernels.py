@@ -17,10 +17,11 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   is explicit LLVM vector IR (integer_dot.py) in generic vector operations, except one step:
   int4 pairs its products with x86's vpmaddubsw when Numba compiles for AVX2
   (`integer_dot.integer_dot_path`; LLVM does not form it from generic IR). The generic IR is
-  the portable path (NEON: widening multiplies) and is tested on every machine. Vector lanes run across
-  blocks (the layout stores element e of all blocks contiguously): 32 blocks per int4 step
-  (Q4_LANES: one 32-byte load per row, low and high nibbles of a block paired by an in-lane
-  interleave), 16 per int8 step (LANES); blocks past the last full step take a scalar loop.
+  the portable path (16-bit multiply-adds in block order) and is tested on every machine.
+  Vector lanes run across blocks (the layout stores element e of all blocks contiguously):
+  32 blocks per int4 step (Q4_LANES: one 32-byte load per row; on AVX2 the low and high
+  nibbles of a block are paired by an in-lane interleave), 16 per int8 step (LANES); blocks
+  past the last full step take a scalar loop.
   Both prefetch the same bytes of the next row. The rounding of x adds at most scale / 2 per
   element, about 0.5% rms of the output, far below int4's weight error and about int8's;
   measured end to end in tests/test_quantized.py.
@@ -157,7 +158,7 @@ def _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets):
     vector_blocks = n_blocks - n_blocks % Q4_LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, Q4_LANES):
-        total += q4_lanes_dot(nibbles, scale_bits, n, first, x_pairs, x_scales, offsets, per_group)
+        total += q4_lanes_dot(nibbles, scale_bits, n, first, x_pairs, x_codes, x_scales, offsets, per_group)
     for b in range(vector_blocks, n_blocks):  # fewer than Q4_LANES blocks left
         lane_sum = np.int32(0)
         for j in range(16):
