@@ -213,32 +213,85 @@ def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_codes, x_s
     return signature, codegen
 
 
+def _vpmaddwd(builder, a, b):
+    """<8 x i32>: lane i = a[2i] b[2i] + a[2i+1] b[2i+1] for <16 x i16> a, b: x86's AVX2 intrinsic."""
+    shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ints, [shorts, shorts]), "llvm.x86.avx2.pmadd.wd")
+    return builder.call(function, [a, b])
+
+
+# An int8 step covers LANES = 16 blocks. The AVX2 path interleaves the sign-extended codes of
+# elements e and e + 1 (AVX2's in-lane vpunpck{l,h}wd) so one vpmaddwd multiplies and adds
+# both for 8 blocks, straight into int32: the first vector holds blocks Q8_BLOCKS_A, the second
+# Q8_BLOCKS_B (x_pairs, int16, stores the activation pairs in that order). The generic path
+# keeps blocks in order: 16-bit products, pairs added in int16, widened to int32.
+Q8_BLOCKS_A = [lane * 8 + i for lane in (0, 1) for i in range(4)]  # 0..3, 8..11
+Q8_BLOCKS_B = [lane * 8 + i for lane in (0, 1) for i in range(4, 8)]  # 4..7, 12..15
+
+
+def _q8_step_avx2(context, builder, quants, n, first, x_pairs):
+    """[(lane_sums <8 x i32>, lane_blocks)] x 2 for the AVX2 path (see above)."""
+    (codes_type, codes), (pairs_type, pairs) = quants, x_pairs
+    bytes_, shorts = ir.VectorType(ir.IntType(8), LANES), ir.VectorType(ir.IntType(16), LANES)
+    row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
+    picks = [_int_constants(32, [k for b in blocks for k in (b, LANES + b)]) for blocks in (Q8_BLOCKS_A, Q8_BLOCKS_B)]
+    pair_first = builder.mul(first, context.get_constant(types.intp, 2))
+    sums = [ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)] * 2
+    for e in range(0, 32, 2):
+        rows = []
+        for element in (e, e + 1):
+            address = _item_pointer(context, builder, codes_type, codes, [n, context.get_constant(types.intp, element), first],
+                                    ir.IntType(8))
+            _prefetch(builder, address, row_stride)
+            rows.append(builder.sext(builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1), shorts))
+        for half, pick in enumerate(picks):
+            where = builder.add(pair_first, context.get_constant(types.intp, 16 * half))
+            x = builder.load(_item_pointer(context, builder, pairs_type, pairs, [context.get_constant(types.intp, e // 2), where],
+                                           shorts), align=2)
+            sums[half] = builder.add(sums[half], _vpmaddwd(builder, builder.shuffle_vector(rows[0], rows[1], pick), x))
+    return [(sums[0], Q8_BLOCKS_A), (sums[1], Q8_BLOCKS_B)]
+
+
+def _q8_step_generic(context, builder, quants, n, first, x_codes):
+    """[(lane_sums <16 x i32>, lane_blocks)] for the generic path (see above)."""
+    (codes_type, codes), (activation_type, activation_codes) = quants, x_codes
+    bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
+    row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
+    lane_sums = ir.Constant(ints, [0] * LANES)
+    for e in range(0, 32, 2):
+        pair = []
+        for element in (e, e + 1):
+            index = context.get_constant(types.intp, element)
+            address = _item_pointer(context, builder, codes_type, codes, [n, index, first], ir.IntType(8))
+            _prefetch(builder, address, row_stride)
+            w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
+            x = builder.load(_item_pointer(context, builder, activation_type, activation_codes, [index, first], shorts), align=2)
+            pair.append(builder.mul(builder.sext(w, shorts), x))
+        # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
+        lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
+    return [(lane_sums, list(range(LANES)))]
+
+
 @intrinsic
-def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_codes, x_scales, per_group):
-    """`q4_lanes_dot` for an int8 matrix over blocks first .. first + LANES (see kernels.q8_matvec)."""
-    signature = types.float32(quants, scale_bits, types.intp, types.intp, x_codes, x_scales, types.intp)
+def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_pairs, x_codes, x_scales, per_group):
+    """`q4_lanes_dot` for an int8 matrix over blocks first .. first + LANES (see kernels.q8_matvec);
+    x_pairs feeds the AVX2 path, x_codes the generic one (kernels._q8_prepare writes both)."""
+    signature = types.float32(quants, scale_bits, types.intp, types.intp, x_pairs, x_codes, x_scales, types.intp)
 
     def codegen(context, builder, signature, args):
         t = signature.args
-        codes, scales, activation_codes, block_scales = (
-            context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 4, 5))
-        n, first, per_group = args[2], args[3], args[6]
-        bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
-        row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
-        lane_sums = ir.Constant(ints, [0] * LANES)
-        for e in range(0, 32, 2):
-            pair = []
-            for element in (e, e + 1):
-                index = context.get_constant(types.intp, element)
-                address = _item_pointer(context, builder, t[0], codes, [n, index, first], ir.IntType(8))
-                _prefetch(builder, address, row_stride)
-                w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
-                x = builder.load(_item_pointer(context, builder, t[4], activation_codes, [index, first], shorts), align=2)
-                pair.append(builder.mul(builder.sext(w, shorts), x))
-            # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
-            lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
-        values = _scaled_lanes(context, builder, lane_sums, list(range(LANES)), (t[5], block_scales), None,
-                               (t[1], scales), n, first, per_group)
-        return _horizontal_sum(builder, values, LANES)
+        arrays = {i: (t[i], context.make_array(t[i])(context, builder, args[i])) for i in (0, 1, 4, 5, 6)}
+        n, first, per_group = args[2], args[3], args[7]
+        if integer_dot_path() == "avx2":
+            steps = _q8_step_avx2(context, builder, arrays[0], n, first, arrays[4])
+        else:
+            steps = _q8_step_generic(context, builder, arrays[0], n, first, arrays[5])
+        total = None
+        for lane_sums, lane_blocks in steps:
+            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, arrays[6], None, arrays[1], n, first,
+                                   per_group)
+            total = values if total is None else builder.fadd(total, values)
+        return _horizontal_sum(builder, total, len(steps[0][1]))
 
     return signature, codegen

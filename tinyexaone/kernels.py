@@ -169,24 +169,37 @@ def _q4_row(nibbles, scale_bits, n, x_pairs, x_codes, x_scales, offsets):
 
 
 @njit(nogil=True, cache=True)
-def _q8_prepare(x, x_codes, x_scales):
-    """Quantize x [32 B]: x_codes [32, B] (element e of block b at [e, b]), x_scales [B]."""
+def _q8_prepare(x, x_pairs, x_codes, x_scales):
+    """Quantize x [32 B] for the int8 kernels: x_codes [32, B] int16 (element e of block b at
+    [e, b]: the generic path and the scalar tail); x_pairs [16, 2 B] int16, the codes in the AVX2
+    steps' order: for the step at block f, x_pairs[p, 2 f + 2 k + s] holds element 2 p + s of
+    block f + integer_dot.Q8_BLOCKS_A[k] and x_pairs[p, 2 f + 16 + 2 k + s] that of block
+    f + integer_dot.Q8_BLOCKS_B[k] (the formulas below); x_scales [B]."""
     codes = np.empty(32, np.int16)
-    for b in range(x_scales.shape[0]):
+    n_blocks = x_scales.shape[0]
+    for b in range(n_blocks):
         x_scales[b] = _quantize_block(x, b, codes)
         for e in range(32):
             x_codes[e, b] = codes[e]
+    for first in range(0, n_blocks - n_blocks % LANES, LANES):
+        for k in range(8):
+            block_a = first + (k if k < 4 else k + 4)
+            block_b = first + (k + 4 if k < 4 else k + 8)
+            for p in range(16):
+                for s in range(2):
+                    x_pairs[p, 2 * first + 2 * k + s] = x_codes[2 * p + s, block_a]
+                    x_pairs[p, 2 * first + 16 + 2 * k + s] = x_codes[2 * p + s, block_b]
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _q8_row(quants, scale_bits, n, x_codes, x_scales):
+def _q8_row(quants, scale_bits, n, x_pairs, x_codes, x_scales):
     """Row n of an int8 matrix times the activation quantized by `_q8_prepare`."""
     n_blocks = quants.shape[2]
     per_group = n_blocks // scale_bits.shape[1]
     vector_blocks = n_blocks - n_blocks % LANES
     total = np.float32(0.0)
     for first in range(0, vector_blocks, LANES):
-        total += q8_lanes_dot(quants, scale_bits, n, first, x_codes, x_scales, per_group)
+        total += q8_lanes_dot(quants, scale_bits, n, first, x_pairs, x_codes, x_scales, per_group)
     for b in range(vector_blocks, n_blocks):
         lane_sum = np.int32(0)
         for e in range(32):
@@ -278,15 +291,16 @@ def q8_matvec(quants, scale_bits, x, out, n_chunks):
     few input rows x [T, 32 B]: each weight row is read from memory once for all T rows."""
     n_rows, _, n_blocks = quants.shape
     n_tokens = x.shape[0]
+    x_pairs = np.empty((n_tokens, 16, 2 * n_blocks), np.int16)
     x_codes = np.empty((n_tokens, 32, n_blocks), np.int16)
     x_scales = np.empty((n_tokens, n_blocks), np.float32)
     for t in range(n_tokens):
-        _q8_prepare(x[t], x_codes[t], x_scales[t])
+        _q8_prepare(x[t], x_pairs[t], x_codes[t], x_scales[t])
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         for n in range(chunk * per_chunk, min(n_rows, (chunk + 1) * per_chunk)):
             for t in range(n_tokens):
-                out[t, n] = _q8_row(quants, scale_bits, n, x_codes[t], x_scales[t])
+                out[t, n] = _q8_row(quants, scale_bits, n, x_pairs[t], x_codes[t], x_scales[t])
     return out
 
 
@@ -294,9 +308,10 @@ def q8_matvec(quants, scale_bits, x, out, n_chunks):
 def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
     """outs[m] [N_m] = W_m x for a tuple of int8 matrices sharing x, in one parallel launch."""
     n_blocks = quants[0].shape[2]
+    x_pairs = np.empty((16, 2 * n_blocks), np.int16)
     x_codes = np.empty((32, n_blocks), np.int16)
     x_scales = np.empty(n_blocks, np.float32)
-    _q8_prepare(x, x_codes, x_scales)
+    _q8_prepare(x, x_pairs, x_codes, x_scales)
     n_total = 0
     for out in outs:
         n_total += out.shape[0]
@@ -308,7 +323,7 @@ def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
                 first_of_matrix += outs[m].shape[0]
                 m += 1
             n = row - first_of_matrix
-            outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_codes, x_scales)
+            outs[m][n] = _q8_row(quants[m], scale_bits[m], n, x_pairs, x_codes, x_scales)
             row += 1
     return outs
 
@@ -317,11 +332,12 @@ def q8_matvec_fused(quants, scale_bits, x, outs, n_chunks):
 def q8_matvec_serial(quants, scale_bits, x, out):
     """`q8_matvec` on the calling thread only, for matrices too small to repay a parallel launch."""
     n_rows, _, n_blocks = quants.shape
+    x_pairs = np.empty((16, 2 * n_blocks), np.int16)
     x_codes = np.empty((32, n_blocks), np.int16)
     x_scales = np.empty(n_blocks, np.float32)
-    _q8_prepare(x, x_codes, x_scales)
+    _q8_prepare(x, x_pairs, x_codes, x_scales)
     for n in range(n_rows):
-        out[n] = _q8_row(quants, scale_bits, n, x_codes, x_scales)
+        out[n] = _q8_row(quants, scale_bits, n, x_pairs, x_codes, x_scales)
     return out
 
 
