@@ -5,10 +5,10 @@ scaled dot product of one weight row with the quantized activation over one vect
 blocks (Q4_LANES = 32 blocks for int4, LANES = 16 for int8), reading the layouts documented in
 quantized.py and the activation layouts written by kernels._q4_prepare / kernels._q8_prepare.
 They trust their inputs: the step must lie inside the row, and `per_group` (blocks per weight
-scale) must be 1, 2 or 4. The IR is generic vector operations (portable: NEON lowers them to
-widening multiplies), except that on AVX2 the int4 pair products use x86's vpmaddubsw
-(`integer_dot_path`), which LLVM does not form from generic IR. Both prefetch the same bytes of
-the next row. Their NumPy twins are kernels.q4_matvec_numpy / q8_matvec_numpy.
+scale) must be 1, 2 or 4. The IR is generic vector operations (portable: 16-bit multiply-adds,
+blocks in order), except that on AVX2 the pair products use x86's vpmaddubsw (int4) and
+vpmaddwd (int8) (`integer_dot_path`), which LLVM does not form from generic IR. Both prefetch
+the same bytes of the next row. Their NumPy twins are kernels.q4_matvec_numpy / q8_matvec_numpy.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
   round to nearest: `quantize_activation_numpy` is the exact rule), as llama.cpp does, so the
   block dot products are integer: 16-bit multiplies and adds, widened to 32 bits at the block's
   end, then one float multiply by the activation and weight scales per block. The integer part
-  is explicit LLVM vector IR (integer_dot.py) in generic vector operations, except one step:
-  int4 pairs its products with x86's vpmaddubsw when Numba compiles for AVX2
-  (`integer_dot.integer_dot_path`; LLVM does not form it from generic IR). The generic IR is
+  is explicit LLVM vector IR (integer_dot.py) in generic vector operations, except that when
+  Numba compiles for AVX2 (`integer_dot.integer_dot_path`) int4 pairs its products with x86's
+  vpmaddubsw and int8 with vpmaddwd (LLVM does not form them from generic IR). The generic IR is
   the portable path (16-bit multiply-adds in block order) and is tested on every machine.
   Vector lanes run across blocks (the layout stores element e of all blocks contiguously):
   32 blocks per int4 step (Q4_LANES: one 32-byte load per row; on AVX2 the low and high
