@@ -198,7 +198,8 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
         result["first_token_cold_s"] = time_first_token(path, threads, numba_cache)
         result["first_token_warm_s"] = time_first_token(path, threads, numba_cache)
-    time_prefill(model, 8, rng)  # compile the prefill kernels in this process
+    for n in (8, 64):  # load the short-prompt (integer matvec) and long-prompt (blocked) kernels in this process
+        time_prefill(model, n, rng)
     time_decode(model, 1, 2, rng)
     for n in prefill_sizes:
         result[f"prefill_{n}_tok_s"] = time_prefill(model, n, rng)
