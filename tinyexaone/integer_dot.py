@@ -79,6 +79,16 @@ def _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_grou
     return builder.load(result)
 
 
+def _scaled_sum(context, builder, steps, x_scales, offsets, scale_bits, n, first, per_group):
+    """The float32 sum over a step's [(lane_sums, lane_blocks)] of `_scaled_lanes`."""
+    total = None
+    for lane_sums, lane_blocks in steps:
+        values = _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first,
+                               per_group)
+        total = values if total is None else builder.fadd(total, values)
+    return _horizontal_sum(builder, total, len(steps[0][1]))
+
+
 def _prefetch(builder, address, distance):
     """Ask for the cache line `distance` bytes (an i64 value) past `address` (an i8*) to be
     loaded for reading (llvm.prefetch: prefetcht0 on x86, prfm on ARM; never faults, even past
@@ -203,12 +213,7 @@ def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_codes, x_s
             steps = _q4_step_avx2(context, builder, arrays[0], n, first, arrays[4])
         else:
             steps = _q4_step_generic(context, builder, arrays[0], n, first, arrays[5])
-        total = None
-        for lane_sums, lane_blocks in steps:
-            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, arrays[6], arrays[7], arrays[1], n,
-                                   first, per_group)
-            total = values if total is None else builder.fadd(total, values)
-        return _horizontal_sum(builder, total, len(steps[0][1]))
+        return _scaled_sum(context, builder, steps, arrays[6], arrays[7], arrays[1], n, first, per_group)
 
     return signature, codegen
 
@@ -287,11 +292,6 @@ def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_pairs, x_codes, x_sc
             steps = _q8_step_avx2(context, builder, arrays[0], n, first, arrays[4])
         else:
             steps = _q8_step_generic(context, builder, arrays[0], n, first, arrays[5])
-        total = None
-        for lane_sums, lane_blocks in steps:
-            values = _scaled_lanes(context, builder, lane_sums, lane_blocks, arrays[6], None, arrays[1], n, first,
-                                   per_group)
-            total = values if total is None else builder.fadd(total, values)
-        return _horizontal_sum(builder, total, len(steps[0][1]))
+        return _scaled_sum(context, builder, steps, arrays[6], None, arrays[1], n, first, per_group)
 
     return signature, codegen

@@ -150,6 +150,16 @@ def silu_mul_numpy(gate, up, out) -> None:
     out[:] = gate * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * gate)) * up
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _four_slots(position, modulo):
+    """Cache rows of four consecutive keys from `position` (< 2 modulo), wrapping at modulo."""
+    s0 = position - modulo if position >= modulo else position
+    s1 = s0 + 1 - modulo if s0 + 1 >= modulo else s0 + 1
+    s2 = s1 + 1 - modulo if s1 + 1 >= modulo else s1 + 1
+    s3 = s2 + 1 - modulo if s2 + 1 >= modulo else s2 + 1
+    return s0, s1, s2, s3
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
@@ -161,12 +171,8 @@ def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, 
     start = first_pos % modulo  # key j sits in slot start + j, wrapped once at most (n_keys <= modulo)
     j = 0
     while j < n_keys:
-        s0 = start + j
-        s0 = s0 - modulo if s0 >= modulo else s0
+        s0, s1, s2, s3 = _four_slots(start + j, modulo)
         if j + 4 <= n_keys:
-            s1 = s0 + 1 - modulo if s0 + 1 >= modulo else s0 + 1
-            s2 = s1 + 1 - modulo if s1 + 1 >= modulo else s1 + 1
-            s3 = s2 + 1 - modulo if s2 + 1 >= modulo else s2 + 1
             for h in heads:
                 a0 = a1 = a2 = a3 = np.float32(0.0)
                 for i in range(d):
@@ -199,12 +205,8 @@ def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, 
             out[h, i] = np.float32(0.0)
     j = 0
     while j < n_keys:
-        s0 = start + j
-        s0 = s0 - modulo if s0 >= modulo else s0
+        s0, s1, s2, s3 = _four_slots(start + j, modulo)
         if j + 4 <= n_keys:
-            s1 = s0 + 1 - modulo if s0 + 1 >= modulo else s0 + 1
-            s2 = s1 + 1 - modulo if s1 + 1 >= modulo else s1 + 1
-            s3 = s2 + 1 - modulo if s2 + 1 >= modulo else s2 + 1
             for h in heads:
                 p0, p1, p2, p3 = scores[h, j], scores[h, j + 1], scores[h, j + 2], scores[h, j + 3]
                 for i in range(d):
