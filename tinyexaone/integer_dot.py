@@ -112,10 +112,12 @@ def _horizontal_sum(builder, values, width):
 
 
 def integer_dot_path() -> str:
-    """Which code the integer dot products compile to here: "avx2" (vpmaddubsw) when Numba
-    compiles for a CPU with AVX2, else "generic" (portable LLVM IR; also forced by
-    TINYEXAONE_GENERIC_KERNELS=1, which the tests use to check that path on any machine).
-    Numba's on-disk cache is keyed on the CPU, so a cache never carries one path to the other."""
+    """Which code the integer dot products compile to here: "avx2" (vpmaddubsw, vpmaddwd) when
+    Numba compiles for a CPU with AVX2, else "generic" (portable LLVM IR). Numba's on-disk cache
+    is keyed on the CPU, so a cache never carries one path to another machine.
+    TINYEXAONE_GENERIC_KERNELS=1 forces "generic" for kernels compiled from then on; the cache
+    key does not include it, so the tests that use it also point NUMBA_CACHE_DIR at an empty
+    folder."""
     if os.environ.get("TINYEXAONE_GENERIC_KERNELS") == "1":
         return "generic"
     from numba.core.registry import cpu_target
