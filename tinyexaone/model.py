@@ -1,7 +1,7 @@
-"""The EXAONE 4 forward pass (Exaone4ForCausalLM), in float32 NumPy.
+"""The EXAONE 4 forward pass (Exaone4ForCausalLM), in float32 NumPy and Numba.
 
 `Model.forward(token_ids, cache)` returns logits [T, vocab] for T new tokens whose positions
-continue after what `cache` holds; prefill and decode run the same code. The math follows
+continue after what `cache` holds; prefill and decode run the same math. It follows
 transformers exactly (EXAONE4-ARCHITECTURE.md §3):
 
     h = E[ids]
@@ -14,10 +14,12 @@ transformers exactly (EXAONE4-ARCHITECTURE.md §3):
         h = h + RMSNorm(W_down (silu(W_gate h) * W_up h))
     logits = RMSNorm(h) E^T                          (or lm_head when untied)
 
-One new token (decode) takes `_decode_hidden`, the same math through the fused Numba steps of
-layer_kernels.py (q/k/v and gate/up in one launch each, QK-norm + RoPE + cache write in one
-call, attention straight over the cache rows, in-place residual norms) with its buffers kept in
-the cache; the tests hold both paths to transformers.
+Several new tokens (prefill) take `_forward_hidden`: norms and RoPE in NumPy, attention and
+silu(gate) * up through their Numba twins in layer_kernels.py (`attention` below is the NumPy
+form the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
+through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one launch each,
+QK-norm + RoPE + cache write in one call, attention straight over the cache rows, in-place
+residual norms) with its buffers kept in the cache; the tests hold both paths to transformers.
 
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()`, so one
 Model can serve several sessions. If a forward pass fails or is interrupted, the cache is rolled
@@ -173,7 +175,7 @@ class Model:
         keys, values = layer_cache.extend(k, v)  # [S, kv_heads, d] each, ending at position start + T - 1
         first_key_pos = start + t_len - keys.shape[0]
         a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
-        with COMPUTE_LOCK:  # the Numba twin of `attention` below
+        with COMPUTE_LOCK:  # the Numba twin of `attention` (above)
             attention_prefill(np.ascontiguousarray(q), np.ascontiguousarray(keys), np.ascontiguousarray(values),
                               start, first_key_pos, window or 0, chunk_count(t_len), a)
         return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
