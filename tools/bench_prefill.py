@@ -51,16 +51,16 @@ def main() -> None:
             out = np.empty((n_tokens, shape[0]), np.float32)
             chunks = kernels.chunk_count(shape[0])
 
-            def per_token():  # the decode kernel, all rows in one launch
+            def integer_matvec():  # the decode kernel, all rows in one launch
                 kernels.q4_matvec(weight._codes, weight._scale_bits, x, out, chunks)
 
             def blocked():
                 kernels.q4_matmul(weight._codes, weight._scale_bits, kernels.stored_order(x), out, chunks)
 
             line = [f"int4 g32 {shape[0]}x{shape[1]} T={n_tokens:<4}"]
-            for name, run in (("matvec/token", per_token), ("blocked Numba", blocked),
+            for name, run in (("integer matvec", integer_matvec), ("blocked Numba", blocked),
                               ("tiles+BLAS", lambda: tiles_and_blas(weight, x, out))):
-                if name == "matvec/token" and n_tokens > 64:
+                if name == "integer matvec" and n_tokens > 64:
                     continue
                 run()
                 seconds = best_time(run, args.repeats, clock)
