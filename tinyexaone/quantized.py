@@ -52,7 +52,8 @@ BITS = (4, 8)
 FLOAT16_MAX = 65504.0
 PREFILL_MIN_TOKENS = 48  # from this many input rows on, matmul uses the blocked prefill kernel: below it
 # the integer matvec over all rows (each weight row read once) was faster for the 1.2B int4 layers
-# (a T-token prompt: 188 vs 285 ms at T=8, 1045 vs 1162 ms at 48, 1703 vs 1468 ms at 64)
+# (a one-off probe of whole prompts: 188 vs 285 ms at T=8, 1045 vs 1162 ms at 48, 1703 vs 1468 ms
+# at 64; per matrix, `python tools/bench_prefill.py` compares the two kernels at each T)
 
 
 def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
