@@ -76,17 +76,13 @@ def peak_rss_mb() -> float:
 
 def decode_bytes_per_token(model) -> int:
     """Weight bytes read for one decode token: every layer matrix and the head."""
-    w = model.weights
-    matrices = [w.lm_head] + [getattr(layer, name) for layer in w.layers for name in
-                              ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
-    return sum(m.nbytes for m in matrices)
+    return model.weights.lm_head.nbytes + sum(m.nbytes for m in model.weights.layer_matrices())
 
 
 def layer_macs_per_token(model) -> int:
     """Multiply-adds of one prompt token through the layer matrices (the head runs for the last
     token only, and attention's share is small at these lengths)."""
-    return sum(getattr(layer, name).shape[0] * getattr(layer, name).shape[1] for layer in model.weights.layers
-               for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    return sum(m.shape[0] * m.shape[1] for m in model.weights.layer_matrices())
 
 
 def time_prefill(model, n_tokens: int, rng) -> float:
@@ -135,12 +131,12 @@ def first_layers(model, n_layers: int, dense: bool):
     from dataclasses import replace
 
     from tinyexaone.model import Model
-    from tinyexaone.weights import DenseWeight
+    from tinyexaone.weights import MATRIX_FIELDS, DenseWeight
 
     layers = model.weights.layers[:n_layers]
     if dense:
-        layers = [replace(layer, **{name: DenseWeight(getattr(layer, name).dequantize()) for name in
-                  ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}) for layer in layers]
+        layers = [replace(layer, **{name: DenseWeight(getattr(layer, name).dequantize()) for name in MATRIX_FIELDS})
+                  for layer in layers]
     config = replace(model.config, num_hidden_layers=n_layers, layer_types=model.config.layer_types[:n_layers])
     return Model(config, replace(model.weights, layers=layers))
 
@@ -181,8 +177,8 @@ def time_torch_layers(config, context: int, n_tokens: int) -> float | None:
 def run_bench(path: Path, threads: int, quick: bool) -> dict:
     import numba
 
-    from tinyexaone import load
     from tinyexaone.benchmarks import blas_rate, read_bandwidth
+    from tinyexaone.loading import open_model
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -190,7 +186,7 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     files = [path] if path.is_file() else list(path.glob("*.safetensors"))
     result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6}
     start = time.perf_counter()
-    model = load(path)
+    model, _ = open_model(path)  # the forward pass alone: no tokenizer
     result["load_s"] = time.perf_counter() - start
     result["rss_after_load_mb"] = peak_rss_mb()
     bytes_per_token = decode_bytes_per_token(model)

@@ -25,22 +25,21 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from tinyexaone.errors import TinyExaoneError
+from tinyexaone.chat import ROLES
+from tinyexaone.errors import ContextOverflowError, TinyExaoneError
+from tinyexaone.signals import install_sigterm_exit
 
 from .model_resolution import load_model
 from .options import apply_threads, context_size, generation_options, sampling_options
 from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
-DELAY_ENV = "TINYEXAONE_TEST_REPLY_DELAY"
 MAX_TOOL_ROUNDS = 8  # model replies per user message when every reply asks for tools
 MULTILINE = '"""'
-ROLES = ("system", "user", "assistant", "tool")
 SAVE_FORMAT = "tinyexaone-chat"
 HELP = f"""\
 /help              show this list
@@ -53,19 +52,6 @@ HELP = f"""\
 /load FILE         continue a conversation saved with /save
 {MULTILINE}                start a multi-line message; end it with another {MULTILINE} line
 Ctrl-C stops a reply (twice: at once)."""
-
-
-def _test_delay() -> float:
-    """Seconds to wait per streamed event, from TINYEXAONE_TEST_REPLY_DELAY (a test hook, so that a
-    Ctrl-C can land in the middle of a reply whatever the model's speed); 0 when unset."""
-    try:
-        return max(0.0, float(os.environ.get(DELAY_ENV, "0")))
-    except ValueError:
-        return 0.0
-
-
-def _terminate(signum, frame):
-    raise SystemExit(143)
 
 
 def format_stats(stats: dict) -> str:
@@ -204,7 +190,7 @@ class ChatApp:
         except TinyExaoneError as exc:
             self.failed_turns += 1
             message = sanitize(str(exc))
-            if "context" in message:
+            if isinstance(exc, ContextOverflowError):
                 message += "; " + self._context_advice()
             self.note(self.style.error("error: ") + message)
             return None
@@ -219,11 +205,8 @@ class ChatApp:
 
     def _show(self, events) -> dict | None:
         self.phase = None
-        delay = _test_delay()
         try:
             for event in events:
-                if delay:
-                    time.sleep(delay)
                 kind = event["type"]
                 if kind == "reasoning" and self.interactive:
                     self._enter("reasoning")
@@ -262,14 +245,14 @@ class ChatApp:
         if reason == "cancelled":
             self.line(self.style.warning("(stopped)"))
         elif reason == "length" and stats.get("context_full"):
-            self.line(self.style.warning(f"context full: the conversation filled the {self.session.cache.max_tokens}"
+            self.line(self.style.warning(f"context full: the conversation filled the {self.session.context_size}"
                                          f"-token context. {self._context_advice().capitalize()}."))
         elif reason == "length":
             self.line(self.style.warning("(reply cut at the --max-tokens limit)"))
         self.line(self.style.dim(format_stats(stats)))
 
     def _context_advice(self) -> str:
-        now = self.session.cache.max_tokens
+        now = self.session.context_size
         if now >= self.max_context:
             return f"use /clear to start a new conversation ({now} tokens is this model's maximum --ctx-size)"
         return (f"use /clear to start a new conversation, or restart with a larger --ctx-size "
@@ -285,7 +268,7 @@ class ChatApp:
                 results.append({"role": "tool", "tool_call_id": call.get("id"), "content": text})
         except KeyboardInterrupt:
             self.line(self.style.warning("(tool call interrupted)"))
-            self.session.messages.append({"role": "tool", "content": "error: interrupted by the user"})
+            self.session.append({"role": "tool", "content": "error: interrupted by the user"})
             return None
         return results
 
@@ -319,7 +302,7 @@ class ChatApp:
 
     def _think(self, argument: str) -> None:
         if argument.lower() in ("on", "off"):
-            self.session.enable_thinking = argument.lower() == "on"
+            self.session.set_thinking(argument.lower() == "on")
         elif argument:
             self.line(self.style.warning("usage: /think on|off"))
             return
@@ -330,12 +313,7 @@ class ChatApp:
             current = self.session.system
             self.line(self.style.dim("(no system prompt)" if current is None else f"system: {sanitize(current)}"))
             return
-        self.session.system = argument
-        messages = self.session.messages
-        if messages and messages[0].get("role") == "system":
-            messages[0] = {"role": "system", "content": argument}
-        else:
-            messages.insert(0, {"role": "system", "content": argument})
+        self.session.set_system(argument)
         self.line(self.style.dim("(system prompt set)"))
 
     def _regen(self) -> None:
@@ -344,12 +322,12 @@ class ChatApp:
         if last_user is None:
             self.line(self.style.warning("nothing to regenerate yet"))
             return
-        self.session.messages = messages[:last_user]
+        removed = self.session.truncate(last_user)
         self.regenerations += 1
-        seed = self.session.options.get("seed")  # a fixed --seed would only repeat the same reply
-        self.turn(messages[last_user], **({} if seed is None else {"seed": seed + self.regenerations}))
+        seed = self.session.default_options.get("seed")  # a fixed --seed would only repeat the same reply
+        self.turn(removed[0], **({} if seed is None else {"seed": seed + self.regenerations}))
         if len(self.session.messages) <= last_user:  # the new reply failed: keep the old one
-            self.session.messages = messages
+            self.session.replace_messages(messages)
 
     def _save(self, argument: str) -> None:
         if not argument:
@@ -387,10 +365,9 @@ class ChatApp:
             self.line(self.style.error("error: ") + sanitize(str(exc)))
             return
         self.session.reset()
-        self.session.system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-        self.session.messages = messages
+        self.session.replace_messages(messages)
         if thinking is not None:
-            self.session.enable_thinking = thinking
+            self.session.set_thinking(thinking)
         self.line(self.style.dim(f"(loaded {len(messages)} messages from {sanitize(str(path))}; "
                                  f"thinking {'on' if self.session.enable_thinking else 'off'})"))
         self._transcript(messages)
@@ -491,7 +468,7 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set or output is not a terminal).")
 def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags):
     """Chat with a model interactively (or one message per line through a pipe)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    install_sigterm_exit()
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # invalid UTF-8 typed or pasted becomes U+FFFD

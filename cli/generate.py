@@ -14,21 +14,17 @@ context is an error (exit 2); a reply that fills the context says so on stderr.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import click
 
-from tinyexaone.errors import TinyExaoneError
+from tinyexaone.errors import ContextOverflowError, TinyExaoneError
+from tinyexaone.signals import install_sigterm_exit
 
 from .chat import format_stats
 from .model_resolution import load_model
 from .options import apply_threads, context_size, generation_options, sampling_options
 from .terminal import sanitize
-
-
-def _terminate(signum, frame):
-    raise SystemExit(143)
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -49,7 +45,7 @@ def _read_prompt(prompt: str | None) -> str:
               help="Print one JSON object: content, reasoning_content, tool_calls, finish_reason, stats.")
 def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, **flags):
     """Generate one reply to --prompt and print it."""
-    signal.signal(signal.SIGTERM, _terminate)
+    install_sigterm_exit()
     prompt = _read_prompt(prompt)
     if raw and (system is not None or think or flags.get("reasoning_budget") is not None):
         raise TinyExaoneError("--system, --think and --reasoning-budget need the chat template; drop --raw")
@@ -63,11 +59,9 @@ def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, **fl
             result = _raw(loaded, prompt, options, as_json, show)
         else:
             result = _chat(loaded, prompt, system, think, options, as_json, show)
-    except TinyExaoneError as exc:
-        if "context" in str(exc):
-            raise TinyExaoneError(f"{exc}; use a larger --ctx-size (this model allows "
-                                  f"{loaded.config.max_position_embeddings}) or a shorter prompt") from None
-        raise
+    except ContextOverflowError as exc:
+        raise TinyExaoneError(f"{exc}; use a larger --ctx-size (this model allows "
+                              f"{loaded.config.max_position_embeddings}) or a shorter prompt") from None
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return

@@ -1,6 +1,7 @@
 """Turning the `--model M` of `chat` and `generate` into a loaded model, without any network.
 
-M is tried, in order, as: an existing compact file (`tinyexaone quantize` output); an existing
+M is tried, in order, as: an existing file (a compact file from `tinyexaone quantize`; the loader
+tells a file's kind from its first bytes); an existing
 Hugging Face model directory (config.json + safetensors); a Hugging Face repo id `ORG/NAME`
 looked up in the local Hugging Face cache, `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 `~/.cache/huggingface/hub` (layout `models--ORG--NAME/snapshots/<revision>/`; the revision
@@ -20,7 +21,6 @@ from importlib import resources
 from pathlib import Path
 
 import tinyexaone
-from tinyexaone.compact import is_compact_file
 from tinyexaone.errors import TinyExaoneError
 
 DEMO_MODEL_NAME = "exaone4-demo"
@@ -106,10 +106,7 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if not spec.strip():
         raise TinyExaoneError("--model is empty")
     path = Path(spec).expanduser()
-    if path.is_file():
-        if not is_compact_file(path):
-            raise TinyExaoneError(f"{spec}: not a model (neither a tinyexaone compact file nor a Hugging Face "
-                                  f"model directory)")
+    if path.is_file():  # what kind of file it is, the loader finds out from its first bytes
         return ResolvedModel(path, "compact file", spec, False)
     if path.is_dir():
         if not (path / "config.json").exists():

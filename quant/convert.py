@@ -10,11 +10,10 @@ another), so peak memory stays near one slice plus one quantized tensor, never t
 
 The output is written to a hidden temporary file in OUT's directory (`.<name>.<random>.tmp`),
 flushed to disk and renamed to OUT only when complete. Any exception, Ctrl-C (SIGINT) or SIGTERM
-(turned into `SystemExit(143)` while converting in the main thread) removes the temporary file,
-so an interrupted run never leaves a file that looks valid; an OSError while writing (a full
-disk) becomes a one-line `TinyExaoneError`. An existing OUT is refused unless
-`force`. Setting the environment variable `TINYEXAONE_TEST_QUANTIZE_DELAY` to a number of
-seconds sleeps that long after each tensor (a test hook, so a signal can land mid-way).
+(turned into `SystemExit(143)` while converting in the main thread, see signals.py) removes the
+temporary file, so an interrupted run never leaves a file that looks valid; an OSError while
+writing (a full disk) becomes a one-line `TinyExaoneError`. An existing OUT is refused unless
+`force`. Tensor names and shapes come from the tensor table (tensors.py).
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +31,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tinyexaone.checkpoint import TensorEntry, check_tensors, expected_tensors, open_checkpoint
+from tinyexaone.checkpoint import check_tensors, open_checkpoint
 from tinyexaone.compact import EMBEDDED_FILES, CompactWriter
 from tinyexaone.config import load_config
 from tinyexaone.errors import TinyExaoneError
 from tinyexaone.quantized import expected_arrays, quantize
+from tinyexaone.safetensors_file import DTYPES, TensorEntry, widen_bf16
+from tinyexaone.signals import sigterm_raises
+from tinyexaone.tensors import EMBEDDING, LM_HEAD, model_tensors
 
 SLICE_ELEMENTS = 1 << 22  # weights per quantized row slice (quantize works in float64: ~32 MB)
-DELAY_ENV = "TINYEXAONE_TEST_QUANTIZE_DELAY"
-SOURCE_STORAGE = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
-HEAD_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+HEAD_NAMES = (EMBEDDING, LM_HEAD)
 
 
 @dataclass
@@ -77,7 +75,7 @@ def array_name(tensor: str, key: str) -> str:
 def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
     """Elements [first, first + count) of a source tensor as a fresh float32 array (no memory map,
     so the pages read do not stay in this process's resident memory)."""
-    storage = SOURCE_STORAGE[entry.dtype]
+    storage = DTYPES[entry.dtype]
     try:
         with open(entry.file, "rb") as f:
             f.seek(entry.start + first * storage.itemsize)
@@ -86,9 +84,7 @@ def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
         raise TinyExaoneError(f"{entry.file}: cannot read ({exc.strerror})") from None
     if raw.size != count:
         raise TinyExaoneError(f"{entry.file}: file ended while reading tensor '{entry.name}' (truncated?)")
-    if entry.dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
+    return widen_bf16(raw) if entry.dtype == "BF16" else raw.astype(np.float32)
 
 
 def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[dict[str, list[np.ndarray]], float]:
@@ -122,8 +118,9 @@ def embedding_group_for(embedding_bits: int, group_size: int) -> int:
 def _plan(config, bits: int, group_size: int, embedding_bits: int) -> dict[str, tuple[int, int] | None]:
     """Model tensor -> (bits, group size), or None when kept float32; checks every matrix fits its group."""
     plan = {}
-    for name, shape in expected_tensors(config).items():
-        if len(shape) == 1:
+    for name, spec in model_tensors(config).items():
+        shape = spec.shape
+        if not spec.is_matrix:
             plan[name] = None
             continue
         head = name in HEAD_NAMES
@@ -172,30 +169,6 @@ def _embedded_texts(src: Path) -> dict[str, str]:
     return texts
 
 
-def _raise_terminated(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """While converting in the main thread, SIGTERM raises SystemExit(143) so cleanup runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def _test_delay() -> float:
-    try:
-        return max(0.0, float(os.environ.get(DELAY_ENV, "0")))
-    except ValueError:
-        return 0.0
-
-
 def _check_paths(src: Path, out: Path, force: bool) -> None:
     if not src.exists():
         raise TinyExaoneError(f"{src}: no such file or directory")
@@ -221,7 +194,7 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     checkpoint = open_checkpoint(src)
     check_tensors(config, checkpoint)
     plan = _plan(config, bits, group_size, embedding_bits)
-    shapes = expected_tensors(config)
+    shapes = {name: spec.shape for name, spec in model_tensors(config).items()}
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = _embedded_texts(src)
     metadata["quantization"] = json.dumps(quantization, separators=(",", ":"))
@@ -229,9 +202,8 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     # source order, so the source files are read front to back
     order = sorted(plan, key=lambda name: (str(checkpoint.entries[name].file), checkpoint.entries[name].start))
     report = ConversionReport(out)
-    delay = _test_delay()
 
-    with _sigterm_raises():
+    with sigterm_raises():
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         except OSError as exc:
@@ -249,8 +221,6 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
                 with progress as tensors:
                     for name in tensors:
                         _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report)
-                        if delay:
-                            time.sleep(delay)
                 writer.finish()
                 f.flush()
                 os.fsync(f.fileno())

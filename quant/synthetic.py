@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyexaone.checkpoint import expected_tensors
 from tinyexaone.compact import CompactWriter
 from tinyexaone.config import parse_config
 from tinyexaone.quantized import expected_arrays
+from tinyexaone.tensors import model_tensors
 
 from .convert import _plan, _quantization_record
 
@@ -57,7 +57,7 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
     out = Path(out)
     parsed = parse_config(config)
     plan = _plan(parsed, bits, group_size, embedding_bits)
-    shapes = expected_tensors(parsed)
+    shapes = {name: spec.shape for name, spec in model_tensors(parsed).items()}
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = {"config.json": json.dumps(config, separators=(",", ":")),
                 "quantization": json.dumps(quantization, separators=(",", ":"))}

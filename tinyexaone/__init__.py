@@ -1,18 +1,21 @@
 """tinyexaone: a framework-free CPU runtime for EXAONE 4.0 language models.
 
-Public API: `load(path) -> Model`; `Model.config`, `Model.new_cache()`,
-`Model.forward(token_ids, cache=None) -> logits [T, vocab]`; `TinyExaoneError` for every
-user-facing failure. `load_tokenizer(path) -> Tokenizer` (encode/decode, chat template).
-Generation (generation.py): `Model.generate`, `Model.stream`, `Model.chat`, `Model.chat_session`,
-`Model.cancel`.
+Public API: `load(path) -> ChatModel` (a `Model` with its tokenizer): `.config`, `.new_cache()`,
+`.forward(token_ids, cache=None) -> logits [T, vocab]`, `.tokenizer`, and generation:
+`.generate`, `.stream`, `.chat`, `.chat_session`, `.cancel`. `Model` is the pure forward pass
+(`ChatModel.model`); `load_tokenizer(path) -> Tokenizer` (encode/decode, chat template).
+`TinyExaoneError` is every user-facing failure; `ContextOverflowError` is the one for a
+prompt or conversation that does not fit the context.
 """
 
+from .chat_model import ChatModel
 from .config import Exaone4Config
-from .errors import TinyExaoneError
+from .errors import ContextOverflowError, TinyExaoneError
 from .loading import load
 from .model import Model
 from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["Exaone4Config", "Model", "TinyExaoneError", "Tokenizer", "load", "load_tokenizer", "__version__"]
+__all__ = ["ChatModel", "ContextOverflowError", "Exaone4Config", "Model", "TinyExaoneError", "Tokenizer", "load",
+           "load_tokenizer", "__version__"]

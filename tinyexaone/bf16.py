@@ -1,12 +1,13 @@
 """BF16 matrices used in place, straight from a memory-mapped Hugging Face checkpoint.
 
 `Bf16Weight(bits)` wraps the raw uint16 bits [out, in] of a BF16 tensor (a read-only memory map:
-never copied, never written) and offers the weight interface of `weights.py`. A BF16 value is
-the top half of a float32, so widening is a 16-bit shift. For a few input rows (decode),
+never copied, never written) and implements the `MatrixWeight` protocol of `weights.py`. A BF16
+value is the top half of a float32, so widening is a 16-bit shift (`safetensors_file.widen_bf16`,
+the NumPy twin of the kernels' widening). For a few input rows (decode),
 `bf16_matmul_rows` widens each weight row once into a per-thread scratch and reuses it for
 every input row (`bf16_matmul_rows_serial` does the same on the calling thread for small
 matrices, where waking the thread pool costs more than the work); for many rows (prefill) the matrix is widened tile by tile and multiplied by
-NumPy BLAS outside jitted code. Every kernel has a NumPy twin (`*_numpy`). Parallel kernels are
+NumPy BLAS outside jitted code. Every kernel has a NumPy twin. Parallel kernels are
 entered under `kernels.COMPUTE_LOCK`.
 """
 
@@ -15,15 +16,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, FASTMATH, SERIAL_BELOW, chunk_count
+from .safetensors_file import widen_bf16
 
 FEW_ROWS = 8  # below this many input rows, the fused Numba kernel; from it on, tiles + BLAS
 TILE_ELEMENTS = 1 << 21  # weights per widened float32 tile (8 MB)
-
-
-def widen_numpy(bits: np.ndarray) -> np.ndarray:
-    """NumPy twin of the widening: uint16 BF16 bits -> float32 values, same shape."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
@@ -66,7 +64,7 @@ def bf16_matmul_rows_serial(bits, x, out):
 
 def bf16_matmul_rows_numpy(bits: np.ndarray, x: np.ndarray) -> np.ndarray:
     """NumPy twin of `bf16_matmul_rows`: x [T, K] @ widen(bits)^T -> [T, N]."""
-    return x @ widen_numpy(bits).T
+    return x @ widen_bf16(bits).T
 
 
 class Bf16Weight:
@@ -74,7 +72,7 @@ class Bf16Weight:
 
     def __init__(self, bits: np.ndarray):
         if bits.dtype != np.uint16 or bits.ndim != 2 or not bits.flags.c_contiguous:
-            raise ValueError("Bf16Weight needs a C-contiguous uint16 [out, in] array")
+            raise TinyExaoneError("Bf16Weight needs a C-contiguous uint16 [out, in] array")
         self.bits = bits  # [out, in] uint16, BF16 bit patterns
         self.shape = bits.shape
         self.nbytes = bits.nbytes
@@ -92,12 +90,12 @@ class Bf16Weight:
         with COMPUTE_LOCK:
             for start in range(0, self.shape[0], tile_rows):
                 stop = min(start + tile_rows, self.shape[0])
-                np.matmul(x, widen_numpy(self.bits[start:stop]).T, out=out[:, start:stop])
+                np.matmul(x, widen_bf16(self.bits[start:stop]).T, out=out[:, start:stop])
         return out
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        return widen_numpy(self.bits[ids])  # [T, in]
+        return widen_bf16(self.bits[ids])  # [T, in]
 
     def dequantize(self) -> np.ndarray:
         """The whole matrix as float32 [out, in] (a copy)."""
-        return widen_numpy(self.bits)
+        return widen_bf16(self.bits)

@@ -11,39 +11,35 @@ plus a SHA-256 of the whole data region) and `header_sha256`, a SHA-256 of the f
 bytes computed with that field's 64 hex digits set to "0".
 
 `CompactWriter` streams arrays into a file after a reserved header region and writes the
-header last. `open_compact(path)` validates the whole header (format and version, checksum,
-dtypes, shapes, offsets inside the file, alignment, sizes, the quantization description against
-the config) before any tensor is touched, so a damaged or hostile file fails with one
-`TinyExaoneError` line; `load_compact(path)` then builds a `Model` whose weights are read-only
-views of one memory map (nothing is copied). `embedded_files(path)` returns the embedded
-tokenizer/template/config texts, and `verify_data(path)` checks the data checksums.
+header last. `open_compact(path)` reads the header once and validates all of it (format and
+version, checksum, dtypes, shapes, offsets inside the file, alignment, sizes, the quantization
+description against the tensor table of the config) before any tensor is touched, so a damaged
+or hostile file fails with one `TinyExaoneError` line. The `CompactFile` it returns gives each
+stored array as a read-only view of one memory map (`array(name)`, nothing copied), the
+quantization record, and the embedded texts (`files`); turning them into weights and a
+tokenizer is the loader's job (loading.py). `verify_data` checks the data checksums.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import mmap
 import re
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import expected_tensors
 from .config import Exaone4Config, parse_config
 from .errors import TinyExaoneError
-from .model import Model
-from .quantized import QuantizedWeight
-from .weights import LayerWeights, ModelWeights
+from .safetensors_file import DTYPES, SafetensorsHeader, TensorEntry, fail, read_header
+from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
 FORMAT_VERSION = 1
 ALIGNMENT = 64
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 EMBEDDED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
 )
@@ -53,13 +49,8 @@ CHECKSUM_MARK = b'"header_sha256":"'
 QUANTIZED_SCHEMES = {"int8": 8, "int4": 4}
 GROUP_SIZES = (32, 64, 128)
 
-# safetensors dtype code <-> little-endian NumPy dtype
-DTYPES = {
-    "U8": np.dtype("u1"), "I8": np.dtype("i1"), "U16": np.dtype("<u2"), "I16": np.dtype("<i2"),
-    "U32": np.dtype("<u4"), "I32": np.dtype("<i4"), "U64": np.dtype("<u8"), "I64": np.dtype("<i8"),
-    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
-}
-DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+COMPACT_DTYPES = tuple(code for code in DTYPES if code != "BF16")  # a compact file stores no BF16
+DTYPE_CODES = {DTYPES[code]: code for code in COMPACT_DTYPES}
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -161,27 +152,21 @@ class CompactWriter:
 # Reading
 
 
-@dataclass(frozen=True)
-class CompactEntry:
-    name: str
-    dtype: str  # safetensors code, e.g. "U8", "F32"
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    nbytes: int
+CompactEntry = TensorEntry  # name, dtype code, shape, file, absolute start, nbytes
 
 
 class CompactFile:
-    """A validated compact file: metadata, config, tensor entries, lazily memory-mapped data."""
+    """A validated compact file: metadata, config, quantization record, lazily memory-mapped arrays."""
 
-    def __init__(self, path: Path, file_size: int, header_len: int, metadata: dict[str, str],
-                 entries: dict[str, CompactEntry], config: Exaone4Config, quantization: dict):
-        self.path = path
-        self.file_size = file_size
-        self.header_len = header_len
-        self.metadata = metadata
+    def __init__(self, header: SafetensorsHeader, entries: dict[str, CompactEntry], config: Exaone4Config,
+                 quantization: dict):
+        self.path = header.path
+        self.file_size = header.file_size
+        self.header_len = header.header_len
+        self.metadata: dict[str, str] = header.metadata
         self.entries = entries  # every non-padding tensor
         self.config = config
-        self.quantization = quantization
+        self.quantization = quantization  # {"bits", "group_size", "embedding_bits", "tensors": {name: spec}}
         self._map: mmap.mmap | None = None
 
     @property
@@ -195,7 +180,7 @@ class CompactFile:
         return {name: self.metadata[name] for name in names if name in self.metadata}
 
     def array(self, name: str) -> np.ndarray:
-        """The tensor as a read-only NumPy view of the file's memory map (no copy)."""
+        """The stored array as a read-only NumPy view of the file's memory map (no copy)."""
         entry = self.entries[name]
         dtype = DTYPES[entry.dtype]
         if entry.nbytes == 0:
@@ -212,119 +197,69 @@ class CompactFile:
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.start).reshape(entry.shape)
 
 
-def _fail(path: Path, problem: str):
-    """Raise the one-line error; control characters from a hostile header are shown escaped."""
-    problem = "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)
-    raise TinyExaoneError(f"{path}: {problem}")
-
-
-def _read_header(path: Path) -> tuple[int, int, bytes]:
-    """(file size, header length N, the first 8 + N bytes)."""
-    try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                _fail(path, "truncated file (shorter than the 8-byte header length)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES:
-                _fail(path, f"not a compact model file (header length {header_len} is implausible)")
-            if 8 + header_len > file_size:
-                _fail(path, f"truncated file (header of {header_len} bytes, file of {file_size})")
-            raw = f.read(header_len)
-    except OSError as exc:
-        raise TinyExaoneError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(raw) != header_len:
-        _fail(path, "truncated file (header cut short)")
-    return file_size, header_len, prefix + raw
-
-
-def _parse_metadata(path: Path, raw: bytes) -> tuple[dict, dict[str, str]]:
-    try:
-        header = json.loads(raw[8:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        _fail(path, "corrupt or not a compact model file (header is not valid JSON)")
-    if not isinstance(header, dict):
-        _fail(path, "corrupt header (not a JSON object)")
-    metadata = header.pop("__metadata__", None)
+def _check_format(path: Path, raw: bytes, metadata) -> None:
+    """The format name and version, then the header checksum: before any entry is looked at."""
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        _fail(path, "not a tinyexaone compact file (no string __metadata__ in the safetensors header)")
+        fail(path, "not a tinyexaone compact file (no string __metadata__ in the safetensors header)")
     if metadata.get("format") != FORMAT_NAME:
-        _fail(path, f"not a tinyexaone compact file (format is {metadata.get('format')!r}, expected {FORMAT_NAME!r})")
+        fail(path, f"not a tinyexaone compact file (format is {metadata.get('format')!r:.40}, "
+                   f"expected {FORMAT_NAME!r})")
     version = metadata.get("format_version", "")
     if not re.fullmatch(r"[0-9]{1,9}", version) or int(version) < 1:
-        _fail(path, f"corrupt header (format_version {version!r} is not a positive integer)")
+        fail(path, f"corrupt header (format_version {version!r:.20} is not a positive integer)")
     if int(version) > FORMAT_VERSION:
-        _fail(path, f"compact format version {int(version)} is newer than this tinyexaone supports "
-                    f"(up to {FORMAT_VERSION}); upgrade tinyexaone")
-    return header, metadata
-
-
-def _check_header_checksum(path: Path, raw: bytes, metadata: dict[str, str]) -> None:
+        fail(path, f"compact format version {int(version)} is newer than this tinyexaone supports "
+                   f"(up to {FORMAT_VERSION}); upgrade tinyexaone")
     if raw.count(CHECKSUM_MARK) != 1:
-        _fail(path, "corrupt header (no single header_sha256 field)")
+        fail(path, "corrupt header (no single header_sha256 field)")
     at = raw.index(CHECKSUM_MARK) + len(CHECKSUM_MARK)
     stored = raw[at : at + 64]
     if not re.fullmatch(rb"[0-9a-f]{64}", stored) or metadata.get(CHECKSUM_KEY) != stored.decode("ascii"):
-        _fail(path, "corrupt header (malformed header_sha256)")
+        fail(path, "corrupt header (malformed header_sha256)")
     actual = hashlib.sha256(raw[:at] + b"0" * 64 + raw[at + 64 :]).hexdigest()
     if actual != stored.decode("ascii"):
-        _fail(path, "corrupt header (header checksum mismatch: the file is damaged)")
+        fail(path, "corrupt header (header checksum mismatch: the file is damaged)")
 
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _parse_entries(path: Path, header: dict, data_start: int, data_size: int) -> dict[str, CompactEntry]:
-    """Validate every tensor entry: dtype, shape, size, alignment, and gap-free coverage of the data."""
-    spans = []
+def _check_layout(header: SafetensorsHeader) -> dict[str, CompactEntry]:
+    """Padding entries well-formed, tensors aligned, the data region covered without gap or overlap;
+    returns the non-padding entries."""
+    path, data_start = header.path, header.data_start
+    if data_start % ALIGNMENT:
+        fail(path, f"data region starts at byte {data_start}, not aligned to {ALIGNMENT}")
     entries = {}
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            _fail(path, f"corrupt header entry for tensor '{name:.80}'")
-        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(code, str) or code not in DTYPES:
-            _fail(path, f"tensor '{name:.80}' has unsupported dtype {code!r:.20}")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
-            _fail(path, f"tensor '{name:.80}' has an invalid shape {shape!r:.80}")
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-            _fail(path, f"tensor '{name:.80}' has invalid data_offsets {offsets!r:.80}")
-        begin, end = offsets
-        nbytes = math.prod(shape) * DTYPES[code].itemsize
-        if end < begin or end - begin != nbytes:
-            _fail(path, f"tensor '{name:.80}' data_offsets {offsets} do not match its shape {shape} and dtype {code}")
-        if end > data_size:
-            _fail(path, f"tensor '{name:.80}' lies outside the file (ends at byte {data_start + end}, "
-                        f"file has {data_start + data_size}: truncated?)")
+    for name, entry in header.entries.items():
         if name.startswith(PADDING_PREFIX):
-            if code != "U8" or len(shape) != 1 or not 0 < nbytes < ALIGNMENT:
-                _fail(path, f"corrupt padding entry '{name:.80}'")
-        elif (data_start + begin) % ALIGNMENT:
-            _fail(path, f"tensor '{name:.80}' is not aligned to {ALIGNMENT} bytes")
+            if entry.dtype != "U8" or len(entry.shape) != 1 or not 0 < entry.nbytes < ALIGNMENT:
+                fail(path, f"corrupt padding entry '{name:.80}'")
+        elif entry.start % ALIGNMENT:
+            fail(path, f"tensor '{name:.80}' is not aligned to {ALIGNMENT} bytes")
         else:
-            entries[name] = CompactEntry(name, code, tuple(shape), data_start + begin, nbytes)
-        spans.append((begin, end, name))
-    position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            _fail(path, f"tensor '{name:.80}' overlaps another or leaves a gap in the data region")
-        position = end
-    if position != data_size:
-        _fail(path, f"{data_size - position} bytes after the last tensor (not a complete compact file)")
+            entries[name] = entry
+    position = data_start
+    for entry in sorted(header.entries.values(), key=lambda e: (e.start, e.start + e.nbytes, e.name)):
+        if entry.start != position:
+            fail(path, f"tensor '{entry.name:.80}' overlaps another or leaves a gap in the data region")
+        position = entry.start + entry.nbytes
+    if position != header.file_size:
+        fail(path, f"{header.file_size - position} bytes after the last tensor (not a complete compact file)")
     return entries
 
 
 def _json_field(path: Path, metadata: dict[str, str], key: str) -> dict:
     text = metadata.get(key)
     if text is None:
-        _fail(path, f"corrupt header (metadata has no '{key}')")
+        fail(path, f"corrupt header (metadata has no '{key}')")
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
-        _fail(path, f"corrupt header (metadata '{key}' is not valid JSON)")
+        fail(path, f"corrupt header (metadata '{key}' is not valid JSON)")
     if not isinstance(value, dict):
-        _fail(path, f"corrupt header (metadata '{key}' is not a JSON object)")
+        fail(path, f"corrupt header (metadata '{key}' is not a JSON object)")
     return value
 
 
@@ -332,15 +267,15 @@ def _check_integrity_record(path: Path, metadata: dict[str, str], entries: dict[
     integrity = _json_field(path, metadata, "integrity")
     sha = integrity.get("data_sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-        _fail(path, "corrupt header (integrity record has no valid data_sha256)")
+        fail(path, "corrupt header (integrity record has no valid data_sha256)")
     sizes = integrity.get("tensors")
     if not isinstance(sizes, dict) or set(sizes) != set(entries):
-        _fail(path, "corrupt header (integrity record does not list exactly the file's tensors)")
+        fail(path, "corrupt header (integrity record does not list exactly the file's tensors)")
     for name, record in sizes.items():
         if not isinstance(record, dict) or record.get("nbytes") != entries[name].nbytes:
-            _fail(path, f"tensor '{name:.80}' size differs from its integrity record")
+            fail(path, f"tensor '{name:.80}' size differs from its integrity record")
         if not isinstance(record.get("crc32"), str) or not re.fullmatch(r"[0-9a-f]{8}", record["crc32"]):
-            _fail(path, f"corrupt header (tensor '{name:.80}' has no valid crc32)")
+            fail(path, f"corrupt header (tensor '{name:.80}' has no valid crc32)")
     return integrity
 
 
@@ -348,141 +283,57 @@ def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries:
     """Every model tensor described once, with the expected shape; every file tensor used once."""
     tensors = quant.get("tensors")
     if not isinstance(tensors, dict):
-        _fail(path, "corrupt header (quantization record has no 'tensors' object)")
-    expected = expected_tensors(config)
+        fail(path, "corrupt header (quantization record has no 'tensors' object)")
+    expected = model_tensors(config)
     for name in expected:
         if name not in tensors:
-            _fail(path, f"model tensor '{name}' is missing from the file")
+            fail(path, f"model tensor '{name}' is missing from the file")
     used = set()
     for name, spec in tensors.items():
         if name not in expected:
-            _fail(path, f"unexpected model tensor '{name:.80}' in the quantization record")
+            fail(path, f"unexpected model tensor '{name:.80}' in the quantization record")
         if not isinstance(spec, dict) or not isinstance(spec.get("arrays"), dict):
-            _fail(path, f"corrupt quantization record for '{name}'")
+            fail(path, f"corrupt quantization record for '{name}'")
         shape = spec.get("shape")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or shape != list(expected[name]):
-            _fail(path, f"tensor '{name}' has shape {spec.get('shape')!r:.40}, the config implies {list(expected[name])}")
+        expected_shape = list(expected[name].shape)
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or shape != expected_shape:
+            fail(path, f"tensor '{name}' has shape {spec.get('shape')!r:.40}, the config implies {expected_shape}")
         scheme = spec.get("scheme")
-        if len(expected[name]) == 1:
+        if not expected[name].is_matrix:
             if scheme != "float32" or set(spec["arrays"]) != {"weight"}:
-                _fail(path, f"norm weight '{name}' must be stored as float32")
+                fail(path, f"norm weight '{name}' must be stored as float32")
         elif (not isinstance(scheme, str) or scheme not in QUANTIZED_SCHEMES
               or not _is_count(spec.get("group_size")) or spec["group_size"] not in GROUP_SIZES):
-            _fail(path, f"tensor '{name}' has unsupported scheme {scheme!r:.20} / group size {spec.get('group_size')!r:.20}")
+            fail(path, f"tensor '{name}' has unsupported scheme {scheme!r:.20} / group size {spec.get('group_size')!r:.20}")
         for array_name in spec["arrays"].values():
             if not isinstance(array_name, str) or array_name not in entries:
-                _fail(path, f"tensor '{name}' refers to array {array_name!r:.80}, which the file does not hold")
+                fail(path, f"tensor '{name}' refers to array {array_name!r:.80}, which the file does not hold")
             if array_name in used:
-                _fail(path, f"array '{array_name:.80}' is used twice")
+                fail(path, f"array '{array_name:.80}' is used twice")
             used.add(array_name)
     unused = set(entries) - used
     if unused:
-        _fail(path, f"tensor '{sorted(unused)[0]:.80}' in the file is not part of the model")
+        fail(path, f"tensor '{sorted(unused)[0]:.80}' in the file is not part of the model")
 
 
 def open_compact(path) -> CompactFile:
-    """Open and fully validate a compact file's header; reads no tensor data."""
+    """Read the compact file's header once and validate all of it; reads no tensor data."""
     path = Path(path)
-    file_size, header_len, raw = _read_header(path)
-    header, metadata = _parse_metadata(path, raw)
-    _check_header_checksum(path, raw, metadata)
-    data_start = 8 + header_len
-    if data_start % ALIGNMENT:
-        _fail(path, f"data region starts at byte {data_start}, not aligned to {ALIGNMENT}")
-    entries = _parse_entries(path, header, data_start, file_size - data_start)
-    _check_integrity_record(path, metadata, entries)
-    config_text = metadata.get("config.json")
+    header = read_header(path, COMPACT_DTYPES, verify=lambda raw, metadata: _check_format(path, raw, metadata))
+    entries = _check_layout(header)
+    _check_integrity_record(path, header.metadata, entries)
+    config_text = header.metadata.get("config.json")
     if config_text is None:
-        _fail(path, "corrupt header (no embedded config.json)")
+        fail(path, "corrupt header (no embedded config.json)")
     try:
         config = parse_config(json.loads(config_text))
     except (json.JSONDecodeError, RecursionError):
-        _fail(path, "embedded config.json is not valid JSON")
+        fail(path, "embedded config.json is not valid JSON")
     except TinyExaoneError as exc:
-        _fail(path, f"embedded {exc}")
-    quantization = _json_field(path, metadata, "quantization")
+        fail(path, f"embedded {exc}")
+    quantization = _json_field(path, header.metadata, "quantization")
     _check_quantization(path, quantization, config, entries)
-    return CompactFile(path, file_size, header_len, metadata, entries, config, quantization)
-
-
-def _matrix(compact: CompactFile, name: str) -> QuantizedWeight:
-    spec = compact.quantization["tensors"][name]
-    arrays = {key: compact.array(array_name) for key, array_name in spec["arrays"].items()}
-    try:
-        return QuantizedWeight.from_arrays(QUANTIZED_SCHEMES[spec["scheme"]], spec["group_size"],
-                                           tuple(spec["shape"]), arrays)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise TinyExaoneError(f"{compact.path}: tensor '{name}' has inconsistent quantized arrays ({exc})") from None
-
-
-def _norm(compact: CompactFile, name: str) -> np.ndarray:
-    spec = compact.quantization["tensors"][name]
-    array = compact.array(spec["arrays"]["weight"])
-    if array.dtype != np.float32 or array.shape != tuple(spec["shape"]):
-        _fail(compact.path, f"norm weight '{name}' must be float32 of shape {spec['shape']}, "
-                            f"the file holds {array.dtype} {list(array.shape)}")
-    return array
-
-
-def compact_weights(compact: CompactFile) -> ModelWeights:
-    """ModelWeights whose matrices and norms are views of the file's memory map."""
-    config = compact.config
-    layers = []
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        layers.append(LayerWeights(
-            q_proj=_matrix(compact, p + "self_attn.q_proj.weight"),
-            k_proj=_matrix(compact, p + "self_attn.k_proj.weight"),
-            v_proj=_matrix(compact, p + "self_attn.v_proj.weight"),
-            o_proj=_matrix(compact, p + "self_attn.o_proj.weight"),
-            q_norm=_norm(compact, p + "self_attn.q_norm.weight"),
-            k_norm=_norm(compact, p + "self_attn.k_norm.weight"),
-            post_attention_layernorm=_norm(compact, p + "post_attention_layernorm.weight"),
-            gate_proj=_matrix(compact, p + "mlp.gate_proj.weight"),
-            up_proj=_matrix(compact, p + "mlp.up_proj.weight"),
-            down_proj=_matrix(compact, p + "mlp.down_proj.weight"),
-            post_feedforward_layernorm=_norm(compact, p + "post_feedforward_layernorm.weight"),
-        ))
-    embed = _matrix(compact, "model.embed_tokens.weight")
-    head = embed if config.tie_word_embeddings else _matrix(compact, "lm_head.weight")
-    return ModelWeights(embed_tokens=embed, layers=layers, norm=_norm(compact, "model.norm.weight"), lm_head=head)
-
-
-def load_compact(path) -> Model:
-    """A Model running from the compact file (weights memory-mapped); its tokenizer, when one is
-    embedded, is read on first use of `Model.tokenizer`."""
-    compact = open_compact(path)
-    tokenizer_source = compact.path if "tokenizer.json" in compact.metadata else None
-    return Model(compact.config, compact_weights(compact), tokenizer_source=tokenizer_source)
-
-
-def is_compact_file(path) -> bool:
-    """True when `path` is a file whose header names the compact format (any version); reads ~1 KB."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(8 + 4096)
-    except OSError:
-        return False
-    return f'"format":"{FORMAT_NAME}"'.encode() in prefix[8:]
-
-
-def embedded_files(path) -> dict[str, str]:
-    """The embedded files of a validated compact file, by name: config.json and whichever of
-    `EMBEDDED_FILES` (tokenizer.json, tokenizer_config.json, ...) it holds."""
-    return open_compact(path).files
-
-
-def extract_embedded_files(compact, directory) -> Path:
-    """Write the embedded files of `compact` (a CompactFile or a path) into `directory`, which
-    then reads like a Hugging Face directory without weights; returns the directory."""
-    compact = compact if isinstance(compact, CompactFile) else open_compact(compact)
-    directory = Path(directory)
-    for name, text in compact.files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return directory
+    return CompactFile(header, entries, config, quantization)
 
 
 def verify_data(compact: CompactFile) -> str:
@@ -501,5 +352,5 @@ def verify_data(compact: CompactFile) -> str:
     for name, record in integrity["tensors"].items():
         view = memoryview(compact.array(name)).cast("B") if compact.entries[name].nbytes else b""
         if f"{zlib.crc32(view):08x}" != record["crc32"]:
-            _fail(compact.path, f"data checksum mismatch: tensor '{name}' is damaged")
-    _fail(compact.path, "data checksum mismatch: padding between tensors is damaged")
+            fail(compact.path, f"data checksum mismatch: tensor '{name}' is damaged")
+    fail(compact.path, "data checksum mismatch: padding between tensors is damaged")

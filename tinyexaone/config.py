@@ -3,7 +3,7 @@
 `parse_config(dict)` / `load_config(path)` return an `Exaone4Config` whose every field is
 resolved: head_dim defaults to hidden/heads, the RoPE settings come from `rope_scaling` or the
 newer `rope_parameters` key, and each layer's kind (sliding or full attention) and whether it
-applies RoPE are decided by the rules of transformers (see EXAONE4-ARCHITECTURE.md §4-5):
+applies RoPE are decided by the rules of transformers:
 explicit `layer_types` first; a null `sliding_window` makes every layer full; then a string
 pattern such as "LLLG"; then an integer pattern n (layer i is full iff (i+1) mod n == 0); else
 all full. RoPE is applied when the model has no sliding window at all, or on sliding layers;

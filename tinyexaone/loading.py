@@ -1,36 +1,127 @@
-"""Opening a model: `load(path)` -> `Model`.
+"""Opening a model: the one loader, for every kind of model file.
 
-A path is a Hugging Face model directory (config.json plus model.safetensors or shards), or a
-compact file written by `tinyexaone quantize` (see compact.py: validated, then memory-mapped). The
-config is parsed and every tensor's presence, dtype and shape is checked against it before any
-weight data is read, so a wrong or damaged checkpoint fails fast with one line naming the
-problem. A directory with a tokenizer.json also gets its tokenizer as `Model.tokenizer`, read on
-first use (the tokenizer costs ~60 MB of memory that a forward-only user never needs).
+`load(path) -> ChatModel` and `open_model(path) -> (Model, tokenizer_loader)`. A path is a
+Hugging Face model directory (config.json plus model.safetensors or its shards) or a compact
+file written by `tinyexaone quantize`. Each kind is a source with a config and two ways to turn
+a `TensorSpec` of the tensor table (tensors.py) into a weight: a matrix (`MatrixWeight`) or a
+norm vector. `build_weights` asks the source for every tensor of the table, so both kinds fill
+`ModelWeights` the same way. Every header is read and validated once, before any weight byte is
+read: the directory's safetensors headers are checked against the table, the compact header
+against the table and its own checksums (compact.py). Matrices stay in the file's memory map:
+F32 as zero-copy float32 views, BF16 as `Bf16Weight` over the mapped bits, F16 widened up
+front, compact arrays as `QuantizedWeight` views. The tokenizer comes from the directory's
+files or the compact file's embedded texts, built on first use. A wrong or damaged model fails
+fast with one `TinyExaoneError` line naming the problem.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from .bf16 import Bf16Weight
+from .chat_model import ChatModel
 from .checkpoint import check_tensors, open_checkpoint
-from .compact import load_compact
-from .config import load_config
+from .compact import QUANTIZED_SCHEMES, CompactFile, open_compact
+from .config import Exaone4Config, load_config
 from .errors import TinyExaoneError
 from .model import Model
-from .weights import weights_from_checkpoint
+from .quantized import QuantizedWeight
+from .safetensors_file import fail
+from .tensors import TensorSpec, build_weights
+from .tokenizer import read_tokenizer_files, tokenizer_from_files
+from .weights import DenseWeight, MatrixWeight
+
+GGUF_MAGIC = b"GGUF"
 
 
-def load(path) -> Model:
-    """Load an EXAONE 4 model from a Hugging Face model directory or a compact file."""
+class DirectorySource:
+    """A Hugging Face model directory: config.json, safetensors file(s), tokenizer files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.config: Exaone4Config = load_config(path)
+        self.checkpoint = open_checkpoint(path)
+        check_tensors(self.config, self.checkpoint)
+
+    def matrix(self, spec: TensorSpec) -> MatrixWeight:
+        if self.checkpoint.entries[spec.name].dtype == "BF16":
+            return Bf16Weight(self.checkpoint.raw(spec.name))
+        return DenseWeight(self.checkpoint.float32(spec.name))
+
+    def norm(self, spec: TensorSpec) -> np.ndarray:
+        return self.checkpoint.float32(spec.name)
+
+    def tokenizer_loader(self):
+        if not (self.path / "tokenizer.json").exists():
+            return None
+        return lambda: tokenizer_from_files(read_tokenizer_files(self.path), str(self.path))
+
+
+class CompactSource:
+    """A compact file: its header (read once), memory-mapped arrays, embedded texts."""
+
+    def __init__(self, path: Path):
+        self.compact: CompactFile = open_compact(path)
+        self.config: Exaone4Config = self.compact.config
+
+    def _spec(self, spec: TensorSpec) -> dict:
+        return self.compact.quantization["tensors"][spec.name]
+
+    def matrix(self, spec: TensorSpec) -> MatrixWeight:
+        stored = self._spec(spec)
+        arrays = {key: self.compact.array(name) for key, name in stored["arrays"].items()}
+        try:
+            return QuantizedWeight.from_arrays(QUANTIZED_SCHEMES[stored["scheme"]], stored["group_size"], spec.shape,
+                                               arrays)
+        except TinyExaoneError as exc:
+            fail(self.compact.path, f"tensor '{spec.name}' has inconsistent quantized arrays ({exc})")
+
+    def norm(self, spec: TensorSpec) -> np.ndarray:
+        array = self.compact.array(self._spec(spec)["arrays"]["weight"])
+        if array.dtype != np.float32 or array.shape != spec.shape:
+            fail(self.compact.path, f"norm weight '{spec.name}' must be float32 of shape {list(spec.shape)}, "
+                                    f"the file holds {array.dtype} {list(array.shape)}")
+        return array
+
+    def tokenizer_loader(self):
+        files = self.compact.files
+        if "tokenizer.json" not in files:
+            return None
+        return lambda: tokenizer_from_files(files, f"{self.compact.path} (embedded files)")
+
+
+def open_source(path) -> DirectorySource | CompactSource:
     path = Path(path)
     if not path.exists():
         raise TinyExaoneError(f"{path}: no such file or directory")
-    if path.is_file():
-        return load_compact(path)
-    if not path.is_dir():
-        raise TinyExaoneError(f"{path}: not a model directory")
-    config = load_config(path)
-    checkpoint = open_checkpoint(path)
-    check_tensors(config, checkpoint)
-    tokenizer_source = path if (path / "tokenizer.json").exists() else None
-    return Model(config, weights_from_checkpoint(config, checkpoint), tokenizer_source=tokenizer_source)
+    if path.is_dir():
+        return DirectorySource(path)
+    if not path.is_file():
+        raise TinyExaoneError(f"{path}: not a model (neither a regular file nor a directory)")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(9)
+    except OSError as exc:
+        raise TinyExaoneError(f"{path}: cannot read ({exc.strerror})") from None
+    if start[:4] == GGUF_MAGIC:
+        raise TinyExaoneError(f"{path}: GGUF files are not supported yet; convert the Hugging Face model with "
+                              f"`tinyexaone quantize`")
+    if start[8:9] != b"{":  # a safetensors header's JSON begins right after its 8-byte length
+        raise TinyExaoneError(f"{path}: not a model (neither a tinyexaone compact file nor a Hugging Face model "
+                              f"directory)")
+    return CompactSource(path)
+
+
+def open_model(path) -> tuple[Model, object]:
+    """(Model, tokenizer_loader) for the model at `path`; tokenizer_loader() builds its tokenizer,
+    and is None when the model has none."""
+    source = open_source(path)
+    return Model(source.config, build_weights(source.config, source.matrix, source.norm)), source.tokenizer_loader()
+
+
+def load(path) -> ChatModel:
+    """Load an EXAONE 4 model from a Hugging Face model directory or a compact file."""
+    model, tokenizer_loader = open_model(path)
+    return ChatModel(model, tokenizer_loader=tokenizer_loader)

@@ -2,7 +2,7 @@
 
 `Model.forward(token_ids, cache)` returns logits [T, vocab] for T new tokens whose positions
 continue after what `cache` holds; prefill and decode run the same math. It follows
-transformers exactly (EXAONE4-ARCHITECTURE.md §3):
+transformers exactly (its `models/exaone4/modeling_exaone4.py`):
 
     h = E[ids]
     for each layer:
@@ -28,11 +28,8 @@ back to where it was (or emptied when a ring buffer cannot roll back), never lef
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from . import generation
 from .cache import KVCache, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
@@ -42,7 +39,6 @@ from .layer_kernels import (
 )
 from .quantized import matmul_fused
 from .rope import apply_rope, cos_sin, inverse_frequencies
-from .tokenizer import load_tokenizer
 from .weights import LayerWeights, ModelWeights
 
 QUERY_BLOCK = 256  # queries per attention block in prefill: bounds the score matrix's memory
@@ -88,28 +84,13 @@ def attention(
 
 
 class Model:
-    """An EXAONE 4 causal language model ready to run; see `tinyexaone.load`."""
+    """An EXAONE 4 causal language model: config, weights, `forward` and `new_cache`, nothing else.
+    `tinyexaone.load` wraps one with its tokenizer for generation (chat_model.py)."""
 
-    def __init__(self, config: Exaone4Config, weights: ModelWeights, tokenizer=None, tokenizer_source=None):
+    def __init__(self, config: Exaone4Config, weights: ModelWeights):
         self.config = config
         self.weights = weights
-        self._tokenizer = tokenizer
-        self._tokenizer_source = tokenizer_source  # a path load_tokenizer reads on first use
-        self._tokenizer_lock = threading.Lock()
         self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
-
-    @property
-    def tokenizer(self):
-        """The model's tokenizer, read from its files on first use (None when it has none)."""
-        if self._tokenizer is None and self._tokenizer_source is not None:
-            with self._tokenizer_lock:
-                if self._tokenizer is None:
-                    self._tokenizer = load_tokenizer(self._tokenizer_source)
-        return self._tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer) -> None:
-        self._tokenizer, self._tokenizer_source = tokenizer, None
 
     def new_cache(self, max_tokens: int | None = None) -> KVCache:
         """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""
@@ -212,26 +193,3 @@ class Model:
             silu_mul(gate, up, activated)
             add_rms_norm(h, layer.down_proj.matmul(activated), layer.post_feedforward_layernorm, eps)
         return rms_norm(h, w.norm, eps)  # [1, hidden]
-
-    # --- generation API: thin wrappers over generation.py (which needs self.tokenizer) ---
-
-    def generate(self, prompt, **options) -> generation.GenerationResult:
-        """Continue raw text (no chat template); see generation.py for the options."""
-        return generation.generate(self, prompt, **options)
-
-    def stream(self, prompt, **options) -> generation.TextStream:
-        """Like generate(), yielding text chunks; `.result` holds the GenerationResult at the end."""
-        return generation.stream(self, prompt, **options)
-
-    def chat(self, messages, tools=None, enable_thinking: bool = False, stream: bool = False, **options):
-        """One assistant reply to `messages` -> ChatResponse, or an iterator of events if `stream`."""
-        return generation.chat(self, messages, tools=tools, enable_thinking=enable_thinking, stream=stream, **options)
-
-    def chat_session(self, system: str | None = None, tools=None, enable_thinking: bool = False,
-                     **options) -> generation.ChatSession:
-        """A multi-turn conversation that reuses its KV cache between turns."""
-        return generation.ChatSession(self, system=system, tools=tools, enable_thinking=enable_thinking, **options)
-
-    def cancel(self) -> None:
-        """Stop every generation running on this model before its next forward pass."""
-        generation.cancel(self)

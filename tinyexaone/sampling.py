@@ -10,7 +10,8 @@ Penalties follow the usual definitions: repetition divides a positive logit by t
 multiplies a negative one (CTRL / transformers); presence subtracts a constant from every token
 already generated, frequency subtracts its count times the penalty (OpenAI). The draw uses one
 `numpy.random.Generator` per generation, seeded from `seed`, so the same seed, prompt and
-settings give the same tokens. Defaults follow the EXAONE 4.0 model card: temperature 0.5 and
+settings give the same tokens. `SamplingParams` checks its values against options.py's bounds.
+Defaults follow the EXAONE 4.0 model card: temperature 0.5 and
 top-p 0.95 without reasoning (the card asks for < 0.6), temperature 0.6 and top-p 0.95 with it.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TinyExaoneError
+from .options import check_option
 
 NEGLIGIBLE = 40.0  # log-probability gap below the best token at which a token cannot be drawn
 NON_REASONING_DEFAULTS = {"temperature": 0.5, "top_p": 0.95}
@@ -120,24 +121,10 @@ class SamplingParams:
     seed: int | None = None  # None = fresh entropy each generation
 
     def __post_init__(self):
-        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise TinyExaoneError(f"{name} must be a number, got {value!r}")
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool) and self.top_k >= 0,
-             "top_k must be an integer >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (np.isfinite(self.presence_penalty) and np.isfinite(self.frequency_penalty), "penalties must be finite"),
-            (self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
-             "seed must be a non-negative integer or None"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TinyExaoneError(f"{message} (got {self!r})")
+        for name in ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty", "seed"):
+            if not (name == "seed" and self.seed is None):
+                check_option(name, getattr(self, name))
 
 
 def _nucleus(weights: np.ndarray, p: float) -> np.ndarray:

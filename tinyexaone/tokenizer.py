@@ -1,11 +1,12 @@
 """The tokenizer: BPE from tokenizer.json, special tokens from the files, streaming decode, chat template.
 
-`load_tokenizer(path)` reads a Hugging Face directory (tokenizer files only are enough):
+`tokenizer_from_files(texts, source)` builds it in memory from the texts of the model's files:
 tokenizer.json (BPE, pre-tokenizer, added tokens -- run by the `tokenizers` library),
 tokenizer_config.json / special_tokens_map.json (which added tokens are bos/eos/pad/unk),
 generation_config.json (more end-of-sequence ids) and chat_template.jinja (or the
 `chat_template` entry of tokenizer_config.json). No token id is hard-coded here: everything
-is looked up in those files.
+is looked up in those files. `load_tokenizer(path)` takes those texts from a Hugging Face
+directory (tokenizer files only are enough) or from the files embedded in a compact file.
 
 `Tokenizer.encode(text)` / `decode(ids)` behave like transformers' `encode` / `decode` for the
 same files. `Tokenizer.detokenizer()` returns a `StreamingDetokenizer` for byte-level BPE: it
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import codecs
 import json
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders
 
 from .chat_template import compile_chat_template, render_chat_template
+from .compact import EMBEDDED_FILES as TOKENIZER_FILES
+from .compact import open_compact
 from .errors import TinyExaoneError
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -47,15 +49,16 @@ def byte_level_alphabet() -> dict[str, int]:
     return char_to_byte
 
 
-def _read_json(path: Path) -> dict:
-    if not path.exists():
+def _json_object(texts: dict[str, str], name: str, source: str) -> dict:
+    """The JSON object in texts[name] ({} when that file is absent)."""
+    if name not in texts:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TinyExaoneError(f"{path}: not readable JSON ({e})") from None
+        data = json.loads(texts[name])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise TinyExaoneError(f"{source}: {name} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise TinyExaoneError(f"{path}: expected a JSON object")
+        raise TinyExaoneError(f"{source}: {name} is not a JSON object")
     return data
 
 
@@ -184,44 +187,52 @@ class StreamingDetokenizer:
         return self._utf8.decode(b"", final=True)
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Load the tokenizer from a Hugging Face directory holding tokenizer.json (weights not needed)
-    or from the files embedded in a compact model file."""
-    path = Path(path)
-    if path.is_file():
-        return _load_embedded_tokenizer(path)
-    if not path.is_dir():
-        raise TinyExaoneError(f"{path}: not a directory with tokenizer files")
-    tokenizer_file = path / "tokenizer.json"
-    if not tokenizer_file.exists():
-        raise TinyExaoneError(f"{path}: no tokenizer.json")
+def read_tokenizer_files(directory: Path) -> dict[str, str]:
+    """The texts of the tokenizer files present in a Hugging Face directory, by file name. Only
+    regular files are read (a FIFO or device under such a name is refused, never opened)."""
+    texts = {}
+    for name in TOKENIZER_FILES:
+        path = directory / name
+        if not path.exists():
+            continue
+        if not path.is_file():
+            raise TinyExaoneError(f"{path}: not a regular file")
+        try:
+            texts[name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TinyExaoneError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return texts
+
+
+def tokenizer_from_files(texts: dict[str, str], source: str) -> Tokenizer:
+    """The tokenizer of a model from its files' texts (file name -> text, as `TOKENIZER_FILES`);
+    built in memory, so it serves texts embedded in a compact file as well as a directory's."""
+    if "tokenizer.json" not in texts:
+        raise TinyExaoneError(f"{source}: no tokenizer.json")
     try:
-        backend = BackendTokenizer.from_file(str(tokenizer_file))
+        backend = BackendTokenizer.from_str(texts["tokenizer.json"])
     except Exception as e:  # the tokenizers library raises plain Exception subclasses from Rust
-        raise TinyExaoneError(f"{tokenizer_file}: not a valid tokenizer file ({' '.join(str(e).split())})") from None
-    tokenizer_config = _read_json(path / "tokenizer_config.json")
-    template_file = path / "chat_template.jinja"
-    if template_file.exists():
-        chat_template = template_file.read_text(encoding="utf-8")
-    else:
+        raise TinyExaoneError(f"{source}: tokenizer.json is not a valid tokenizer file "
+                              f"({' '.join(str(e).split())[:200]})") from None
+    tokenizer_config = _json_object(texts, "tokenizer_config.json", source)
+    chat_template = texts.get("chat_template.jinja")
+    if chat_template is None:
         chat_template = tokenizer_config.get("chat_template")
         if isinstance(chat_template, list):  # [{"name": ..., "template": ...}, ...]
             named = {entry.get("name"): entry.get("template") for entry in chat_template if isinstance(entry, dict)}
             chat_template = named.get("default")
         if chat_template is not None and not isinstance(chat_template, str):
-            raise TinyExaoneError(f"{path}: chat_template in tokenizer_config.json is not text")
-    return Tokenizer(backend, tokenizer_config, _read_json(path / "special_tokens_map.json"),
-                     _read_json(path / "generation_config.json"), chat_template, source=str(path))
+            raise TinyExaoneError(f"{source}: chat_template in tokenizer_config.json is not text")
+    return Tokenizer(backend, tokenizer_config, _json_object(texts, "special_tokens_map.json", source),
+                     _json_object(texts, "generation_config.json", source), chat_template, source=source)
 
 
-def _load_embedded_tokenizer(path: Path) -> Tokenizer:
-    from .compact import extract_embedded_files, open_compact  # compact.py imports model.py, which imports us
-
-    compact = open_compact(path)
-    if "tokenizer.json" not in compact.metadata:
-        raise TinyExaoneError(f"{path}: the compact file embeds no tokenizer.json")
-    with tempfile.TemporaryDirectory(prefix="tinyexaone-tokenizer-") as directory:
-        try:
-            return load_tokenizer(extract_embedded_files(compact, directory))
-        except TinyExaoneError as exc:  # name the compact file, not the temporary directory
-            raise TinyExaoneError(str(exc).replace(directory, f"{path} (embedded files)")) from None
+def load_tokenizer(path) -> Tokenizer:
+    """Load the tokenizer from a Hugging Face directory holding tokenizer.json (weights not needed)
+    or from the files embedded in a compact model file."""
+    path = Path(path)
+    if path.is_file():
+        return tokenizer_from_files(open_compact(path).files, f"{path} (embedded files)")
+    if not path.is_dir():
+        raise TinyExaoneError(f"{path}: not a directory with tokenizer files")
+    return tokenizer_from_files(read_tokenizer_files(path), str(path))

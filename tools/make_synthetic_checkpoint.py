@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyexaone.config import parse_config
 from tinyexaone.quant.synthetic import EXAONE_4_0_1_2B as SYNTHETIC_1_2B
-
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
-)
+from tinyexaone.tensors import model_tensors
+from tinyexaone.tokenizer import TOKENIZER_FILES
 SLICE_ELEMENTS = 1 << 22
 
 # the real EXAONE-4.0-1.2B config.json, as the runtime's synthetic-model writer keeps it
@@ -35,23 +34,8 @@ EXAONE_4_0_1_2B = dict(SYNTHETIC_1_2B, initializer_range=0.02, torch_dtype="bflo
 
 
 def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of an EXAONE 4 checkpoint, in the Hugging Face file's order."""
-    h, d = config["hidden_size"], config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    q_out, kv_out, mlp = config["num_attention_heads"] * d, config["num_key_value_heads"] * d, config["intermediate_size"]
-    shapes = {"model.embed_tokens.weight": (config["vocab_size"], h)}
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "mlp.down_proj.weight": (h, mlp), p + "mlp.gate_proj.weight": (mlp, h), p + "mlp.up_proj.weight": (mlp, h),
-            p + "post_attention_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,),
-            p + "self_attn.k_norm.weight": (d,), p + "self_attn.k_proj.weight": (kv_out, h),
-            p + "self_attn.o_proj.weight": (h, q_out), p + "self_attn.q_norm.weight": (d,),
-            p + "self_attn.q_proj.weight": (q_out, h), p + "self_attn.v_proj.weight": (kv_out, h),
-        })
-    shapes["model.norm.weight"] = (h,)
-    if not config.get("tie_word_embeddings", False):
-        shapes["lm_head.weight"] = (config["vocab_size"], h)
-    return shapes
+    """Names and shapes of an EXAONE 4 checkpoint, in the Hugging Face file's order (the tensor table)."""
+    return {name: spec.shape for name, spec in model_tensors(parse_config(config)).items()}
 
 
 def _to_bf16(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,310 @@
+"""Chat over the token loop: one assistant turn as a stream of events, and sessions that keep a cache.
+
+`ChatTurn(model, tokenizer, messages, tools, enable_thinking, options, template_kwargs, cache,
+cached_ids, token)` renders the model's chat template when it is made (so a bad conversation
+fails before anything streams) and `events()` generates the reply: "reasoning" and "content"
+deltas, "tool_call" and "tool_call_error" entries, and a final "done" carrying the OpenAI-shaped
+assistant message {"role", "content", "reasoning_content", "tool_calls", "tool_call_errors"},
+finish_reason, usage, stats and tokens. Malformed or unknown tool calls land in
+"tool_call_errors", never in an exception. String tool-call arguments in the history (OpenAI
+style) are rendered as the objects they encode, the way the model wrote them.
+`reasoning_budget=N` forces "\n</think>\n\n" after N reasoning tokens so the model moves on to
+its answer. Once `events()` ends -- finished, abandoned (closed) or interrupted
+(KeyboardInterrupt) -- the turn says what it left: `message` (what was generated so far; None
+only when it failed with an error), `cached_ids` (exactly what the cache holds) and
+`prefilled`.
+
+`ChatSession` keeps one KV cache across turns. Each turn re-renders the whole conversation,
+keeps the longest common token prefix with what the cache holds and prefills only the rest;
+after each turn the session takes the turn's outcome into its history. Its methods are the only
+way its history changes (`send`, `reset`, `set_system`, `set_thinking`, `replace_messages`,
+`truncate`, `append`). `ChatStream` is a streamed turn: an iterator of events with `cancel()`,
+which stops that turn only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from time import perf_counter
+
+from .errors import TinyExaoneError
+from .generation import CancelToken, Options, Run, make_options
+from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
+
+REASONING_END = "\n</think>\n\n"  # what the template writes after reasoning; forced by reasoning_budget
+RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class ChatResponse:
+    message: dict  # OpenAI-shaped assistant message; append it to the conversation as is
+    finish_reason: str  # "stop" | "length" | "tool_calls" | "cancelled"
+    usage: dict  # prompt_tokens, completion_tokens, total_tokens
+    stats: dict
+    tokens: list[int]  # generated (and forced) token ids, as in GenerationResult
+
+
+def arguments_as_objects(messages) -> list:
+    """OpenAI clients send tool-call arguments as JSON strings; the template must see objects,
+    or it would render them as a quoted string instead of what the model wrote."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls:
+            message = copy.deepcopy(message)
+            for call in message["tool_calls"]:
+                target = call.get("function", call) if isinstance(call, dict) else None
+                if isinstance(target, dict) and isinstance(target.get("arguments"), str):
+                    try:
+                        target["arguments"] = json.loads(target["arguments"])
+                    except (json.JSONDecodeError, RecursionError):
+                        pass
+        out.append(message)
+    return out
+
+
+class ChatTurn:
+    """One assistant reply to `messages`; see the module docstring."""
+
+    def __init__(self, model, tokenizer, messages, tools, enable_thinking: bool, options: Options,
+                 template_kwargs, cache, cached_ids, token: CancelToken):
+        self.started = perf_counter()
+        template_kwargs = dict(template_kwargs or {})
+        clash = sorted(set(template_kwargs) & set(RESERVED_TEMPLATE_KWARGS))
+        if clash:
+            raise TinyExaoneError(f"template_kwargs may not set {clash[0]!r}: pass it as its own argument")
+        self.prompt = tokenizer.apply_chat_template(arguments_as_objects(messages), tools=tools,
+                                                    add_generation_prompt=True, enable_thinking=enable_thinking,
+                                                    **template_kwargs)
+        self.prompt_ids = tokenizer.encode(self.prompt, add_special_tokens=False)
+        self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
+        self.cache, self.history = cache, list(messages)
+        self.known_tools = tool_names(tools)
+        self.splitter = OutputSplitter(starts_in_reasoning(self.prompt))
+        self.parts = {"reasoning": [], "content": []}
+        self.calls, self.errors = [], []
+        self.reasoning_tokens, self.budget_spent = 0, False
+        self.run: Run | None = None
+        self.message: dict | None = None
+        self._cached_at_start = list(cached_ids)
+
+    @property
+    def cached_ids(self) -> list[int]:
+        return list(self.run.decoder.ids) if self.run is not None else self._cached_at_start
+
+    @property
+    def prefilled(self) -> int:
+        return self.run.prefilled if self.run is not None else 0
+
+    def events(self):
+        """Generate the reply, yielding event dicts; the last one is "done"."""
+        self.run = Run(self.model, self.tokenizer, self.cache, self._cached_at_start, self.prompt_ids, self.options,
+                       self.token, self.started)
+        try:
+            yield from self._generate()
+        except (GeneratorExit, KeyboardInterrupt):  # abandoned or interrupted: keep what was generated
+            self.message = self._message()
+            raise
+
+    def _generate(self):
+        self._close_reasoning_if_over_budget()
+        for token, text, forced in self.run:
+            if token is not None and not forced and self.splitter.state == "reasoning":
+                self.reasoning_tokens += 1
+            for kind, value in self.splitter.feed(text):
+                yield self._event(kind, value)
+            self._close_reasoning_if_over_budget()
+        for kind, value in self.splitter.finish():
+            yield self._event(kind, value)
+        self.message = self._message()
+        yield self._done()
+
+    def _close_reasoning_if_over_budget(self) -> None:
+        budget = self.options.reasoning_budget
+        if (budget is not None and not self.budget_spent and self.splitter.state == "reasoning"
+                and self.reasoning_tokens >= budget):
+            self.run.force(self.tokenizer.encode(REASONING_END, add_special_tokens=False))
+            self.budget_spent = True
+
+    def _event(self, kind: str, value: str) -> dict:
+        if kind in self.parts:
+            self.parts[kind].append(value)
+            return {"type": kind, "delta": value}
+        entry = parse_tool_call(value, self.known_tools, terminated=kind == "tool_call")
+        if "error" in entry:
+            self.errors.append(entry)
+            return {"type": "tool_call_error", "error": entry}
+        self.calls.append(entry)
+        return {"type": "tool_call", "tool_call": entry}
+
+    def _message(self) -> dict:
+        content = "".join(self.parts["content"])
+        return {
+            "role": "assistant",
+            "content": content if content or not self.calls else None,
+            "reasoning_content": "".join(self.parts["reasoning"]) or None,
+            "tool_calls": list(self.calls),
+            "tool_call_errors": list(self.errors),
+        }
+
+    def _done(self) -> dict:
+        run = self.run
+        finish = "tool_calls" if self.calls and run.finish_reason == "stop" else run.finish_reason
+        stats = run.stats()
+        usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["generated_tokens"],
+                 "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"]}
+        return {"type": "done", "message": self.message, "finish_reason": finish, "usage": usage, "stats": stats,
+                "tokens": list(run.tokens)}
+
+
+class ChatStream:
+    """The events of one streamed turn; `cancel()` stops this turn (and no other) before its next
+    forward pass, `close()` abandons it (keeping what was generated)."""
+
+    def __init__(self, events, token: CancelToken):
+        self._events = events
+        self._token = token
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._events)
+
+    def cancel(self) -> None:
+        self._token.cancel()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def collect(events) -> ChatResponse:
+    """Run a turn's events to the end; its ChatResponse."""
+    done = None
+    for event in events:
+        if event["type"] == "done":
+            done = event
+    return ChatResponse(done["message"], done["finish_reason"], done["usage"], done["stats"], done["tokens"])
+
+
+def as_messages(message) -> list[dict]:
+    """A user message (str), a message dict or a list of them, as a list of message dicts."""
+    if isinstance(message, str):
+        return [{"role": "user", "content": message}]
+    if isinstance(message, dict):
+        return [message]
+    if isinstance(message, (list, tuple)) and all(isinstance(m, dict) for m in message):
+        return list(message)
+    raise TinyExaoneError("send() takes a str, a message dict or a list of message dicts")
+
+
+class ChatSession:
+    """A conversation that keeps its KV cache between turns (see the module docstring).
+
+    `send(message, stream=False, **options)` appends a user message (a str), a message dict or a
+    list of them (e.g. tool results {"role": "tool", "content": ...}), generates the assistant's
+    reply and appends it to `messages`. A cancelled or abandoned turn keeps what was generated.
+    """
+
+    def __init__(self, chat_model, system: str | None = None, tools=None, enable_thinking: bool = False,
+                 context_size: int | None = None, template_kwargs: dict | None = None, **options):
+        self._chat_model = chat_model
+        self._tokenizer = chat_model.require_tokenizer()
+        make_options(enable_thinking, **options)  # fail now on bad defaults
+        self.system = system
+        self.tools = tools
+        self.enable_thinking = enable_thinking
+        self.template_kwargs = template_kwargs
+        self.default_options = dict(options)
+        self.cache = chat_model.model.new_cache(context_size)
+        self._turn: ChatTurn | None = None
+        self._busy = False
+        self.reset()
+
+    @property
+    def context_size(self) -> int:
+        return self.cache.max_tokens
+
+    # --- the conversation ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays) and empty the cache."""
+        self._check_idle("reset")
+        self.messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.cache.reset()
+        self.cached_ids: list[int] = []
+        self.last_prefilled_tokens = 0
+
+    def set_system(self, text: str | None) -> None:
+        """Set (or with None remove) the system prompt, at the head of the conversation."""
+        self._check_idle("change the system prompt")
+        self.system = text
+        if self.messages and self.messages[0].get("role") == "system":
+            self.messages.pop(0)
+        if text is not None:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+    def set_thinking(self, enabled: bool) -> None:
+        self.enable_thinking = bool(enabled)
+
+    def replace_messages(self, messages: list[dict]) -> None:
+        """Continue another conversation: its messages (a leading system message sets the system prompt)."""
+        self._check_idle("replace the conversation")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
+                raise TinyExaoneError(f"message {i} has no valid role (one of {', '.join(ROLES)})")
+        self.system = messages[0].get("content") if messages and messages[0]["role"] == "system" else None
+        self.messages = list(messages)
+
+    def truncate(self, count: int) -> list[dict]:
+        """Keep the first `count` messages; returns those removed."""
+        self._check_idle("truncate the conversation")
+        removed, self.messages = self.messages[count:], self.messages[:count]
+        return removed
+
+    def append(self, message: dict) -> None:
+        """Add a message that no turn generated (e.g. a tool result after an interrupted tool call)."""
+        self._check_idle("add a message")
+        self.messages.append(dict(message))
+
+    # --- turns -------------------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop this session's running turn before its next forward pass."""
+        if self._turn is not None:
+            self._turn.token.cancel()
+
+    def send(self, message, stream: bool = False, **options):
+        self._check_idle("start a turn")
+        new = as_messages(message)
+        opts = make_options(self.enable_thinking, **{**self.default_options, **options})
+        token = self._chat_model.runs.new_token(opts.cancel)
+        turn = ChatTurn(self._chat_model.model, self._tokenizer, self.messages + new, self.tools,
+                        self.enable_thinking, opts, self.template_kwargs, self.cache, self.cached_ids, token)
+        self._turn = turn
+        events = self._events(turn)
+        return ChatStream(events, token) if stream else collect(events)
+
+    def _events(self, turn: ChatTurn):
+        self._check_idle("start a turn")
+        self._busy = True
+        try:
+            yield from turn.events()
+        finally:
+            self._busy = False
+            self._take(turn)
+
+    def _take(self, turn: ChatTurn) -> None:
+        """What a finished, abandoned or failed turn leaves: the cache's ids, and its reply if it has one."""
+        self.cached_ids = turn.cached_ids
+        self.last_prefilled_tokens = turn.prefilled
+        if turn.message is not None:
+            self.messages = turn.history + [turn.message]
+
+    def _check_idle(self, action: str) -> None:
+        if self._busy:
+            raise TinyExaoneError(f"cannot {action} while a turn of this session is streaming; finish, cancel "
+                                  f"or close it first")

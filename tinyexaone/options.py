@@ -1,0 +1,67 @@
+"""The bounds of every numeric generation option, in one table used by the API and the CLI alike.
+
+`OPTION_BOUNDS` maps each option name (temperature, top_p, ..., max_new_tokens, context_size)
+to a `Bound`: int or float, an optional low end (open or closed) and high end. `check_option
+(name, value, label)` returns the value when it is within its bound (a float option takes any
+finite int or float, an int option any int, never a bool) and otherwise raises one
+`TinyExaoneError` line: "invalid value for LABEL: VALUE (must be ...)", where LABEL is the
+option's name in the API or its flag in the CLI. `SamplingParams`, `generation.make_options`
+and the CLI's flags all check through here, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import TinyExaoneError
+
+
+@dataclass(frozen=True)
+class Bound:
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the low end itself is excluded
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"<= {self.high}"
+
+    def admits(self, value) -> bool:
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        kinds = (int, np.integer) if self.kind is int else (int, float, np.integer, np.floating)
+        if not isinstance(value, kinds) or (self.kind is float and not math.isfinite(value)):
+            return False
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        return not too_low and not (self.high is not None and value > self.high)
+
+
+OPTION_BOUNDS = {
+    "temperature": Bound(float, 0),  # 0 = greedy
+    "top_k": Bound(int, 0),  # 0 = off
+    "top_p": Bound(float, 0, 1, low_open=True),  # 1 = off
+    "min_p": Bound(float, 0, 1),  # 0 = off
+    "presence_penalty": Bound(float, -2, 2),  # OpenAI's range
+    "frequency_penalty": Bound(float, -2, 2),
+    "repetition_penalty": Bound(float, 0, low_open=True),  # 1 = off
+    "seed": Bound(int, 0),
+    "max_new_tokens": Bound(int, 1),
+    "reasoning_budget": Bound(int, 0),
+    "context_size": Bound(int, 1),
+}
+
+
+def check_option(name: str, value, label: str | None = None):
+    """`value` if it is within OPTION_BOUNDS[name], else a one-line TinyExaoneError."""
+    bound = OPTION_BOUNDS[name]
+    if not bound.admits(value):
+        kind = "an integer" if bound.kind is int else "a finite number"
+        raise TinyExaoneError(f"invalid value for {label or name}: {value!r:.40} (must be {kind} {bound.describe()})")
+    return value
