@@ -10,11 +10,10 @@ which differ with thinking on and off). `apply_threads(n)` maps --threads onto N
 
 from __future__ import annotations
 
-import math
-
 import click
 
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.options import OPTION_BOUNDS, check_option
 
 # flag parameter name -> generation API option
 API_NAMES = {
@@ -26,39 +25,31 @@ API_NAMES = {
 
 
 class Number(click.ParamType):
-    """An int or float flag value within bounds; a bad value is a one-line TinyExaoneError."""
+    """A flag value checked against the API's bound for `option` (tinyexaone.options); a bad value
+    is a one-line TinyExaoneError naming the flag. With `zero_is_default`, 0 is also accepted
+    (the flag's "use the model's default")."""
 
-    def __init__(self, kind: type, low=None, high=None, low_open: bool = False):
-        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
-        self.name = "integer" if kind is int else "number"
+    def __init__(self, option: str, zero_is_default: bool = False):
+        self.option = option
+        self.zero_is_default = zero_is_default
+        self.kind = OPTION_BOUNDS[option].kind
+        self.name = "integer" if self.kind is int else "number"
 
     def get_metavar(self, param, ctx=None) -> str:
         return "N" if self.kind is int else "X"
 
-    def _bounds(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"<= {self.high}"
-
     def convert(self, value, param, ctx):
-        if isinstance(value, self.kind) and not isinstance(value, bool):
-            number = value
-        else:
+        number = value
+        if isinstance(value, str):
             try:
-                number = self.kind(str(value).strip())
+                number = self.kind(value.strip())
             except ValueError:
                 article = "an" if self.kind is int else "a"
-                raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not {article} "
+                raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r:.40} is not {article} "
                                       f"{self.name}") from None
-        if self.kind is float and not math.isfinite(number):
-            raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} is not a finite number")
-        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
-        too_high = self.high is not None and number > self.high
-        if too_low or too_high:
-            raise TinyExaoneError(f"invalid value for {param.opts[0]}: {value!r} (must be {self._bounds()})")
-        return number
+        if self.zero_is_default and number == 0:
+            return 0
+        return check_option(self.option, number, label=param.opts[0], shown=repr(value)[:40])
 
 
 def generation_options(command):
@@ -70,28 +61,28 @@ def generation_options(command):
         click.option("--system", metavar="TEXT", default=None, help="System prompt."),
         click.option("--think/--no-think", default=False, show_default=True,
                      help="Let the model reason before answering (EXAONE's thinking mode)."),
-        click.option("--temperature", "--temp", type=Number(float, 0), default=None,
+        click.option("--temperature", "--temp", type=Number("temperature"), default=None,
                      help="Sampling temperature; 0 = greedy (default 0.5, 0.6 with --think)."),
-        click.option("--top-p", type=Number(float, 0, 1, low_open=True), default=None,
+        click.option("--top-p", type=Number("top_p"), default=None,
                      help="Nucleus sampling mass (default 0.95)."),
-        click.option("--top-k", type=Number(int, 0), default=None, help="Keep the k most likely tokens; 0 = off."),
-        click.option("--min-p", type=Number(float, 0, 1), default=None,
+        click.option("--top-k", type=Number("top_k"), default=None, help="Keep the k most likely tokens; 0 = off."),
+        click.option("--min-p", type=Number("min_p"), default=None,
                      help="Drop tokens below min-p times the top probability; 0 = off."),
-        click.option("--presence-penalty", type=Number(float, -2, 2), default=None,
+        click.option("--presence-penalty", type=Number("presence_penalty"), default=None,
                      help="Penalty for tokens already generated (OpenAI style)."),
-        click.option("--frequency-penalty", type=Number(float, -2, 2), default=None,
+        click.option("--frequency-penalty", type=Number("frequency_penalty"), default=None,
                      help="Penalty per repetition of a generated token (OpenAI style)."),
-        click.option("--repetition-penalty", "--repeat-penalty", type=Number(float, 0, low_open=True), default=None,
+        click.option("--repetition-penalty", "--repeat-penalty", type=Number("repetition_penalty"), default=None,
                      help="Divide the logits of tokens already seen (1 = off)."),
-        click.option("--seed", "-s", type=Number(int, 0), default=None,
+        click.option("--seed", "-s", type=Number("seed"), default=None,
                      help="Random seed: the same seed and settings give the same output."),
-        click.option("--max-tokens", "-n", type=Number(int, 1), default=None,
+        click.option("--max-tokens", "-n", type=Number("max_new_tokens"), default=None,
                      help="Most tokens per reply (default 1024)."),
-        click.option("--ctx-size", "-c", type=Number(int, 0), default=0, show_default=True,
+        click.option("--ctx-size", "-c", type=Number("context_size", zero_is_default=True), default=0, show_default=True,
                      help="Context size in tokens; 0 = the model's maximum."),
-        click.option("--threads", "-t", type=Number(int, 1), default=None,
+        click.option("--threads", "-t", type=Number("threads"), default=None,
                      help="Threads for the Numba kernels (at most what Numba started with)."),
-        click.option("--reasoning-budget", type=Number(int, 0), default=None,
+        click.option("--reasoning-budget", type=Number("reasoning_budget"), default=None,
                      help="Close the reasoning after N tokens and make the model answer (with --think)."),
     ]
     for flag in reversed(flags):

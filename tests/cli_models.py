@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from tinyexaone.chat_model import ChatModel
+from tinyexaone.config import parse_config
+from tinyexaone.tensors import model_tensors
+from tinyexaone.tokenizer import TOKENIZER_FILES
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "exaone-4.0-1.2b"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "chat_template.jinja")
 TINY_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, max_position_embeddings=2048)
 
@@ -43,27 +46,14 @@ def build_tiny_chat_model(directory: Path, seed: int = 0) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copyfile(FIXTURE / name, directory / name)
     rng = np.random.default_rng(seed)
-    h, d, vocab = config["hidden_size"], config["head_dim"], config["vocab_size"]
-    q_out, kv_out = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-    mlp = config["intermediate_size"]
-
     def matrix(rows, cols):
         return (0.3 * rng.standard_normal((rows, cols))).astype(np.float32)
 
     def norm(size):
         return (1.0 + 0.2 * rng.standard_normal(size)).astype(np.float32)
 
-    tensors = {"model.embed_tokens.weight": matrix(vocab, h), "model.norm.weight": norm(h)}
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        tensors.update({
-            p + "self_attn.q_proj.weight": matrix(q_out, h), p + "self_attn.k_proj.weight": matrix(kv_out, h),
-            p + "self_attn.v_proj.weight": matrix(kv_out, h), p + "self_attn.o_proj.weight": matrix(h, q_out),
-            p + "self_attn.q_norm.weight": norm(d), p + "self_attn.k_norm.weight": norm(d),
-            p + "post_attention_layernorm.weight": norm(h), p + "post_feedforward_layernorm.weight": norm(h),
-            p + "mlp.gate_proj.weight": matrix(mlp, h), p + "mlp.up_proj.weight": matrix(mlp, h),
-            p + "mlp.down_proj.weight": matrix(h, mlp),
-        })
+    specs = model_tensors(parse_config(config)).values()
+    tensors = {spec.name: matrix(*spec.shape) if spec.is_matrix else norm(spec.shape[0]) for spec in specs}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
 
@@ -119,7 +109,7 @@ class ListCache:
 
 
 class ScriptedChatModel:
-    """Duck-typed Model whose k-th assistant reply is `replies[k]` (then EOS), token by token.
+    """Stand-in for a pure Model (config, new_cache, forward) whose k-th assistant reply is `replies[k]` (then EOS), token by token.
 
     The reply being written is chosen by how many generation prompts ("[|assistant|]\\n" plus the
     think block) the ids hold, and the position in it by the tokens after the last one; the
@@ -162,6 +152,4 @@ class ScriptedChatModel:
         return logits[-1:] if last_only else logits
 
     def chat_session(self, **kwargs):
-        from tinyexaone.generation import ChatSession
-
-        return ChatSession(self, **kwargs)
+        return ChatModel(self, self.tokenizer).chat_session(**kwargs)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tinyexaone.bf16 import Bf16Weight, bf16_matmul_rows, bf16_matmul_rows_numpy, bf16_matmul_rows_serial, widen_numpy
+from tinyexaone.bf16 import Bf16Weight, bf16_matmul_rows, bf16_matmul_rows_numpy, bf16_matmul_rows_serial
+from tinyexaone.safetensors_file import widen_bf16
 from tinyexaone.kernels import chunk_count
 
 
@@ -22,7 +23,7 @@ def test_kernel_matches_numpy_twin(rows, out_dim, in_dim):
     bf16_matmul_rows(bits, x, out, chunk_count(out_dim))
     bf16_matmul_rows_serial(bits, x, serial)
     expected = bf16_matmul_rows_numpy(bits, x)
-    scale = np.abs(x) @ np.abs(widen_numpy(bits)).T
+    scale = np.abs(x) @ np.abs(widen_bf16(bits)).T
     assert np.all(np.abs(out - expected) <= 1e-5 * scale), f"seed {seed}"
     assert np.all(np.abs(serial - expected) <= 1e-5 * scale), f"seed {seed}"
 
@@ -35,13 +36,13 @@ def test_weight_matmul_and_rows(rows):
     bits.setflags(write=False)  # like a read-only memory map: never written
     weight = Bf16Weight(bits)
     x = rng.standard_normal((rows, 96)).astype(np.float32)
-    expected = x.astype(np.float64) @ widen_numpy(bits).astype(np.float64).T
+    expected = x.astype(np.float64) @ widen_bf16(bits).astype(np.float64).T
     np.testing.assert_allclose(weight.matmul(x), expected, rtol=1e-4, atol=1e-4, err_msg=f"seed {seed}")
     ids = np.array([0, 300, 7])
-    np.testing.assert_array_equal(weight.rows(ids), widen_numpy(bits)[ids])
+    np.testing.assert_array_equal(weight.rows(ids), widen_bf16(bits)[ids])
 
 
 def test_widening_is_exact():
     values = np.array([1.0, -2.5, 0.0, -0.0, np.inf, -np.inf, 2.0**127, 2.0**-126, 2.0**-133], np.float32)
     bits = (values.view(np.uint32) >> 16).astype(np.uint16)
-    np.testing.assert_array_equal(widen_numpy(bits), values)
+    np.testing.assert_array_equal(widen_bf16(bits), values)

@@ -9,6 +9,7 @@ decode, then checking the session still gives exactly what a fresh one gives).
 
 import json
 import os
+from pathlib import Path
 import re
 import signal
 import sys
@@ -29,6 +30,7 @@ STATS = re.compile(r"\[ prompt (\d+) tok(?: \((\d+) cached\))?, [\d.]+ tok/s \| 
                    r"first token [\d.]+ s \]")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TIMEOUT = 90
+SLOW_CLI = Path(__file__).resolve().parent / "slow_cli.py"
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,10 @@ def model_args(model_dir):
 
 
 def spawn(tmp_path, args, delay=None):
-    env = cli_env(tmp_path)
-    if delay is not None:
-        env["TINYEXAONE_TEST_REPLY_DELAY"] = str(delay)
-    child = pexpect.spawn(sys.executable, ["-m", "tinyexaone", *one_thread(["chat", *args])], cwd=str(tmp_path),
-                          env=env, encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250))
+    """`tinyexaone chat ARGS` in a pseudo-terminal; with `delay`, each forward pass waits that long."""
+    launcher = ["-m", "tinyexaone"] if delay is None else [str(SLOW_CLI), str(delay)]
+    child = pexpect.spawn(sys.executable, [*launcher, *one_thread(["chat", *args])], cwd=str(tmp_path),
+                          env=cli_env(tmp_path), encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250))
     child.logfile_read = open(tmp_path / "screen.log", "a", encoding="utf-8")
     return child
 
@@ -394,7 +395,7 @@ def test_conversation_files_are_checked():
 def test_ctrl_c_in_prefill_and_decode_leaves_the_session_usable(tmp_path, capsys, monkeypatch):
     model = load(build_tiny_chat_model(tmp_path / "tiny", seed=1))
     options = dict(temperature=0, max_new_tokens=6)
-    weight = model.weights.layers[1].q_proj  # runs once per forward pass, after layer 0 has filled its cache
+    weight = model.model.weights.layers[1].q_proj  # runs once per forward pass, after layer 0 has filled its cache
     matmul = weight.matmul
     plan = {"calls": 0, "presses": {}}
 

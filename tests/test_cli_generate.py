@@ -133,7 +133,7 @@ def test_errors_are_one_line_with_exit_code_2(run, model_dir, tmp_path):
     (["--ctx-size", "99999999"], "invalid value for --ctx-size: 99999999 (this model handles at most"),
     (["--threads", "0"], "invalid value for --threads"),
     (["--seed", "1.5"], "invalid value for --seed"),
-    (["--min-p", "nan"], "is not a finite number"),
+    (["--min-p", "nan"], "'nan' (must be a finite number in [0, 1])"),
     (["--raw", "--think"], "need the chat template"),
     (["--prompt", "  "], "the prompt is empty"),
 ])

@@ -27,7 +27,7 @@ from byte_mutations import BYTE_MUTATIONS, header_intact, header_length, mutate_
 
 import tinyexaone
 from tinyexaone.cli.main import main
-from tinyexaone.compact import embedded_files, extract_embedded_files, open_compact, verify_data
+from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.errors import TinyExaoneError
 from tinyexaone.quant.convert import convert
 from tinyexaone.model import Model
@@ -156,7 +156,7 @@ def test_safetensors_library_reads_the_file(compact):
 
 def test_the_file_holds_exactly_what_quantize_produces(compact, source):
     ckpt = tinyexaone.checkpoint.open_checkpoint(source)
-    model = tinyexaone.load(compact)
+    model = tinyexaone.load(compact).model
     layer = model.weights.layers[1]
     for name, weight, bits, group in [
         ("model.layers.1.mlp.gate_proj.weight", layer.gate_proj, 4, 32),
@@ -172,7 +172,7 @@ def test_the_file_holds_exactly_what_quantize_produces(compact, source):
 
 
 def test_weights_are_read_only_views_of_one_memory_map(compact):
-    model = tinyexaone.load(compact)
+    model = tinyexaone.load(compact).model
     layer = model.weights.layers[0]
     for array in [layer.q_norm, model.weights.norm, *layer.up_proj.arrays.values(),
                   *model.weights.embed_tokens.arrays.values()]:
@@ -183,7 +183,7 @@ def test_weights_are_read_only_views_of_one_memory_map(compact):
 
 def test_compact_model_computes_the_float_model_of_its_dequantized_weights(compact):
     """Same forward pass: the compact model equals a float32 model holding the dequantized matrices."""
-    model = tinyexaone.load(compact)
+    model = tinyexaone.load(compact).model
     w = model.weights
     dense = lambda q: DenseWeight(q.dequantize())  # noqa: E731
     layers = [
@@ -200,12 +200,10 @@ def test_compact_model_computes_the_float_model_of_its_dequantized_weights(compa
 # --- embedded files and the tokenizer ------------------------------------------------------------------------
 
 
-def test_embedded_files_round_trip(compact, source, tmp_path):
-    files = embedded_files(compact)
+def test_embedded_files_round_trip(compact, source):
+    files = open_compact(compact).files
     assert list(files) == ["config.json"]
     assert json.loads(files["config.json"]) == json.loads((source / "config.json").read_text())
-    extract_embedded_files(compact, tmp_path)
-    assert (tmp_path / "config.json").read_text() == files["config.json"]
     assert tinyexaone.load(compact).tokenizer is None
 
 
@@ -217,7 +215,7 @@ def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
         shutil.copyfile(FIXTURE_TOKENIZER / name, src / name)
     out = tmp_path / "with-tokenizer.tx"
     convert(src, out, bits=8, group_size=128, show_progress=False)
-    files = embedded_files(out)
+    files = open_compact(out).files
     for name in names:  # JSON files are stored minified
         text = (src / name).read_text(encoding="utf-8")
         assert json.loads(files[name]) == json.loads(text) if name.endswith(".json") else files[name] == text, name

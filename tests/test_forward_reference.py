@@ -128,7 +128,7 @@ def test_interrupted_forward_leaves_cache_usable(built, monkeypatch):
     cache = model.new_cache()
     model.forward(ids[:20], cache)
     calls = {"n": 0}
-    original = model._mlp_block
+    original = model.model._mlp_block
 
     def interrupt_in_second_layer(layer, h):
         calls["n"] += 1
@@ -136,7 +136,7 @@ def test_interrupted_forward_leaves_cache_usable(built, monkeypatch):
             raise KeyboardInterrupt
         return original(layer, h)
 
-    monkeypatch.setattr(model, "_mlp_block", interrupt_in_second_layer)
+    monkeypatch.setattr(model.model, "_mlp_block", interrupt_in_second_layer)
     with pytest.raises(KeyboardInterrupt):
         model.forward(ids[20:25], cache)
     monkeypatch.undo()

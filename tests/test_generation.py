@@ -1,6 +1,6 @@
 """The generation API: stop conditions, chat parsing, reasoning budget, cancel and sessions.
 
-Loop logic runs on `ScriptedModel`, a stand-in whose forward() puts all probability on the
+Loop logic runs on `scripted_model`, a ChatModel over a stand-in whose forward() puts all probability on the
 token a script says comes next, so every stop condition can be hit on purpose. Prompt reuse,
 seeding and greedy decoding run on tiny transformers-built EXAONE models that carry the real
 EXAONE tokenizer (vocab 102,400, hidden size 16), checked against transformers and against a
@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 import tinyexaone
-from tinyexaone import TinyExaoneError, generation, load_tokenizer
-from tinyexaone.generation import ChatSession, chat, generate, stream
+from tinyexaone import ChatModel, TinyExaoneError, generation, load_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "exaone-4.0-1.2b"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -53,16 +52,20 @@ class FakeCache:
         self.ids = []
 
 
-class ScriptedModel:
-    """Duck-typed Model: the next token is always reply(all ids so far), with logit 30 vs 0."""
+def scripted_model(tokenizer, reply, max_tokens=4096, on_forward=None, delay=0.0):
+    """A ChatModel over a ScriptedForward; its `.model.forward_calls` lists what was fed."""
+    return ChatModel(ScriptedForward(reply, tokenizer.vocab_size, max_tokens, on_forward, delay), tokenizer)
 
-    def __init__(self, tokenizer, reply, max_tokens=4096, on_forward=None, delay=0.0):
-        self.tokenizer = tokenizer
+
+class ScriptedForward:
+    """Stand-in for a pure Model: the next token is always reply(all ids so far), with logit 30 vs 0."""
+
+    def __init__(self, reply, vocab_size, max_tokens, on_forward, delay):
         self.reply = reply
         self.max_tokens = max_tokens
         self.on_forward = on_forward
         self.delay = delay
-        self.config = SimpleNamespace(vocab_size=tokenizer.vocab_size)
+        self.config = SimpleNamespace(vocab_size=vocab_size)
         self.forward_calls = []
 
     def new_cache(self, max_tokens=None):
@@ -106,8 +109,8 @@ def scripted(tok, text, after, end=True):
 
 
 def test_generate_stops_at_eos_with_stats(tok):
-    model = ScriptedModel(tok, scripted(tok, " Paris is the capital. 서울 😀", after="Q: capital?"))
-    result = generate(model, "Q: capital?", temperature=0)
+    model = scripted_model(tok, scripted(tok, " Paris is the capital. 서울 😀", after="Q: capital?"))
+    result = model.generate("Q: capital?", temperature=0)
     assert result.text == " Paris is the capital. 서울 😀"
     assert result.finish_reason == "stop"
     assert result.tokens[-1] == tok.eos_token_id
@@ -118,13 +121,13 @@ def test_generate_stops_at_eos_with_stats(tok):
     assert stats["time_to_first_token_s"] >= 0 and stats["prompt_tokens_per_s"] > 0
     assert stats["generation_tokens_per_s"] > 0 and stats["context_full"] is False
     # prefill once, then exactly one forward per generated token except the final EOS
-    assert len(model.forward_calls) == 1 + len(result.tokens) - 1
-    assert all(len(call) == 1 for call in model.forward_calls[1:])
+    assert len(model.model.forward_calls) == 1 + len(result.tokens) - 1
+    assert all(len(call) == 1 for call in model.model.forward_calls[1:])
 
 
 def test_stream_chunks_add_up_to_the_result(tok):
-    model = ScriptedModel(tok, scripted(tok, "안녕하세요, 반갑습니다! 🇰🇷", after="hi"))
-    chunks = stream(model, "hi", temperature=0.7, seed=3)
+    model = scripted_model(tok, scripted(tok, "안녕하세요, 반갑습니다! 🇰🇷", after="hi"))
+    chunks = model.stream("hi", temperature=0.7, seed=3)
     pieces = list(chunks)
     assert "".join(pieces) == chunks.result.text == "안녕하세요, 반갑습니다! 🇰🇷"
     assert all("\ufffd" not in p for p in pieces)
@@ -132,8 +135,8 @@ def test_stream_chunks_add_up_to_the_result(tok):
 
 
 def test_max_new_tokens_gives_length(tok):
-    model = ScriptedModel(tok, scripted(tok, "one two three four five six", after="count:"))
-    result = generate(model, "count:", temperature=0, max_new_tokens=3)
+    model = scripted_model(tok, scripted(tok, "one two three four five six", after="count:"))
+    result = model.generate("count:", temperature=0, max_new_tokens=3)
     assert result.finish_reason == "length"
     assert len(result.tokens) == 3
     assert result.text == tok.decode(result.tokens)
@@ -143,81 +146,81 @@ def test_max_new_tokens_gives_length(tok):
     ("STOP", "abc "), (["zzz", "OP d"], "abc ST"), ("\n", "abc STOP def"), ("not there", "abc STOP def\nmore"),
 ])
 def test_stop_strings_cut_the_text(tok, stop, expected):
-    model = ScriptedModel(tok, scripted(tok, "abc STOP def\nmore", after=">>"))
-    chunks = stream(model, ">>", temperature=0, stop=stop)
+    model = scripted_model(tok, scripted(tok, "abc STOP def\nmore", after=">>"))
+    chunks = model.stream(">>", temperature=0, stop=stop)
     assert "".join(chunks) == chunks.result.text == expected
     assert chunks.result.finish_reason == "stop"
 
 
 def test_extra_stop_token_ids(tok):
     stop_id = tok.encode(" STOP", add_special_tokens=False)[0]
-    model = ScriptedModel(tok, scripted(tok, "abc STOP def", after=">>"))
-    result = generate(model, ">>", temperature=0, stop_token_ids=[stop_id])
+    model = scripted_model(tok, scripted(tok, "abc STOP def", after=">>"))
+    result = model.generate(">>", temperature=0, stop_token_ids=[stop_id])
     assert result.finish_reason == "stop" and result.text == "abc" and result.tokens[-1] == stop_id
 
 
 def test_prompt_longer_than_context_is_an_error(tok):
-    model = ScriptedModel(tok, scripted(tok, "x", after=""))
+    model = scripted_model(tok, scripted(tok, "x", after=""))
     with pytest.raises(TinyExaoneError, match="prompt of 12 tokens does not fit the context of 10 tokens"):
-        generate(model, list(range(500, 512)), context_size=10)
+        model.generate(list(range(500, 512)), context_size=10)
 
 
 def test_generation_that_fills_the_context_ends_with_length(tok):
-    model = ScriptedModel(tok, repeat(tok, " la"))
-    result = generate(model, list(range(500, 508)), temperature=0, context_size=10, max_new_tokens=50)
+    model = scripted_model(tok, repeat(tok, " la"))
+    result = model.generate(list(range(500, 508)), temperature=0, context_size=10, max_new_tokens=50)
     assert result.finish_reason == "length" and result.stats["context_full"] is True
     assert len(result.tokens) == 3  # two fit in the cache after the prompt, the third is sampled from the last logits
 
 
 def test_cancel_event_stops_within_one_token(tok):
     event = threading.Event()
-    model = ScriptedModel(tok, repeat(tok, " la"))
-    chunks = stream(model, "go", temperature=0, max_new_tokens=1000, cancel=event)
+    model = scripted_model(tok, repeat(tok, " la"))
+    chunks = model.stream("go", temperature=0, max_new_tokens=1000, cancel=event)
     received = []
     for piece in chunks:
         received.append(piece)
         if len(received) == 3:
             event.set()
-            calls_at_cancel = len(model.forward_calls)
+            calls_at_cancel = len(model.model.forward_calls)
     assert len(received) == 3
-    assert len(model.forward_calls) == calls_at_cancel  # no forward pass after the cancel
+    assert len(model.model.forward_calls) == calls_at_cancel  # no forward pass after the cancel
     assert chunks.result.finish_reason == "cancelled"
 
 
 def test_model_cancel_from_another_thread(tok):
-    model = ScriptedModel(tok, repeat(tok, " la"), delay=0.005)
+    model = scripted_model(tok, repeat(tok, " la"), delay=0.005)
     calls_at_cancel = []
 
     def cancel_now():
-        calls_at_cancel.append(len(model.forward_calls))
-        generation.cancel(model)
+        calls_at_cancel.append(len(model.model.forward_calls))
+        model.cancel()
 
     timer = threading.Timer(0.2, cancel_now)
     timer.start()
-    result = generate(model, "go", temperature=0, max_new_tokens=100000)
+    result = model.generate("go", temperature=0, max_new_tokens=100000)
     timer.join()
     assert result.finish_reason == "cancelled"
     assert 0 < len(result.tokens) < 100000
     # at most the forward pass that was about to start when cancel() came
-    assert len(model.forward_calls) <= calls_at_cancel[0] + 1
-    assert len(model.forward_calls) in (len(result.tokens), len(result.tokens) + 1)
+    assert len(model.model.forward_calls) <= calls_at_cancel[0] + 1
+    assert len(model.model.forward_calls) in (len(result.tokens), len(result.tokens) + 1)
     # a later generation is not affected by the earlier cancel
-    assert generate(model, "go", temperature=0, max_new_tokens=5).finish_reason == "length"
+    assert model.generate("go", temperature=0, max_new_tokens=5).finish_reason == "length"
 
 
 def test_option_errors(tok):
-    model = ScriptedModel(tok, repeat(tok, " la"))
+    model = scripted_model(tok, repeat(tok, " la"))
     for bad, message in [(dict(temprature=0.5), "unknown generation option 'temprature'"),
                          (dict(max_new_tokens=0), "max_new_tokens"), (dict(stop=[""]), "stop must be"),
                          (dict(top_p=2.0), "top_p"), (dict(cancel=True), "threading.Event"),
                          (dict(reasoning_budget=3), "reasoning_budget applies to chat")]:
         with pytest.raises(TinyExaoneError, match=message):
-            generate(model, "x", **bad)
+            model.generate("x", **bad)
     with pytest.raises(TinyExaoneError, match="prompt is empty"):
-        generate(model, "")
-    no_tokenizer = SimpleNamespace(tokenizer=None)
+        model.generate("")
+    no_tokenizer = ChatModel(model.model)
     with pytest.raises(TinyExaoneError, match="no tokenizer"):
-        chat(no_tokenizer, [{"role": "user", "content": "hi"}])
+        no_tokenizer.chat([{"role": "user", "content": "hi"}])
 
 
 # --- chat on the scripted model ----------------------------------------------------------------------------
@@ -227,8 +230,8 @@ TOOL_REPLY = ('Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"
 
 
 def test_chat_returns_openai_tool_calls_and_error_entries(tok):
-    model = ScriptedModel(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
-    response = chat(model, [{"role": "user", "content": "Weather in Seoul?"}], tools=WEATHER, temperature=0)
+    model = scripted_model(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
+    response = model.chat([{"role": "user", "content": "Weather in Seoul?"}], tools=WEATHER, temperature=0)
     message = response.message
     assert response.finish_reason == "tool_calls"
     assert message["role"] == "assistant" and message["content"] == "Let me check."
@@ -241,8 +244,8 @@ def test_chat_returns_openai_tool_calls_and_error_entries(tok):
 
 
 def test_chat_stream_events(tok):
-    model = ScriptedModel(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
-    events = list(chat(model, [{"role": "user", "content": "Weather?"}], tools=WEATHER, stream=True, temperature=0))
+    model = scripted_model(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
+    events = list(model.chat([{"role": "user", "content": "Weather?"}], tools=WEATHER, stream=True, temperature=0))
     kinds = [e["type"] for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert kinds.count("tool_call") == 1 and kinds.count("tool_call_error") == 2
@@ -254,7 +257,7 @@ def test_chat_stream_events(tok):
 
 def test_chat_with_thinking_splits_reasoning(tok):
     reply = "The user greets me. I should greet back.\n</think>\n\n안녕하세요! 무엇을 도와드릴까요?"
-    model = ScriptedModel(tok, scripted(tok, reply, after=THINK_PROMPT))
+    model = scripted_model(tok, scripted(tok, reply, after=THINK_PROMPT))
     messages = [{"role": "user", "content": "안녕"}]
     events = list(model_chat_stream(model, messages))
     done = events[-1]
@@ -263,11 +266,11 @@ def test_chat_with_thinking_splits_reasoning(tok):
     assert "".join(e["delta"] for e in events if e["type"] == "reasoning") == done["message"]["reasoning_content"]
     assert done["finish_reason"] == "stop"
     # the prompt really ended inside an open <think>
-    assert tok.decode(model.forward_calls[0]).endswith(THINK_PROMPT)
+    assert tok.decode(model.model.forward_calls[0]).endswith(THINK_PROMPT)
 
 
 def model_chat_stream(model, messages, **options):
-    return chat(model, messages, enable_thinking=True, stream=True, temperature=0, **options)
+    return model.chat(messages, enable_thinking=True, stream=True, temperature=0, **options)
 
 
 @pytest.mark.parametrize("budget", [0, 1, 5])
@@ -284,27 +287,27 @@ def test_reasoning_budget_forces_the_end_of_reasoning(tok, budget):
         rest = generated[generated.index(close) + 1:]
         return answer[min(len(rest), len(answer) - 1)]
 
-    model = ScriptedModel(tok, reply)
-    response = chat(model, [{"role": "user", "content": "q"}], enable_thinking=True, reasoning_budget=budget,
+    model = scripted_model(tok, reply)
+    response = model.chat([{"role": "user", "content": "q"}], enable_thinking=True, reasoning_budget=budget,
                     temperature=0, max_new_tokens=100)
     forced = tok.encode("\n</think>\n\n", add_special_tokens=False)
     assert response.finish_reason == "stop"
     assert response.message["content"] == "Done."
     assert response.message["reasoning_content"] == ("hmm" + " hmm" * (budget - 1) if budget else None)
-    generated = after_last(sum(model.forward_calls, []), think_prompt)
+    generated = after_last(sum(model.model.forward_calls, []), think_prompt)
     assert generated[: budget + len(forced)] == hmm * budget + forced
 
 
 def test_chat_arguments_given_as_json_strings_render_as_objects(tok):
-    model = ScriptedModel(tok, scripted(tok, "Sunny.", after=NO_THINK_PROMPT))
+    model = scripted_model(tok, scripted(tok, "Sunny.", after=NO_THINK_PROMPT))
     messages = [
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Seoul"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
-    response = chat(model, messages, tools=WEATHER, temperature=0)
-    prompt = tok.decode(sum(model.forward_calls, []))  # the prompt spans several prefill chunks
+    response = model.chat(messages, tools=WEATHER, temperature=0)
+    prompt = tok.decode(sum(model.model.forward_calls, []))  # the prompt spans several prefill chunks
     assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Seoul"}}</tool_call>' in prompt
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Seoul"}'  # caller's list untouched
     assert response.message["content"] == "Sunny." and response.finish_reason == "stop"
@@ -328,12 +331,12 @@ def session_reply(tok, replies):
 
 def test_session_tool_round_trip_reuses_the_cache(tok):
     replies = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Seoul"}}</tool_call>', "It is sunny in Seoul."]
-    model = ScriptedModel(tok, session_reply(tok, replies))
-    session = ChatSession(model, system="Be brief.", tools=WEATHER, temperature=0)
+    model = scripted_model(tok, session_reply(tok, replies))
+    session = model.chat_session(system="Be brief.", tools=WEATHER, temperature=0)
     first = session.send("Weather in Seoul?")
     assert first.finish_reason == "tool_calls" and first.message["content"] is None
     call = first.message["tool_calls"][0]
-    calls_before = len(model.forward_calls)
+    calls_before = len(model.model.forward_calls)
     second = session.send({"role": "tool", "tool_call_id": call["id"], "content": '{"sky": "sunny"}'})
     assert second.message["content"] == "It is sunny in Seoul."
     assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "tool", "assistant"]
@@ -347,12 +350,12 @@ def test_session_tool_round_trip_reuses_the_cache(tok):
     turn1_tokens = len(tok.apply_chat_template(session.messages[:2], tools=WEATHER, tokenize=True))
     turn1_fed = turn1_tokens + first.stats["generated_tokens"] - 1  # the final EOS is never fed
     assert session.last_prefilled_tokens == len(prompt2) - turn1_fed
-    assert model.forward_calls[calls_before] == prompt2[turn1_fed:]
+    assert model.model.forward_calls[calls_before] == prompt2[turn1_fed:]
 
 
 def test_session_reset_and_errors_keep_it_usable(tok):
-    model = ScriptedModel(tok, session_reply(tok, ["A.", "B.", "C."]), max_tokens=60)
-    session = ChatSession(model, system="sys", temperature=0)
+    model = scripted_model(tok, session_reply(tok, ["A.", "B.", "C."]), max_tokens=60)
+    session = model.chat_session(system="sys", temperature=0)
     session.send("hi")
     before = list(session.messages)
     with pytest.raises(TinyExaoneError, match="does not fit the context"):
@@ -364,8 +367,8 @@ def test_session_reset_and_errors_keep_it_usable(tok):
 
 
 def test_abandoned_session_stream_keeps_the_partial_reply(tok):
-    model = ScriptedModel(tok, session_reply(tok, ["Hello there friend.", "Second."]))
-    session = ChatSession(model, temperature=0)
+    model = scripted_model(tok, session_reply(tok, ["Hello there friend.", "Second."]))
+    session = model.chat_session(temperature=0)
     events = session.send("hi", stream=True)
     first = next(events)
     assert first["type"] == "content"
@@ -379,8 +382,8 @@ def test_abandoned_session_stream_keeps_the_partial_reply(tok):
 
 
 def test_session_cancel(tok):
-    model = ScriptedModel(tok, repeat(tok, " la"))
-    session = ChatSession(model, temperature=0, max_new_tokens=1000)
+    model = scripted_model(tok, repeat(tok, " la"))
+    session = model.chat_session(temperature=0, max_new_tokens=1000)
     for event in session.send("go", stream=True):
         if event["type"] == "content":
             session.cancel()
@@ -508,7 +511,7 @@ def test_ring_buffer_trims_when_the_divergence_is_recent(tiny_hybrid):
     model = tiny_hybrid
     prompt = model.tokenizer.encode("A short conversation that goes on for a while")
     cache = model.new_cache()
-    decoder = generation._Decoder(model, cache, [], lambda: False)
+    decoder = generation.Decoder(model.model, cache, [], generation.CancelToken())
     decoder.prefill(prompt)
     changed = prompt[:-1] + [prompt[-1] + 1]
     assert decoder.prefill(changed) == 1
@@ -542,14 +545,14 @@ def test_defaults_follow_the_model_card():
 
 def test_template_kwargs_reach_the_template(tok):
     reply = scripted(tok, "ok", after=NO_THINK_PROMPT)
-    model = ScriptedModel(tok, reply)
+    model = scripted_model(tok, reply)
     history = [{"role": "user", "content": "q"},
                {"role": "assistant", "content": "a", "reasoning_content": "kept reasoning"},
                {"role": "user", "content": "q2"}]
-    chat(model, history, temperature=0, template_kwargs={"skip_think": False})
-    assert "kept reasoning" not in tok.decode(sum(model.forward_calls, []))  # only the last message keeps it
-    model.forward_calls.clear()
-    chat(model, history[:2], temperature=0, template_kwargs={"skip_think": False}, max_new_tokens=1)
-    assert "<think>\nkept reasoning\n</think>" in tok.decode(sum(model.forward_calls, []))
+    model.chat(history, temperature=0, template_kwargs={"skip_think": False})
+    assert "kept reasoning" not in tok.decode(sum(model.model.forward_calls, []))  # only the last message keeps it
+    model.model.forward_calls.clear()
+    model.chat(history[:2], temperature=0, template_kwargs={"skip_think": False}, max_new_tokens=1)
+    assert "<think>\nkept reasoning\n</think>" in tok.decode(sum(model.model.forward_calls, []))
     with pytest.raises(TinyExaoneError, match="template_kwargs may not set 'enable_thinking'"):
-        chat(model, history, template_kwargs={"enable_thinking": True})
+        model.chat(history, template_kwargs={"enable_thinking": True})

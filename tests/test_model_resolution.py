@@ -88,7 +88,7 @@ def test_paths(tiny_dir, tmp_path, clean_env):
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")
     with pytest.raises(TinyExaoneError, match="not a model"):
-        resolve_model(str(text_file))
+        load_model(str(text_file))
     (tmp_path / "empty").mkdir()
     with pytest.raises(TinyExaoneError, match="no config.json"):
         resolve_model(str(tmp_path / "empty"))

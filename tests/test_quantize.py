@@ -7,7 +7,7 @@ int8 cosine >= 0.999 with >= 95% argmax agreement, int4 g32 cosine >= 0.99. The 
 is checked to give byte-identical files however the matrices are sliced, to record every
 scheme, to refuse an existing OUT (exit 2, one line) and a SRC that is not a model, and to
 leave neither OUT nor a temporary file behind when it fails or is interrupted by SIGINT or
-SIGTERM in a subprocess (slowed by the test hook TINYEXAONE_TEST_QUANTIZE_DELAY).
+SIGTERM in a subprocess (slowed by tests/slow_cli.py).
 """
 
 import errno
@@ -33,6 +33,7 @@ from tinyexaone.quant import convert as convert_module
 from tinyexaone.quant.convert import convert
 
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_CLI = ROOT / "tests" / "slow_cli.py"
 _spec = importlib.util.spec_from_file_location("make_synthetic_checkpoint", ROOT / "tools" / "make_synthetic_checkpoint.py")
 synthetic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(synthetic)
@@ -111,7 +112,7 @@ def test_untied_head_is_stored_with_the_embedding_bits(tmp_path):
     directory = tmp_path / "m"
     build_reference_model(directory, seed=3, **ACCURACY_LAYOUTS["untied_hybrid"])
     convert(directory, tmp_path / "m.tx", bits=8, group_size=32, embedding_bits=4, show_progress=False)
-    model = tinyexaone.load(tmp_path / "m.tx")
+    model = tinyexaone.load(tmp_path / "m.tx").model
     assert model.weights.lm_head is not model.weights.embed_tokens
     assert (model.weights.lm_head.bits, model.weights.embed_tokens.bits, model.weights.layers[0].q_proj.bits) == (4, 4, 8)
 
@@ -241,10 +242,8 @@ def test_full_disk_is_one_line_and_leaves_no_file(synthetic_src, tmp_path, monke
 @pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_quantize_leaves_no_output(synthetic_src, tmp_path, signum, exit_code):
     out = tmp_path / "model.tx"
-    env = dict(os.environ, TINYEXAONE_TEST_QUANTIZE_DELAY="0.25")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tinyexaone", "quantize", str(synthetic_src), str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,  # the installed package, not ./tinyexaone
+        [sys.executable, str(SLOW_CLI), "0.25", "quantize", str(synthetic_src), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,  # the installed package, not ./tinyexaone
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if our parent ignores SIGINT
     )
     try:

@@ -150,7 +150,7 @@ def float_model(tmp_path_factory):
 
 def _quantized_model(model, bits, group_size, embedding_bits):
     """The same Model with every matrix replaced by its QuantizedWeight (tied head shared)."""
-    weights = model.weights
+    weights = model.model.weights
 
     def q(dense, matrix_bits):
         return quantize(dense.matrix, matrix_bits, group_size)

@@ -306,5 +306,5 @@ class ChatSession:
 
     def _check_idle(self, action: str) -> None:
         if self._busy:
-            raise TinyExaoneError(f"cannot {action} while a turn of this session is streaming; finish, cancel "
+            raise TinyExaoneError(f"cannot {action}: a turn of this session is still streaming; finish, cancel "
                                   f"or close it first")

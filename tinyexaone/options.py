@@ -1,7 +1,7 @@
 """The bounds of every numeric generation option, in one table used by the API and the CLI alike.
 
-`OPTION_BOUNDS` maps each option name (temperature, top_p, ..., max_new_tokens, context_size)
-to a `Bound`: int or float, an optional low end (open or closed) and high end. `check_option
+`OPTION_BOUNDS` maps each option name (temperature, top_p, ..., max_new_tokens, context_size,
+threads) to a `Bound`: int or float, an optional low end (open or closed) and high end. `check_option
 (name, value, label)` returns the value when it is within its bound (a float option takes any
 finite int or float, an int option any int, never a bool) and otherwise raises one
 `TinyExaoneError` line: "invalid value for LABEL: VALUE (must be ...)", where LABEL is the
@@ -27,6 +27,8 @@ class Bound:
     low_open: bool = False  # the low end itself is excluded
 
     def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return "any value"
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
         if self.low is not None:
@@ -55,13 +57,17 @@ OPTION_BOUNDS = {
     "max_new_tokens": Bound(int, 1),
     "reasoning_budget": Bound(int, 0),
     "context_size": Bound(int, 1),
+    "threads": Bound(int, 1),  # Numba threads (the CLI's --threads)
 }
 
 
-def check_option(name: str, value, label: str | None = None):
-    """`value` if it is within OPTION_BOUNDS[name], else a one-line TinyExaoneError."""
+def check_option(name: str, value, label: str | None = None, shown: str | None = None):
+    """`value` if it is within OPTION_BOUNDS[name], else a one-line TinyExaoneError naming `label`
+    (default: the option's name) and showing `shown` (default: repr of the value)."""
     bound = OPTION_BOUNDS[name]
-    if not bound.admits(value):
-        kind = "an integer" if bound.kind is int else "a finite number"
-        raise TinyExaoneError(f"invalid value for {label or name}: {value!r:.40} (must be {kind} {bound.describe()})")
-    return value
+    if bound.admits(value):
+        return value
+    right_kind = Bound(bound.kind).admits(value)
+    kind = "" if right_kind else "an integer " if bound.kind is int else "a finite number "
+    shown = repr(value)[:40] if shown is None else shown
+    raise TinyExaoneError(f"invalid value for {label or name}: {shown} (must be {kind}{bound.describe()})")
