@@ -20,6 +20,7 @@ from tinyexaone.checkpoint import check_tensors, open_checkpoint
 from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.config import Exaone4Config, load_config
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.tensors import EMBEDDING
 
 
 def _describe_config(config: Exaone4Config) -> None:
@@ -62,7 +63,7 @@ def _describe_compact(path: Path, verify: bool) -> None:
         spec["scheme"] if spec["scheme"] == "float32" else f"{spec['scheme']} g{spec['group_size']}"
         for spec in tensors.values()
     )
-    embed = tensors["model.embed_tokens.weight"]
+    embed = tensors[EMBEDDING]
     params = sum(math.prod(spec["shape"]) for spec in tensors.values())
     matrices = [spec for spec in tensors.values() if spec["scheme"] != "float32"]
     matrix_params = sum(spec["shape"][0] * spec["shape"][1] for spec in matrices)

@@ -208,6 +208,52 @@ def test_model_cancel_from_another_thread(tok):
     assert model.generate("go", temperature=0, max_new_tokens=5).finish_reason == "length"
 
 
+def _run_in_thread(stream):
+    thread = threading.Thread(target=lambda: [None for _ in stream])
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("aim", ["the run", "the model"])
+def test_a_cancel_is_never_lost_to_another_run_starting(tok, aim):
+    """The race of a model-wide Event that every new run cleared: cancel one run, start another at
+    once; the first must stop, the second must run to its own end."""
+    model = scripted_model(tok, repeat(tok, " la"), delay=0.001)
+    for _ in range(10):
+        first = model.stream("go", temperature=0, max_new_tokens=100000)
+        thread = _run_in_thread(first)
+        time.sleep(0.01)
+        first.cancel() if aim == "the run" else model.cancel()
+        second = model.generate("go", temperature=0, max_new_tokens=5)  # starts right after the cancel
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the cancelled run went on"
+        assert first.result.finish_reason == "cancelled" and len(first.result.tokens) < 100000
+        assert second.finish_reason == "length" and len(second.tokens) == 5
+
+
+def test_cancelling_one_run_leaves_a_concurrent_one_running(tok):
+    model = scripted_model(tok, repeat(tok, " la"), delay=0.001)
+    first = model.stream("go", temperature=0, max_new_tokens=100000)
+    second = model.stream("go", temperature=0, max_new_tokens=200)
+    threads = [_run_in_thread(first), _run_in_thread(second)]
+    time.sleep(0.01)
+    first.cancel()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert first.result.finish_reason == "cancelled"
+    assert second.result.finish_reason == "length" and len(second.result.tokens) == 200
+
+
+def test_a_turn_cancelled_before_it_starts_stays_cancelled(tok):
+    model = scripted_model(tok, repeat(tok, " la"))
+    session = model.chat_session(temperature=0, max_new_tokens=50)
+    events = session.send("hi", stream=True)
+    session.cancel()  # before the first event: the turn's token already exists
+    done = [e for e in events if e["type"] == "done"][0]
+    assert done["finish_reason"] == "cancelled" and done["tokens"] == []
+    assert session.send("again").finish_reason == "length"  # the next turn has a fresh token
+
+
 def test_option_errors(tok):
     model = scripted_model(tok, repeat(tok, " la"))
     for bad, message in [(dict(temprature=0.5), "unknown generation option 'temprature'"),
