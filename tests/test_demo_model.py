@@ -6,7 +6,7 @@ tokenizer_config fields, generation ids of its own tokenizer, under 20 MB); that
 rendered exactly as transformers renders the template; that the training loss mask covers the
 replies only; and, on a held-out set from the generator (another seed), that the float32
 runtime meets the floors measured for the README (arithmetic >= 80% with thinking off and on,
-tool calls >= 95%, [|endofturn|] >= 99%). End to end through `Model.chat`: thinking on gives
+tool calls >= 95%, [|endofturn|] >= 99%). End to end through `ChatModel.chat`: thinking on gives
 reasoning and a correct answer, and a tool round trip calls a real Python function. The int8
 and int4 compact files keep perplexity within +1% / +5% and arithmetic within 2 / 5 points.
 """

@@ -1,7 +1,9 @@
 """Tokenizer vs transformers on the real EXAONE 4.0 tokenizer files: ids, decode, streaming decode."""
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,19 @@ def test_ids_come_from_the_files_not_from_exaone(tmp_path):
     assert tok.token_to_id("<think>") in ids and tok.decode(ids).startswith("[|user|]\nhello[|endofturn|]")
     stream = tok.detokenizer()
     assert "".join(stream.add(i) for i in ids) + stream.flush() == tok.decode(ids)
+
+
+@pytest.mark.parametrize("name", ["chat_template.jinja", "tokenizer_config.json", "tokenizer.json"])
+def test_a_tokenizer_file_that_is_a_fifo_is_refused_not_opened(tmp_path, name):
+    directory = tmp_path / "m"
+    shutil.copytree(FIXTURE, directory)
+    (directory / name).unlink()
+    os.mkfifo(directory / name)  # opening it for reading would block for ever
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a FIFO blocked"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(TinyExaoneError, match=f"{name}: not a regular file"):
+            load_tokenizer(directory)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
