@@ -49,7 +49,7 @@ def test_real_1_2b_llama3_frequencies_match_transformers():
     np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-6)
     base = inverse_frequencies(parse_config(minimal(rope_theta=1e6)).rope, 64)
     ratio = ours / base
-    # three bands (EXAONE4-ARCHITECTURE.md §4): kept, interpolated, divided by 16
+    # three bands (transformers' llama3 RoPE): kept, interpolated, divided by 16
     np.testing.assert_allclose(ratio[:14], 1.0, rtol=1e-6)
     assert np.all((ratio[14:17] > 1 / 16) & (ratio[14:17] < 1))
     np.testing.assert_allclose(ratio[17:], 1 / 16, rtol=1e-6)

@@ -53,14 +53,18 @@ def kernel_pair(bits):
     return kernels.q8_matvec, kernels.q8_matvec_numpy, kernels.q8_dequantize, kernels.q8_dequantize_numpy
 
 
-@pytest.mark.parametrize("bits,group_size", SCHEMES)
-def test_matvec_matches_numpy_twin(bits, group_size):
-    seed, rng = fresh_rng()
+def random_matvec_weight(rng, bits, group_size):
+    """(rows, columns, codes, scale bits) of a random weight of 1-299 rows, vector and tail columns."""
     n_rows = int(rng.integers(1, 300))
     n_cols = vector_and_tail_columns(rng, group_size)
     arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
-    codes = arrays["nibbles" if bits == 4 else "quants"]
-    scale_bits = arrays["scales"].view(np.uint16)
+    return n_rows, n_cols, arrays["nibbles" if bits == 4 else "quants"], arrays["scales"].view(np.uint16)
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_matvec_matches_numpy_twin(bits, group_size):
+    seed, rng = fresh_rng()
+    n_rows, n_cols, codes, scale_bits = random_matvec_weight(rng, bits, group_size)
     matvec, matvec_numpy, _, _ = kernel_pair(bits)
     n_tokens = int(rng.integers(1, 6))  # decode (1) and short prompts (each weight row read once)
     x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
@@ -74,11 +78,7 @@ def test_matvec_matches_numpy_twin(bits, group_size):
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
 def test_serial_matvec_matches_numpy_twin(bits, group_size):
     seed, rng = fresh_rng()
-    n_rows = int(rng.integers(1, 300))
-    n_cols = vector_and_tail_columns(rng, group_size)
-    arrays = random_arrays(rng, bits, group_size, (n_rows, n_cols))
-    codes = arrays["nibbles" if bits == 4 else "quants"]
-    scale_bits = arrays["scales"].view(np.uint16)
+    n_rows, n_cols, codes, scale_bits = random_matvec_weight(rng, bits, group_size)
     serial = kernels.q4_matvec_serial if bits == 4 else kernels.q8_matvec_serial
     x = rng.standard_normal(n_cols).astype(np.float32)
     out = np.full(n_rows, np.nan, np.float32)

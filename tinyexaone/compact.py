@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import Exaone4Config, parse_config
 from .errors import TinyExaoneError
-from .safetensors_file import DTYPES, SafetensorsHeader, TensorEntry, fail, read_header
+from .safetensors_file import DTYPES, SafetensorsHeader, TensorEntry, fail, is_count, read_header
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
@@ -221,10 +221,6 @@ def _check_format(path: Path, raw: bytes, metadata) -> None:
         fail(path, "corrupt header (header checksum mismatch: the file is damaged)")
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_layout(header: SafetensorsHeader) -> dict[str, CompactEntry]:
     """Padding entries well-formed, tensors aligned, the data region covered without gap or overlap;
     returns the non-padding entries."""
@@ -296,14 +292,14 @@ def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries:
             fail(path, f"corrupt quantization record for '{name}'")
         shape = spec.get("shape")
         expected_shape = list(expected[name].shape)
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or shape != expected_shape:
+        if not isinstance(shape, list) or not all(is_count(d) for d in shape) or shape != expected_shape:
             fail(path, f"tensor '{name}' has shape {spec.get('shape')!r:.40}, the config implies {expected_shape}")
         scheme = spec.get("scheme")
         if not expected[name].is_matrix:
             if scheme != "float32" or set(spec["arrays"]) != {"weight"}:
                 fail(path, f"norm weight '{name}' must be stored as float32")
         elif (not isinstance(scheme, str) or scheme not in QUANTIZED_SCHEMES
-              or not _is_count(spec.get("group_size")) or spec["group_size"] not in GROUP_SIZES):
+              or not is_count(spec.get("group_size")) or spec["group_size"] not in GROUP_SIZES):
             fail(path, f"tensor '{name}' has unsupported scheme {scheme!r:.20} / group size {spec.get('group_size')!r:.20}")
         for array_name in spec["arrays"].values():
             if not isinstance(array_name, str) or array_name not in entries:

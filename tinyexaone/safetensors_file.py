@@ -71,7 +71,8 @@ def fail(path: Path, problem: str):
     raise TinyExaoneError(f"{path}: {problem}")
 
 
-def _is_count(value) -> bool:
+def is_count(value) -> bool:
+    """A non-negative int that is not a bool (JSON sizes and offsets)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -104,9 +105,9 @@ def _entry(path: Path, name: str, info, dtypes, data_start: int, data_size: int)
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(code, str) or code not in dtypes:
         fail(path, f"tensor '{name:.80}' has unsupported dtype {code!r:.20} (supported: {', '.join(dtypes)})")
-    if not isinstance(shape, list) or len(shape) > MAX_AXES or not all(_is_count(d) for d in shape):
+    if not isinstance(shape, list) or len(shape) > MAX_AXES or not all(is_count(d) for d in shape):
         fail(path, f"tensor '{name:.80}' has an invalid shape {shape!r:.80}")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(o) for o in offsets):
         fail(path, f"tensor '{name:.80}' has invalid data_offsets {offsets!r:.80}")
     begin, end = offsets
     nbytes = math.prod(shape) * DTYPES[code].itemsize
