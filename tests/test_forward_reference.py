@@ -194,3 +194,24 @@ def test_ring_buffer_trims_freely_until_it_evicts(built_sliding):
     assert all(cache.can_trim(n) for n in range(window))
     model.forward(ids[window - 1 : window + 3], cache)  # positions 0..3 are gone now
     assert not cache.can_trim(1) and cache.can_trim(cache.length - 1)
+
+
+def test_a_cache_of_another_shape_is_refused_before_any_kernel(built, tmp_path):
+    """Each layout's cache against a model of every other layout (and a hand-made object): one
+    error line, never the kernels writing past a buffer."""
+    name, model, _, ids = built
+    for other_name, layout in LAYOUTS.items():
+        if other_name == name:
+            continue
+        build_reference_model(tmp_path / other_name, seed=1, **layout)
+        other = tinyexaone.load(tmp_path / other_name)
+        if other.model.cache_layout == model.model.cache_layout:
+            continue
+        for n_tokens in (1, 5):  # decode and prefill
+            with pytest.raises(TinyExaoneError, match="not made for this model"):
+                model.forward(ids[:n_tokens], other.new_cache())
+    with pytest.raises(TinyExaoneError, match="not made for this model"):
+        model.forward(ids[:3], object())
+    for bad in ("x", 0, -5, 2.5, True):
+        with pytest.raises(TinyExaoneError, match="cache size"):
+            model.new_cache(bad)

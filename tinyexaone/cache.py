@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Exaone4Config
-from .errors import TinyExaoneError
+from .errors import ContextOverflowError, TinyExaoneError
+from .options import check_option
 
 GROW_STEP = 256
 
@@ -156,9 +157,10 @@ class RingCache:
 class KVCache:
     """One cache per layer, for one sequence; not shared between threads."""
 
-    def __init__(self, layers: list, max_tokens: int):
+    def __init__(self, layers: list, max_tokens: int, layout: tuple):
         self.layers = layers
         self.max_tokens = max_tokens
+        self.layout = layout  # cache_layout() of the config it was made for
         self._scratch: dict[str, np.ndarray] = {}
 
     @property
@@ -171,10 +173,9 @@ class KVCache:
 
     def check_room(self, new_tokens: int) -> None:
         if self.length + new_tokens > self.max_tokens:
-            raise TinyExaoneError(
+            raise ContextOverflowError(
                 f"context is full: {self.length} cached + {new_tokens} new tokens exceed the limit of "
-                f"{self.max_tokens} tokens"
-            )
+                f"{self.max_tokens} tokens", self.length + new_tokens, self.max_tokens)
 
     def can_trim(self, n: int) -> bool:
         return all(layer.can_trim(n) for layer in self.layers)
@@ -202,15 +203,21 @@ class KVCache:
         return buffer
 
 
+def cache_layout(config: Exaone4Config) -> tuple:
+    """What a cache's buffers depend on: per layer (window or None, kv_heads, head_dim)."""
+    return tuple((config.sliding_window if config.layer_is_sliding(i) else None, config.num_key_value_heads,
+                  config.head_dim) for i in range(config.num_hidden_layers))
+
+
 def new_kv_cache(config: Exaone4Config, max_tokens: int | None = None) -> KVCache:
     """An empty cache for one sequence: a ring per sliding layer, a growable cache per full layer."""
+    if max_tokens is not None:
+        check_option("context_size", max_tokens, label="the cache size")
     limit = config.max_position_embeddings if max_tokens is None else min(max_tokens, config.max_position_embeddings)
-    if limit < 1:
-        raise TinyExaoneError(f"context size must be at least 1 token, got {max_tokens}")
     layers = [
         RingCache(config.num_key_value_heads, config.head_dim, config.sliding_window)
         if config.layer_is_sliding(i)
         else GrowableCache(config.num_key_value_heads, config.head_dim)
         for i in range(config.num_hidden_layers)
     ]
-    return KVCache(layers, limit)
+    return KVCache(layers, limit, cache_layout(config))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache import KVCache, new_kv_cache
+from .cache import KVCache, cache_layout, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
@@ -91,6 +91,7 @@ class Model:
         self.config = config
         self.weights = weights
         self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
+        self.cache_layout = cache_layout(config)
 
     def new_cache(self, max_tokens: int | None = None) -> KVCache:
         """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""
@@ -112,6 +113,8 @@ class Model:
         extends `cache` when one is given."""
         ids = self._token_array(token_ids)
         cache = self.new_cache() if cache is None else cache
+        if not isinstance(cache, KVCache) or cache.layout != self.cache_layout:
+            raise TinyExaoneError("the cache was not made for this model's shape; use this model's new_cache()")
         cache.check_room(len(ids))
         start = cache.length
         try:
