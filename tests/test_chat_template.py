@@ -2,9 +2,11 @@
 
 The `ours` and `reference` tokenizers come from conftest.py."""
 
+import time
+
 import pytest
 
-from tinyexaone import TinyExaoneError
+from tinyexaone import ContextOverflowError, TinyExaoneError, chat_template
 from tinyexaone.chat_template import compile_chat_template, render_chat_template
 
 WEATHER_TOOL = {
@@ -175,3 +177,51 @@ def test_raise_exception_message_is_passed_on():
     template = compile_chat_template("{{ raise_exception('custom failure: ' ~ messages[0].role) }}")
     with pytest.raises(TinyExaoneError, match="custom failure: user"):
         render_chat_template(template, [USER])
+
+
+CPU_BOMBS = [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+    "{% macro m(n) %}{% for i in range(3) %}{{ m(n + 1) if n < 40 else '' }}{% endfor %}{% endmacro %}{{ m(0) }}",
+]
+MEMORY_BOMBS = [
+    "{{ 7**(10**9) }}", "{{ 'a'*10**10 }}", "{{ [1]*10**10 }}", "{{ 'a'|center(10**10) }}", "{{ 'a'.center(10**10) }}",
+    "{{ 'a'.ljust(10**10) }}", "{{ messages|tojson(indent=10**9) }}", "{{ '%999999999d' % 1 }}",
+    "{{ '{:>999999999}'.format(1) }}", "{{ 'a'|indent(10**10) }}", "{{ lipsum(2*10**5) }}",
+    "{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = ns.x + ns.x %}{% endfor %}{{ ns.x|length }}",
+    "{% set ns = namespace(x='ab') %}{% for i in range(60) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
+]
+RUNTIME_ERRORS = ["{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}", "{{ 1 / 0 }}", "{{ 1 // 0 }}",
+                  "{{ (10**5000)|string }}", "{{ 1.5e308 * 10 > 0 and (10**400) * 1.0 }}"]
+
+
+@pytest.mark.parametrize("source", CPU_BOMBS)
+def test_template_cpu_bombs_stop_at_the_time_budget(source, monkeypatch):
+    monkeypatch.setattr(chat_template, "RENDER_SECONDS", 0.5)
+    started = time.monotonic()
+    with pytest.raises(TinyExaoneError, match="over its budget: the chat template ran for more than"):
+        render_chat_template(compile_chat_template(source), [{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("source", MEMORY_BOMBS)
+def test_template_memory_bombs_are_refused_before_they_allocate(source):
+    started = time.monotonic()
+    with pytest.raises(TinyExaoneError, match="over its budget|does not fit the context"):
+        render_chat_template(compile_chat_template(source), [{"role": "user", "content": "hi"}], max_chars=100_000)
+    assert time.monotonic() - started < 2  # refused, not computed
+
+
+@pytest.mark.parametrize("source", RUNTIME_ERRORS)
+def test_template_runtime_errors_are_one_line(source):
+    with pytest.raises(TinyExaoneError) as info:
+        render_chat_template(compile_chat_template(source), [{"role": "user", "content": "hi"}])
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_budgets_leave_ordinary_templates_alone(ours):
+    messages = [{"role": "user", "content": "x" * 5000}]
+    text = ours.apply_chat_template(messages, max_tokens=1000)
+    assert "x" * 5000 in text
+    with pytest.raises(ContextOverflowError):
+        ours.apply_chat_template([{"role": "user", "content": "x" * 10**6}], max_tokens=1000)

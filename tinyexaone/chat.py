@@ -34,7 +34,7 @@ from .generation import CancelToken, Options, Run, make_options
 from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
 
 REASONING_END = "\n</think>\n\n"  # what the template writes after reasoning; forced by reasoning_budget
-RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt")
+RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt", "max_tokens", "tokenize")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -78,7 +78,7 @@ class ChatTurn:
             raise TinyExaoneError(f"template_kwargs may not set {clash[0]!r}: pass it as its own argument")
         self.prompt = tokenizer.apply_chat_template(arguments_as_objects(messages), tools=tools,
                                                     add_generation_prompt=True, enable_thinking=enable_thinking,
-                                                    **template_kwargs)
+                                                    max_tokens=cache.max_tokens, **template_kwargs)
         self.prompt_ids = tokenizer.encode(self.prompt, add_special_tokens=False)
         self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
         self.cache, self.history = cache, list(messages)

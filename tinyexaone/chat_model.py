@@ -68,9 +68,10 @@ class ChatModel:
         opts = make_options(False, **options)
         if opts.reasoning_budget is not None:
             raise TinyExaoneError("reasoning_budget applies to chat(), not to raw-text generation")
-        ids = prompt_ids(tokenizer, prompt)
-        run = Run(self.model, tokenizer, self.model.new_cache(opts.context_size), [], ids, opts,
-                  self.runs.new_token(opts.cancel))
+        cache = self.model.new_cache(opts.context_size)
+        if isinstance(prompt, str):
+            tokenizer.check_fits(prompt, cache.max_tokens)
+        run = Run(self.model, tokenizer, cache, [], prompt_ids(tokenizer, prompt), opts, self.runs.new_token(opts.cancel))
         return TextStream(run)
 
     def generate(self, prompt, **options) -> GenerationResult:

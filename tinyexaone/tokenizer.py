@@ -28,7 +28,7 @@ from tokenizers import decoders
 from .chat_template import compile_chat_template, render_chat_template
 from .compact import EMBEDDED_FILES as TOKENIZER_FILES
 from .compact import open_compact
-from .errors import TinyExaoneError
+from .errors import ContextOverflowError, TinyExaoneError
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -95,6 +95,7 @@ class Tokenizer:
         self._template = None
         self._char_to_byte = byte_level_alphabet()
         self._bytes_cache: dict[int, bytes] = {}
+        self._max_token_bytes: int | None = None
 
     def _end_of_sequence_ids(self, generation_config: dict) -> tuple[int, ...]:
         configured = generation_config.get("eos_token_id")
@@ -145,6 +146,26 @@ class Tokenizer:
             self._bytes_cache[token_id] = cached
         return cached
 
+    @property
+    def max_token_bytes(self) -> int:
+        """The most bytes one token stands for: len(text in bytes) / this bounds the tokens of a text
+        from below, so a text longer than context * this cannot fit, whatever its tokens."""
+        if self._max_token_bytes is None:
+            table = self._char_to_byte
+            self._max_token_bytes = max(
+                len(token) if all(c in table for c in token) else len(token.encode("utf-8"))
+                for token in self.backend.get_vocab(with_added_tokens=True))
+        return self._max_token_bytes
+
+    def check_fits(self, text: str, max_tokens: int) -> None:
+        """ContextOverflowError when `text` cannot fit `max_tokens` tokens, decided without tokenizing
+        (the tokenizer needs ~200 bytes of memory per byte of text)."""
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size > max_tokens * self.max_token_bytes:
+            raise ContextOverflowError(f"a text of {size:,} bytes cannot fit the context of {max_tokens:,} tokens "
+                                       f"(a token is at most {self.max_token_bytes} bytes)", size,
+                                       max_tokens * self.max_token_bytes)
+
     def detokenizer(self, skip_special_tokens: bool = False) -> StreamingDetokenizer:
         return StreamingDetokenizer(self, skip_special_tokens)
 
@@ -155,17 +176,22 @@ class Tokenizer:
         return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None}
 
     def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = True,
-                            tokenize: bool = False, **kwargs):
+                            tokenize: bool = False, max_tokens: int | None = None, **kwargs):
         """Render `messages` with the model's template -> str, or token ids when `tokenize`.
 
-        kwargs (e.g. `enable_thinking=True`, `skip_think=False`) become template variables.
+        kwargs (e.g. `enable_thinking=True`, `skip_think=False`) become template variables. With
+        `max_tokens`, a conversation that cannot fit that many tokens is a ContextOverflowError,
+        found while rendering or from its size, before anything is tokenized.
         """
         if self._template is None:
             if self.chat_template_source is None:
                 raise TinyExaoneError(f"{self.source}: no chat template (chat_template.jinja or tokenizer_config.json)")
             self._template = compile_chat_template(self.chat_template_source)
+        bound = {} if max_tokens is None else {"max_chars": max_tokens * self.max_token_bytes}
         text = render_chat_template(self._template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                    special_tokens=self.special_tokens_map, **kwargs)
+                                    special_tokens=self.special_tokens_map, **bound, **kwargs)
+        if max_tokens is not None:
+            self.check_fits(text, max_tokens)
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
