@@ -4,7 +4,7 @@ A thin click wrapper around `tinyexaone.quant.convert.convert` (which streams, w
 temporary name and renames only when complete). Prints a progress bar over tensors on stderr,
 then the file size, bits per weight, the worst per-tensor relative error and the time. An
 existing OUT without `--force`, or a SRC that is not a model, is a one-line error (exit 2);
-Ctrl-C exits 130 and SIGTERM 143, leaving no output file.
+Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, leaving no output file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from tinyexaone.quant.convert import convert
+from tinyexaone.signals import Terminated
 
 
 @click.command()
@@ -32,9 +33,8 @@ def quantize(src: Path, out: Path, bits: str, group_size: str, embedding_bits: s
     try:
         report = convert(src, out, bits=int(bits), group_size=int(group_size), embedding_bits=int(embedding_bits),
                          force=force)
-    except SystemExit as exc:
-        if exc.code == 143:
-            click.echo("terminated; no output written", err=True)
+    except Terminated:
+        click.echo("terminated; no output written", err=True)
         raise
     errors = report.relative_errors
     worst_name, worst = report.worst_error

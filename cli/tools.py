@@ -32,6 +32,7 @@ import typing
 from pathlib import Path
 
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.signals import Terminated
 
 SIMPLE_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
                 list: "array", tuple: "array", dict: "object"}
@@ -86,7 +87,7 @@ def type_schema(hint) -> dict:
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str], str | None]:
     """(description, {argument: description}, returns description) from a Google-style (as
     transformers reads it) or reST docstring; descriptions of arguments are joined into one line."""
-    lines = inspect.cleandoc(doc or "").splitlines()
+    lines = inspect.cleandoc(doc if isinstance(doc, str) else "").splitlines()
     summary: list[str] = []
     arguments: dict[str, list[str]] = {}
     returns: list[str] = []
@@ -117,6 +118,14 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str], str | None]:
     return "\n".join(summary).strip(), described, "\n".join(returns).strip() or None
 
 
+def _hint_schema(hint) -> dict:
+    """type_schema, or {} for an annotation that is not a type at all (a list, a number, ...)."""
+    try:
+        return dict(type_schema(hint))
+    except Exception:  # e.g. `x: [int]`: unhashable, no origin; the parameter only loses its type
+        return {}
+
+
 def function_schema(name: str, function) -> dict:
     """The OpenAI-style tool schema of one function (transformers' get_json_schema layout)."""
     description, argument_docs, returns_doc = parse_docstring(function.__doc__)
@@ -128,7 +137,7 @@ def function_schema(name: str, function) -> dict:
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        schema = dict(type_schema(hints[parameter.name])) if parameter.name in hints else {}
+        schema = _hint_schema(hints[parameter.name]) if parameter.name in hints else {}
         text = argument_docs.get(parameter.name)
         if text:
             choices = CHOICES.search(text)
@@ -150,7 +159,7 @@ def function_schema(name: str, function) -> dict:
         spec["description"] = description
     spec["parameters"] = parameters
     if "return" in hints:
-        spec["return"] = type_schema(hints["return"])
+        spec["return"] = _hint_schema(hints["return"])
         if returns_doc:
             spec["return"]["description"] = returns_doc
     return {"type": "function", "function": spec}
@@ -164,7 +173,8 @@ def _import_file(path: Path):
         raise TinyExaoneError(f"{path}: cannot import the tools file (not a Python source file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except KeyboardInterrupt:
@@ -174,7 +184,8 @@ def _import_file(path: Path):
         message = " ".join(str(exc).split()) or "no message"
         raise TinyExaoneError(f"{path}: cannot import the tools file: {type(exc).__name__}: {message}") from None
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        if folder in sys.path:  # the file may have edited sys.path itself
+            sys.path.remove(folder)
     return module
 
 
@@ -196,8 +207,8 @@ class ToolBox:
         try:
             arguments = spec.get("arguments") or {}
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError as exc:
-            return f"error: the arguments are not valid JSON ({exc})", False
+        except (json.JSONDecodeError, RecursionError) as exc:
+            return f"error: the arguments are not valid JSON ({type(exc).__name__})", False
         if not isinstance(arguments, dict):
             return "error: the arguments must be a JSON object", False
         try:
@@ -206,17 +217,17 @@ class ToolBox:
             return f"error: {name}() {exc}", False
         try:
             result = function(**arguments)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM/SIGHUP stop the tool and the chat
             raise
-        except BaseException as exc:  # the tool's own failure is reported to the model, not fatal
+        except BaseException as exc:  # the tool's own failure, even its sys.exit(), is reported to the model
             message = " ".join(str(exc).split())
             return f"error: {name}() raised {type(exc).__name__}" + (f": {message}" if message else ""), False
         if isinstance(result, str):
             return result, True
         try:
             return json.dumps(result, ensure_ascii=False, default=str), True
-        except (TypeError, ValueError) as exc:
-            return f"error: {name}() returned something that is not JSON ({exc})", False
+        except (TypeError, ValueError, RecursionError) as exc:
+            return f"error: {name}() returned something that is not JSON ({type(exc).__name__})", False
 
 
 def load_tools(path) -> ToolBox:

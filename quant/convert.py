@@ -169,6 +169,13 @@ def _embedded_texts(src: Path) -> dict[str, str]:
     return texts
 
 
+def _same_file_in(src: Path, out: Path) -> bool:
+    """Whether `out` is (the same file as, a hard link to, or a symlink to) a file of `src`."""
+    target = out.stat()
+    return any(path.is_file() and path.stat().st_ino == target.st_ino and path.stat().st_dev == target.st_dev
+               for path in src.iterdir())
+
+
 def _check_paths(src: Path, out: Path, force: bool) -> None:
     if not src.exists():
         raise TinyExaoneError(f"{src}: no such file or directory")
@@ -178,6 +185,8 @@ def _check_paths(src: Path, out: Path, force: bool) -> None:
         raise TinyExaoneError(f"{out}: is a directory (OUT must be a file path)")
     if out.exists() and not force:
         raise TinyExaoneError(f"{out}: already exists (use --force to overwrite it)")
+    if out.exists() and _same_file_in(src, out):
+        raise TinyExaoneError(f"{out}: is one of the source model's files (or a link to one); choose another OUT")
     if not out.parent.is_dir():
         raise TinyExaoneError(f"{out.parent}: no such directory for OUT")
 

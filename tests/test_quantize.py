@@ -13,6 +13,7 @@ SIGTERM in a subprocess (slowed by tests/slow_cli.py).
 import errno
 import importlib.util
 import json
+import shutil
 import os
 import signal
 import struct
@@ -239,7 +240,7 @@ def test_full_disk_is_one_line_and_leaves_no_file(synthetic_src, tmp_path, monke
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupted_quantize_leaves_no_output(synthetic_src, tmp_path, signum, exit_code):
     out = tmp_path / "model.tx"
     process = subprocess.Popen(
@@ -262,3 +263,21 @@ def test_interrupted_quantize_leaves_no_output(synthetic_src, tmp_path, signum, 
     assert process.returncode == exit_code, err
     assert not out.exists() and temp_files(tmp_path) == [], err
     assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["the file itself", "a hard link", "a symlink"])
+@pytest.mark.parametrize("victim", ["model.safetensors", "config.json"])
+def test_force_never_overwrites_a_source_file(synthetic_src, tmp_path, capsys, how, victim):
+    src = tmp_path / "src"
+    shutil.copytree(synthetic_src, src)
+    before = (src / victim).read_bytes()
+    out = src / victim
+    if how == "a hard link":
+        out = tmp_path / "link.tx"
+        os.link(src / victim, out)
+    elif how == "a symlink":
+        out = tmp_path / "link.tx"
+        out.symlink_to(src / victim)
+    code, _, err = run_cli(capsys, "quantize", src, out, "--force")
+    assert code == 2 and "is one of the source model's files" in err and err.count("\n") == 1
+    assert (src / victim).read_bytes() == before

@@ -8,13 +8,16 @@ text for the model.
 
 import enum
 import json
+import sys
 import textwrap
+import time
 from typing import Literal, Optional, Union
 
 import pytest
 
 from tinyexaone import TinyExaoneError
 from tinyexaone.cli.tools import load_tools, parse_docstring, function_schema
+from tinyexaone.signals import Terminated, sigterm_raises
 
 
 class Color(enum.Enum):
@@ -219,3 +222,52 @@ def test_files_that_cannot_be_tools(tmp_path, source, message):
 def test_missing_tools_file(tmp_path):
     with pytest.raises(TinyExaoneError, match="no such tools file"):
         load_tools(tmp_path / "absent.py")
+
+
+def test_sigterm_during_a_tool_call_stops_it(tmp_path):
+    """SIGTERM (and SIGHUP) end a running tool and reach the chat as Terminated, unlike the tool's
+    own failures, which go back to the model."""
+    box = load_tools(write(tmp_path, """
+        import os, signal, time
+
+        def hang(signal_name: str):
+            os.kill(os.getpid(), getattr(signal, signal_name))
+            time.sleep(30)
+            return "never"
+    """))
+    for name, code in (("SIGTERM", 143), ("SIGHUP", 129)):
+        started = time.monotonic()
+        with sigterm_raises(), pytest.raises(Terminated) as info:
+            box.call(call("hang", {"signal_name": name}))
+        assert info.value.code == code and time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("source", [
+    "def f(x: [int]):\n    return 1\n",  # a list as an annotation
+    "def f(x: 3):\n    return 1\n",
+    "def f(x: int):\n    return 1\nf.__doc__ = 5\n",  # a docstring that is not text
+    "import sys\nsys.path.clear()\ndef f(x: int):\n    return 1\n",  # a file that edits sys.path
+    "import sys\nsys.path.insert(0, '/nonexistent')\ndef f(x: int):\n    return 1\n",
+])
+def test_odd_but_valid_tools_files_load(tmp_path, source):
+    path_before = list(sys.path)
+    try:
+        box = load_tools(write(tmp_path, source))
+        assert [schema["function"]["name"] for schema in box.schemas] == ["f"]
+        assert box.call(call("f", {"x": 1})) == ("1", True)
+    finally:
+        sys.path[:] = path_before
+
+
+def test_deep_json_in_tool_calls_and_results(tmp_path):
+    box = load_tools(write(tmp_path, """
+        def nest(n: int):
+            value = []
+            for _ in range(n):
+                value = [value]
+            return value
+    """))
+    text, ok = box.call(call("nest", "[" * 100000 + "]" * 100000))
+    assert not ok and "not valid JSON" in text
+    text, ok = box.call(call("nest", {"n": 100000}))
+    assert not ok and "not JSON" in text

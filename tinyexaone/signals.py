@@ -1,11 +1,14 @@
-"""SIGTERM as an exception, so that what runs in the main thread cleans up before the process ends.
+"""SIGTERM and SIGHUP as an exception, so that what runs in the main thread cleans up before the
+process ends.
 
 `sigterm_raises()` is a context manager: inside it, in the main thread, SIGTERM raises
-`SystemExit(143)` (128 + 15, the shell's code for a process ended by SIGTERM), so `finally`
-blocks run (a half-written file is removed, a cache rolled back) and the process exits with
-that code; on leaving, the previous handler is back. Outside the main thread it does nothing
-(Python delivers signals to the main thread only). `install_sigterm_exit()` sets the same
-handler for the rest of the process (the CLI's commands).
+`Terminated(143)` and SIGHUP `Terminated(129)` (128 + the signal number, the shell's code for a
+process ended by it). `Terminated` is a `SystemExit`, so `finally` blocks run (a half-written
+file is removed, a cache rolled back) and the process exits with that code, and code that
+reports other failures (a tool's own exceptions) can still let it through by its type. On
+leaving, the previous handlers are back. Outside the main thread it does nothing (Python
+delivers signals to the main thread only). `install_sigterm_exit()` sets the same handlers for
+the rest of the process (the CLI's commands).
 """
 
 from __future__ import annotations
@@ -14,26 +17,32 @@ import contextlib
 import signal
 import threading
 
-SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _raise_exit(signum, frame):
-    raise SystemExit(128 + signum)
+class Terminated(SystemExit):
+    """The process was asked to end by SIGTERM or SIGHUP; the exit code is 128 + the signal."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
 
 
 def install_sigterm_exit() -> None:
-    """From now on, SIGTERM raises SystemExit(143) in the main thread."""
-    signal.signal(signal.SIGTERM, _raise_exit)
+    """From now on, SIGTERM and SIGHUP raise Terminated in the main thread."""
+    for signum in SIGNALS:
+        signal.signal(signum, _raise_terminated)
 
 
 @contextlib.contextmanager
 def sigterm_raises():
-    """While inside, SIGTERM raises SystemExit(143) (main thread only)."""
+    """While inside, SIGTERM and SIGHUP raise Terminated (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    previous = {signum: signal.signal(signum, _raise_terminated) for signum in SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
