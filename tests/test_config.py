@@ -115,6 +115,14 @@ def test_rope_rule_for_hybrid_models():
         (dict(head_dim=7, hidden_size=28), "head_dim must be even"),
         (dict(rms_norm_eps=-1), "'rms_norm_eps' must be a positive number"),
         (dict(hidden_act="gelu"), "unsupported hidden_act"),
+        (dict(num_hidden_layers=10**7), "'num_hidden_layers' is 10000000, more than tinyexaone accepts"),
+        (dict(vocab_size=2**40), "'vocab_size' is 1099511627776, more than tinyexaone accepts"),
+        (dict(max_position_embeddings=2**40), "more than tinyexaone accepts"),
+        (dict(sliding_window=2**40, sliding_window_pattern="LLLG"), "more than tinyexaone accepts"),
+        (dict(tie_word_embeddings="false"), "'tie_word_embeddings' must be true or false"),
+        (dict(eos_token_id=True), "'eos_token_id' must be a token id"),
+        (dict(rope_theta=1e-300), "'rope_theta' must be > 1"),
+        (dict(rms_norm_eps=1e300), "'rms_norm_eps' must be at most 1"),
     ],
 )
 def test_contradictory_or_foreign_configs_are_clear_errors(changes, message):
@@ -126,5 +134,18 @@ def test_missing_and_invalid_config_files(tmp_path):
     with pytest.raises(TinyExaoneError, match="no config.json"):
         load_config(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(TinyExaoneError, match="not valid JSON"):
+        load_config(tmp_path)
+
+
+def test_a_tiny_config_cannot_make_a_huge_allocation(tmp_path):
+    """A 1 KB config.json with 10**7 layers (and no layer_types) is refused before any per-layer list."""
+    (tmp_path / "config.json").write_text(json.dumps(minimal(num_hidden_layers=10**7)))
+    with pytest.raises(TinyExaoneError, match="more than tinyexaone accepts"):
+        load_config(tmp_path)
+
+
+def test_deeply_nested_config_json_is_one_error(tmp_path):
+    (tmp_path / "config.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(TinyExaoneError, match="not valid JSON"):
         load_config(tmp_path)

@@ -20,6 +20,13 @@ from pathlib import Path
 
 from .errors import TinyExaoneError
 
+# Upper bounds of every size read from a config, checked before anything is sized by it (each
+# far above EXAONE 4.0 32B: hidden 5,120, 64 layers, vocab 102,400, 131,072 positions).
+SIZE_LIMITS = {
+    "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+    "num_key_value_heads": 1024, "head_dim": 1024, "vocab_size": 1 << 22, "max_position_embeddings": 1 << 24,
+    "sliding_window": 1 << 24, "original_max_position_embeddings": 1 << 24,
+}
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 
@@ -76,16 +83,32 @@ class Exaone4Config:
 def _require_int(cfg: dict, key: str, minimum: int = 1) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TinyExaoneError(f"config.json: '{key}' must be an integer, got {value!r}")
+        raise TinyExaoneError(f"config.json: '{key}' must be an integer, got {value!r:.40}")
     if value < minimum:
         raise TinyExaoneError(f"config.json: '{key}' must be >= {minimum}, got {value}")
+    if value > SIZE_LIMITS.get(key, math.inf):
+        raise TinyExaoneError(f"config.json: '{key}' is {value}, more than tinyexaone accepts ({SIZE_LIMITS[key]})")
     return value
 
 
 def _positive_float(value, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise TinyExaoneError(f"config.json: '{key}' must be a positive number, got {value!r}")
+        raise TinyExaoneError(f"config.json: '{key}' must be a positive number, got {value!r:.40}")
     return float(value)
+
+
+def _norm_eps(value) -> float:
+    eps = _positive_float(value, "rms_norm_eps")
+    if eps > 1.0:
+        raise TinyExaoneError(f"config.json: 'rms_norm_eps' must be at most 1, got {eps!r}")
+    return eps
+
+
+def _bool(cfg: dict, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise TinyExaoneError(f"config.json: '{key}' must be true or false, got {value!r:.40}")
+    return value
 
 
 def _parse_rope(cfg: dict) -> RopeConfig:
@@ -99,6 +122,8 @@ def _parse_rope(cfg: dict) -> RopeConfig:
     merged.update(params or {})
     theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
     theta = _positive_float(theta, "rope_theta")
+    if theta <= 1.0:
+        raise TinyExaoneError(f"config.json: 'rope_theta' must be > 1 (a rotary base), got {theta!r}")
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type is None:
         rope_type = "default"
@@ -131,7 +156,7 @@ def _resolve_layer_types(cfg: dict, num_layers: int, sliding_window: int | None)
             )
         for kind in explicit:
             if kind not in (SLIDING, FULL):
-                raise TinyExaoneError(f"config.json: unknown layer type {kind!r} in 'layer_types'")
+                raise TinyExaoneError(f"config.json: unknown layer type {kind!r:.40} in 'layer_types'")
         if SLIDING in explicit and sliding_window is None:
             raise TinyExaoneError("config.json: 'layer_types' has sliding layers but 'sliding_window' is null")
         return tuple(explicit)
@@ -200,9 +225,9 @@ def parse_config(cfg: dict) -> Exaone4Config:
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=_positive_float(cfg.get("rms_norm_eps", 1e-5), "rms_norm_eps"),
+        rms_norm_eps=_norm_eps(cfg.get("rms_norm_eps", 1e-5)),
         max_position_embeddings=_require_int(cfg, "max_position_embeddings"),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_bool(cfg, "tie_word_embeddings", False),
         rope=_parse_rope(cfg),
         sliding_window=sliding_window,
         layer_types=_resolve_layer_types(cfg, num_layers, sliding_window),
@@ -220,6 +245,6 @@ def load_config(model_dir: str | Path) -> Exaone4Config:
         raise TinyExaoneError(f"{model_dir}: not a model directory (no config.json)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TinyExaoneError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise TinyExaoneError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
     return parse_config(cfg)

@@ -103,7 +103,7 @@ class Tokenizer:
         if self.eos_token_id is not None:
             ids = [*ids, self.eos_token_id]
         for token_id in ids:
-            if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
                 raise TinyExaoneError(f"{self.source}: eos_token_id {token_id!r} is not a valid token id")
         return tuple(dict.fromkeys(ids))
 
