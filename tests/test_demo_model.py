@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tinyexaone
@@ -211,3 +214,29 @@ def test_shipped_compact_logits_follow_float32(model, name, min_mean_cosine):
     ours, quantized = model.forward(ids), tinyexaone.load(DEMO / name).forward(ids)
     cosine = np.sum(ours * quantized, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(quantized, axis=1)
     assert cosine.mean() >= min_mean_cosine
+
+
+def test_a_nan_scale_row_gives_one_error_line_not_a_crash(tmp_path):
+    """Damaged data bytes load (the data checksum is only read by `info --verify`); the NaN they
+    compute must end in one error line from generate and from a chat turn, never a traceback."""
+    from tinyexaone.compact import open_compact
+    from tinyexaone.quant.convert import convert
+
+    out = tmp_path / "damaged.tx"
+    convert(DEMO, out, bits=8, group_size=32, show_progress=False)
+    entry = open_compact(out).entries["model.layers.0.mlp.down_proj.scales"]
+    with open(out, "r+b") as f:
+        f.seek(entry.start)
+        f.write(np.full(entry.shape[1], np.nan, np.float16).tobytes())  # row 0 of the scales
+    model = tinyexaone.load(out)
+    with pytest.raises(tinyexaone.TinyExaoneError, match="no usable logits"):
+        model.generate("Hello", max_new_tokens=4, temperature=0.7)
+    session = model.chat_session(temperature=0.7, max_new_tokens=4)
+    with pytest.raises(tinyexaone.TinyExaoneError, match="no usable logits"):
+        session.send("hi")
+    assert session.messages == [] and session.cached_ids  # the turn failed; the session goes on
+    done = subprocess.run([sys.executable, "-m", "tinyexaone", "generate", "--model", str(out), "--prompt", "hi",
+                           "--temperature", "0.7", "--threads", "1"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the model computed no usable logits")

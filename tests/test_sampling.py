@@ -159,3 +159,27 @@ def test_sampler_equals_the_reference_filter_chain(settings):
         prompt, generated = list(rng.integers(0, 5003, 30)), list(rng.integers(0, 5003, step))
         expected = reference_chain(logits, params, reference_rng, prompt, generated)
         assert fast.next_token(logits, prompt, generated) == expected, f"seed {seed}, step {step}"
+
+
+@pytest.mark.parametrize("temperature", [0, 0.8])
+def test_nan_and_infinite_logits_never_crash_the_sampler(temperature):
+    rng = np.random.default_rng(4)
+    sampler = Sampler(SamplingParams(temperature=temperature, top_k=5, top_p=0.9, min_p=0.05, seed=1,
+                                     repetition_penalty=1.3, presence_penalty=0.5))
+    logits = rng.standard_normal(300)
+    logits[[3, 50, 299]] = np.nan
+    logits[7] = -np.inf
+    token = sampler.next_token(logits, [1, 2, 3], [4, 50])
+    assert token not in (3, 50, 299, 7)
+    logits[11] = np.inf
+    assert sampler.next_token(logits, [11], [11]) == 11  # a certain token wins outright
+    for hopeless in (np.full(300, np.nan), np.full(300, -np.inf)):
+        with pytest.raises(TinyExaoneError, match="no usable logits"):
+            sampler.next_token(hopeless, [], [])
+
+
+@pytest.mark.parametrize("option", ["temperature", "repetition_penalty"])
+def test_subnormal_options_are_refused(option):
+    for value in (1e-320, 1e-310, 5e-7):
+        with pytest.raises(TinyExaoneError, match=option):
+            SamplingParams(**{option: value})

@@ -51,10 +51,15 @@ def arguments_as_objects(messages) -> list:
     """OpenAI clients send tool-call arguments as JSON strings; the template must see objects,
     or it would render them as a quoted string instead of what the model wrote."""
     out = []
-    for message in messages:
+    for i, message in enumerate(messages if isinstance(messages, (list, tuple)) else ()):
         calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is not None and not isinstance(calls, list):
+            raise TinyExaoneError(f"messages[{i}]: tool_calls must be a list, got {type(calls).__name__}")
         if calls:
-            message = copy.deepcopy(message)
+            try:
+                message = copy.deepcopy(message)
+            except RecursionError:
+                raise TinyExaoneError(f"messages[{i}] is nested too deeply") from None
             for call in message["tool_calls"]:
                 target = call.get("function", call) if isinstance(call, dict) else None
                 if isinstance(target, dict) and isinstance(target.get("arguments"), str):
@@ -72,6 +77,8 @@ class ChatTurn:
     def __init__(self, model, tokenizer, messages, tools, enable_thinking: bool, options: Options,
                  template_kwargs, cache, cached_ids, token: CancelToken):
         self.started = perf_counter()
+        if template_kwargs is not None and not isinstance(template_kwargs, dict):
+            raise TinyExaoneError(f"template_kwargs must be a dict, got {type(template_kwargs).__name__}")
         template_kwargs = dict(template_kwargs or {})
         clash = sorted(set(template_kwargs) & set(RESERVED_TEMPLATE_KWARGS))
         if clash:

@@ -239,8 +239,22 @@ def _plain(value, where: str):
     raise TinyExaoneError(f"{where}: {type(value).__name__} is not JSON data (use str, number, bool, None, dict, list)")
 
 
+def _plain_or_error(value, where: str):
+    try:
+        return _plain(value, where)
+    except RecursionError:
+        raise TinyExaoneError(f"{where}: nested too deeply") from None
+
+
 def prepare_messages(messages) -> list[dict]:
     """Messages as plain dicts, None-valued keys dropped, reasoning visible under both names."""
+    try:
+        return _prepare_messages(messages)
+    except RecursionError:
+        raise TinyExaoneError("messages are nested too deeply") from None
+
+
+def _prepare_messages(messages) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise TinyExaoneError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     prepared = []
@@ -270,8 +284,8 @@ def render_chat_template(
     if tools is not None:
         if not isinstance(tools, (list, tuple)) or not all(isinstance(tool, dict) for tool in tools):
             raise TinyExaoneError("tools must be a list of JSON-schema dicts")
-        tools = _plain(tools, "tools")
-    variables = {**(special_tokens or {}), **_plain(kwargs, "chat template argument")}
+        tools = _plain_or_error(tools, "tools")
+    variables = {**(special_tokens or {}), **_plain_or_error(kwargs, "chat template argument")}
     _BUDGET.deadline, _BUDGET.max_chars = time.monotonic() + RENDER_SECONDS, max_chars
     try:
         chunks, size = [], 0

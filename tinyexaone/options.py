@@ -25,8 +25,11 @@ class Bound:
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # the low end itself is excluded
+    tiny: float = 0.0  # a positive value below this is refused (subnormal temperatures overflow)
 
     def describe(self) -> str:
+        if self.tiny:
+            return f"{Bound(self.kind, self.low, self.high, self.low_open).describe()}, and 0 or at least {self.tiny}"
         if self.low is None and self.high is None:
             return "any value"
         if self.low is not None and self.high is not None:
@@ -42,17 +45,17 @@ class Bound:
         if not isinstance(value, kinds) or (self.kind is float and not math.isfinite(value)):
             return False
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        return not too_low and not (self.high is not None and value > self.high)
+        return not too_low and not (self.high is not None and value > self.high) and not 0 < value < self.tiny
 
 
 OPTION_BOUNDS = {
-    "temperature": Bound(float, 0),  # 0 = greedy
+    "temperature": Bound(float, 0, tiny=1e-6),  # 0 = greedy
     "top_k": Bound(int, 0),  # 0 = off
     "top_p": Bound(float, 0, 1, low_open=True),  # 1 = off
     "min_p": Bound(float, 0, 1),  # 0 = off
     "presence_penalty": Bound(float, -2, 2),  # OpenAI's range
     "frequency_penalty": Bound(float, -2, 2),
-    "repetition_penalty": Bound(float, 0, low_open=True),  # 1 = off
+    "repetition_penalty": Bound(float, 0, low_open=True, tiny=1e-6),  # 1 = off
     "seed": Bound(int, 0),
     "max_new_tokens": Bound(int, 1),
     "reasoning_budget": Bound(int, 0),

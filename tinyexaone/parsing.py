@@ -158,6 +158,8 @@ def parse_tool_call(body: str, known_names: set[str] | None, terminated: bool = 
         call = _load_json_object(body)
     except json.JSONDecodeError as e:
         return {"error": f"malformed tool call JSON: {e}", "raw": body}
+    except RecursionError:
+        return {"error": "malformed tool call JSON: nested too deeply", "raw": body}
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return {"error": 'tool call must be a JSON object with a string "name"', "raw": body}
     name = call["name"]
@@ -167,10 +169,14 @@ def parse_tool_call(body: str, known_names: set[str] | None, terminated: bool = 
     if isinstance(arguments, str):  # a JSON-encoded object is unwrapped; plain text stays a JSON string
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
+    try:
+        encoded = json.dumps(arguments, ensure_ascii=False)
+    except RecursionError:
+        return {"error": "tool call arguments are nested too deeply", "raw": body}
     return {
         "id": f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+        "function": {"name": name, "arguments": encoded},
     }

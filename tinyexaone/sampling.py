@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import TinyExaoneError
 from .options import check_option
 
 NEGLIGIBLE = 40.0  # log-probability gap below the best token at which a token cannot be drawn
@@ -143,6 +144,21 @@ def _nucleus(weights: np.ndarray, p: float) -> np.ndarray:
     return top[mass_before < p]
 
 
+def usable_logits(logits: np.ndarray) -> np.ndarray:
+    """The logits with NaN as -inf; TinyExaoneError when no token is left (a damaged model or config
+    computes NaN or infinities, and sampling must not crash on them). A +inf token wins outright."""
+    logits = np.asarray(logits)
+    if np.isfinite(logits).all():
+        return logits
+    scores = np.where(np.isnan(logits), -np.inf, logits)
+    if np.isposinf(scores).any():
+        return np.where(np.isposinf(scores), 0.0, -np.inf)
+    if not np.isfinite(scores).any():
+        raise TinyExaoneError("the model computed no usable logits (all NaN or infinite): its weights or config "
+                              "are damaged")
+    return scores
+
+
 class Sampler:
     """Applies SamplingParams to successive logits vectors of one generation.
 
@@ -158,7 +174,7 @@ class Sampler:
 
     def next_token(self, logits: np.ndarray, prompt_ids, generated_ids) -> int:
         p = self.params
-        scores = logits
+        scores = usable_logits(logits)
         if p.repetition_penalty != 1.0:
             scores = apply_repetition_penalty(scores, [*prompt_ids, *generated_ids], p.repetition_penalty)
         scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
