@@ -34,7 +34,7 @@ from tinyexaone.errors import ContextOverflowError, TinyExaoneError
 from tinyexaone.signals import install_sigterm_exit
 
 from .model_resolution import load_model
-from .options import apply_threads, context_size, generation_options, sampling_options
+from .options import apply_threads, context_size, generation_options, sampling_options, valid_text
 from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
@@ -469,6 +469,7 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
 def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags):
     """Chat with a model interactively (or one message per line through a pipe)."""
     install_sigterm_exit()
+    system = valid_text(system, "--system")
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # invalid UTF-8 typed or pasted becomes U+FFFD

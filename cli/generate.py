@@ -23,7 +23,7 @@ from tinyexaone.signals import install_sigterm_exit
 
 from .chat import format_stats
 from .model_resolution import load_model
-from .options import apply_threads, context_size, generation_options, sampling_options
+from .options import apply_threads, context_size, generation_options, sampling_options, valid_text
 from .terminal import sanitize
 
 
@@ -46,7 +46,7 @@ def _read_prompt(prompt: str | None) -> str:
 def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, **flags):
     """Generate one reply to --prompt and print it."""
     install_sigterm_exit()
-    prompt = _read_prompt(prompt)
+    prompt, system = _read_prompt(valid_text(prompt, "--prompt")), valid_text(system, "--system")
     if raw and (system is not None or think or flags.get("reasoning_budget") is not None):
         raise TinyExaoneError("--system, --think and --reasoning-budget need the chat template; drop --raw")
     apply_threads(threads)

@@ -90,6 +90,17 @@ def generation_options(command):
     return command
 
 
+def valid_text(value: str | None, flag: str) -> str | None:
+    """A command-line text with any bytes that were not UTF-8 (Python keeps them as lone
+    surrogates) replaced by U+FFFD, with a warning on stderr."""
+    if value is None:
+        return None
+    fixed = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if fixed != value:
+        click.echo(f"warning: {flag} is not valid UTF-8; invalid bytes were replaced", err=True)
+    return fixed
+
+
 def sampling_options(params: dict) -> dict:
     """Generation API keyword options for the flags that were given."""
     return {API_NAMES[name]: params[name] for name in API_NAMES if params.get(name) is not None}

@@ -9,6 +9,7 @@ import json
 import numba
 import pytest
 
+import tinyexaone
 from tinyexaone import load_tokenizer
 
 from cli_models import build_tiny_chat_model, cli, cli_env, one_thread, shipped_model
@@ -194,3 +195,21 @@ def test_think_system_and_reasoning_budget_flags(run_here, model_dir):
     assert not budget["reasoning_content"]  # the reasoning was closed before it began
     if shipped_model() is None:  # the random model never closes its reasoning by itself
         assert thinking["reasoning_content"] and not thinking["content"]
+
+
+def test_invalid_utf8_in_prompt_and_system_flags(run_here, model_dir):
+    """Bytes that are not UTF-8 reach Python as lone surrogates; the CLI replaces them (warning)."""
+    broken = b"What is 1 + 1?\xff".decode("utf-8", "surrogateescape")
+    code, out, err = run_here("generate", "-m", model_dir, "--prompt", broken, "--system", broken,
+                              "--temperature", "0", "-n", "4", "--json")
+    assert code == 0, err
+    assert "--prompt is not valid UTF-8" in err and "--system is not valid UTF-8" in err
+    assert json.loads(out)["stats"]["prompt_tokens"] > 0
+
+
+def test_lone_surrogates_through_the_api_are_one_error(model_dir):
+    model = tinyexaone.load(model_dir)
+    with pytest.raises(tinyexaone.TinyExaoneError, match="not valid Unicode"):
+        model.generate("a\udcff b", max_new_tokens=2)
+    with pytest.raises(tinyexaone.TinyExaoneError, match="not valid Unicode"):
+        model.chat([{"role": "user", "content": "a\ud800"}], max_new_tokens=2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as BackendTokenizer
@@ -31,6 +32,7 @@ from .compact import open_compact
 from .errors import ContextOverflowError, TinyExaoneError
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -113,7 +115,12 @@ class Tokenizer:
         """Token ids of `text`; added tokens (role markers, <think>, ...) in the text become their ids."""
         if not isinstance(text, str):
             raise TinyExaoneError(f"encode expects a str, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except (TypeError, ValueError):  # the Rust side refuses text that is not valid Unicode
+            lone = LONE_SURROGATE.search(text)
+            where = f"a lone surrogate U+{ord(lone.group()):04X} at character {lone.start()}" if lone else "invalid"
+            raise TinyExaoneError(f"the text is not valid Unicode ({where}); decode bytes with errors='replace'") from None
 
     def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
