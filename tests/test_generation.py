@@ -602,3 +602,18 @@ def test_template_kwargs_reach_the_template(tok):
     assert "<think>\nkept reasoning\n</think>" in tok.decode(sum(model.model.forward_calls, []))
     with pytest.raises(TinyExaoneError, match="template_kwargs may not set 'enable_thinking'"):
         model.chat(history, template_kwargs={"enable_thinking": True})
+
+
+def test_cancel_then_send_unwedges_a_stream_left_hanging(tok):
+    """A stream advanced once and then forgotten (never closed) used to block its session for good."""
+    model = scripted_model(tok, session_reply(tok, ["Hello there friend.", "Second."]))
+    session = model.chat_session(temperature=0)
+    events = session.send("hi", stream=True)
+    assert next(events)["type"] == "content"
+    with pytest.raises(TinyExaoneError, match="still streaming"):
+        session.send("again")
+    session.cancel()
+    second = session.send("again")
+    assert second.message["content"] == "Second."
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[1]["content"].startswith("Hello")  # the abandoned turn kept what it had

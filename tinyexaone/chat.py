@@ -228,6 +228,7 @@ class ChatSession:
         self.default_options = dict(options)
         self.cache = chat_model.model.new_cache(context_size)
         self._turn: ChatTurn | None = None
+        self._turn_events = None  # the generator of that turn's events
         self._busy = False
         self.reset()
 
@@ -285,6 +286,7 @@ class ChatSession:
             self._turn.token.cancel()
 
     def send(self, message, stream: bool = False, **options):
+        self._close_cancelled_turn()
         self._check_idle("start a turn")
         new = as_messages(message)
         opts = make_options(self.enable_thinking, **{**self.default_options, **options})
@@ -292,8 +294,15 @@ class ChatSession:
         turn = ChatTurn(self._chat_model.model, self._tokenizer, self.messages + new, self.tools,
                         self.enable_thinking, opts, self.template_kwargs, self.cache, self.cached_ids, token)
         self._turn = turn
-        events = self._events(turn)
+        self._turn_events = events = self._events(turn)
         return ChatStream(events, token) if stream else collect(events)
+
+    def _close_cancelled_turn(self) -> None:
+        """A cancelled turn whose stream was left suspended (started, then neither advanced nor
+        closed) is closed here, keeping what it generated, so that cancel() then send() works."""
+        events = self._turn_events
+        if self._busy and self._turn.token.cancelled and events is not None and not events.gi_running:
+            events.close()
 
     def _events(self, turn: ChatTurn):
         self._check_idle("start a turn")
