@@ -7,7 +7,7 @@ history (the chat template drops it); tool calls (`--tools FILE.py`) are shown, 
 their results fed back until the model answers. A dim stats line follows every reply. Commands:
 see HELP. Ctrl-C during a reply stops it at the next token (a second Ctrl-C interrupts at once);
 the partial reply stays in the conversation and the session goes on. Ctrl-C or Ctrl-D at the
-prompt exits with code 0, SIGTERM with 143.
+prompt exits with code 130, Ctrl-D with 0, SIGTERM with 143 and SIGHUP with 129.
 
 Piped (stdin is not a terminal): every non-empty input line is one user message; only the
 replies are printed, each ending with one newline (a failed turn prints an empty reply), without
@@ -185,6 +185,8 @@ class ChatApp:
             else:
                 done = self._show(events)
         except KeyboardInterrupt:
+            if not self.interactive:  # piped: nobody to go on for; main() exits 130
+                raise
             self.line(self.style.warning("(interrupted)"))
             return None
         except TinyExaoneError as exc:
@@ -267,6 +269,8 @@ class ChatApp:
                 self.note(self.style.tool(f"← {shown}") if ok else self.style.warning(f"← {shown}"))
                 results.append({"role": "tool", "tool_call_id": call.get("id"), "content": text})
         except KeyboardInterrupt:
+            if not self.interactive:
+                raise
             self.line(self.style.warning("(tool call interrupted)"))
             self.session.append({"role": "tool", "content": "error: interrupted by the user"})
             return None
@@ -398,9 +402,12 @@ class ChatApp:
             while True:
                 try:
                     text = self._read_message(reader)
-                except (EOFError, KeyboardInterrupt):
+                except EOFError:  # Ctrl-D: the end of the conversation
                     self.line()
                     return 0
+                except KeyboardInterrupt:  # Ctrl-C at the prompt: interrupted, as the shell reports it
+                    self.line()
+                    return 130
                 if text is None or not text.strip():
                     continue
                 if text.lstrip().startswith("/") and "\n" not in text:

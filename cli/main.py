@@ -2,11 +2,14 @@
 
 `main()` is the console-script entry point. It turns the project's own `TinyExaoneError` into one
 line on stderr and exit code 2 (the same code click uses for bad flags), and Ctrl-C into exit
-code 130, so users never see a traceback for a problem they caused.
+code 130, so users never see a traceback for a problem they caused. Output that cannot be
+written (stdout closed, full, or a reader that went away) is one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import click
@@ -33,9 +36,23 @@ cli.add_command(info)
 cli.add_command(quantize)
 
 
+def _output_lost(exc: OSError) -> None:
+    """stdout is full or gone: one line on stderr, exit 1, and no second error while Python exits."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout = open(os.devnull, "w")  # the interpreter's final flush must not fail again
+    message = "the output reader went away" if isinstance(exc, BrokenPipeError) else exc.strerror or str(exc)
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(f"error: cannot write the output ({message})", err=True)
+    sys.exit(1)
+
+
 def main(argv=None):
+    if sys.stdout is None:  # started with stdout closed (`>&-`): whatever it printed would be lost
+        click.echo("error: standard output is closed", err=True)
+        sys.exit(1)
     try:
         cli.main(args=argv, prog_name="tinyexaone", standalone_mode=False)
+        sys.stdout.flush()
     except TinyExaoneError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -48,6 +65,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
+    except OSError as exc:  # every file error of ours is a TinyExaoneError: this is stdout
+        _output_lost(exc)
     sys.exit(0)

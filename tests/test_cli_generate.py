@@ -5,6 +5,9 @@ when it is present (else on a tiny random model with the real EXAONE tokenizer).
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import numba
 import pytest
@@ -213,3 +216,20 @@ def test_lone_surrogates_through_the_api_are_one_error(model_dir):
         model.generate("a\udcff b", max_new_tokens=2)
     with pytest.raises(tinyexaone.TinyExaoneError, match="not valid Unicode"):
         model.chat([{"role": "user", "content": "a\ud800"}], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(model_dir, tmp_path, stdout):
+    args = [sys.executable, "-m", "tinyexaone", *one_thread(["generate", "-m", model_dir, "--prompt", "hi", "-n", "3",
+                                                             "--temperature", "0"])]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env(tmp_path),
+                                  timeout=120)
+    else:
+        done = subprocess.run(args, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env(tmp_path), timeout=120,
+                              preexec_fn=lambda: os.close(1))
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err
+    assert err.strip().splitlines()[-1] in ("error: cannot write the output (No space left on device)",
+                                            "error: standard output is closed")
