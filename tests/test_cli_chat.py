@@ -225,7 +225,7 @@ def test_startup_errors_are_one_line(model_dir, tmp_path, capsys):
     for args, message in [
         (["--model", str(tmp_path / "nope")], "no such file or directory"),
         (["--top-k", "-3"], "invalid value for --top-k: '-3' (must be >= 0)"),
-        (["--repetition-penalty", "0"], "invalid value for --repetition-penalty: '0' (must be > 0)"),
+        (["--repetition-penalty", "0"], "invalid value for --repetition-penalty: '0' (must be >= 1e-06)"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["chat", *model_args(model_dir), *args])

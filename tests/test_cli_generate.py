@@ -124,7 +124,7 @@ def test_errors_are_one_line_with_exit_code_2(run, model_dir, tmp_path):
     cases = [
         (["--model", tmp_path / "missing-model"], "no such file or directory"),
         (["--model", tmp_path / "notes.txt"], "not a model"),
-        (["--model", model_dir, "--temperature", "-1"], "invalid value for --temperature: '-1' (must be >= 0)"),
+        (["--model", model_dir, "--temperature", "-1"], "invalid value for --temperature: '-1' (must be 0 or >= 1e-06)"),
     ]
     for args, message in cases:
         assert message in error_line(*run("generate", *args, "--prompt", "hi")[::2])

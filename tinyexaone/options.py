@@ -28,8 +28,9 @@ class Bound:
     tiny: float = 0.0  # a positive value below this is refused (subnormal temperatures overflow)
 
     def describe(self) -> str:
-        if self.tiny:
-            return f"{Bound(self.kind, self.low, self.high, self.low_open).describe()}, and 0 or at least {self.tiny}"
+        if self.tiny:  # (0 or) a value from `tiny` up
+            zero = "0 or " if self.low == 0 and not self.low_open else ""
+            return f"{zero}{Bound(self.kind, self.tiny, self.high).describe()}"
         if self.low is None and self.high is None:
             return "any value"
         if self.low is not None and self.high is not None:
