@@ -41,6 +41,7 @@ from .tools import load_tools
 MAX_TOOL_ROUNDS = 8  # model replies per user message when every reply asks for tools
 MULTILINE = '"""'
 SAVE_FORMAT = "tinyexaone-chat"
+MAX_CONVERSATION_BYTES = 64 << 20  # what /load reads at most
 HELP = f"""\
 /help              show this list
 /exit              quit (also /quit, Ctrl-D, or Ctrl-C at the prompt)
@@ -87,8 +88,10 @@ def check_conversation(data, source: str) -> tuple[list, bool | None]:
             raise TinyExaoneError(f"{source}: message {i} has no valid role (one of {', '.join(ROLES)})")
         if not isinstance(message.get("content"), (str, type(None))):
             raise TinyExaoneError(f"{source}: message {i} content is not text")
-        if not isinstance(message.get("tool_calls") or [], list):
-            raise TinyExaoneError(f"{source}: message {i} tool_calls is not a list")
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list) or not all(
+                isinstance(call, dict) and isinstance(call.get("function", {}), dict) for call in calls):
+            raise TinyExaoneError(f"{source}: message {i} tool_calls is not a list of tool-call objects")
     return data, thinking if isinstance(thinking, bool) else None
 
 
@@ -338,16 +341,20 @@ class ChatApp:
             self.line(self.style.warning("usage: /save FILE"))
             return
         path = Path(argument).expanduser()
+        if path.is_dir() or not path.name:
+            self.line(self.style.error("error: ") + sanitize(f"cannot save to {path}: it is a directory"))
+            return
         data = {"format": SAVE_FORMAT, "version": 1, "enable_thinking": self.session.enable_thinking,
                 "messages": self.session.messages}
         temporary = path.with_name(path.name + ".partial")
         try:
             temporary.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             temporary.replace(path)
-        except OSError as exc:
+        except (OSError, RecursionError) as exc:
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
-            self.line(self.style.error("error: ") + sanitize(f"cannot save to {path}: {exc.strerror}"))
+            reason = getattr(exc, "strerror", None) or "the conversation is nested too deeply"
+            self.line(self.style.error("error: ") + sanitize(f"cannot save to {path}: {reason}"))
             return
         self.line(self.style.dim(f"(saved {len(self.session.messages)} messages to {sanitize(str(path))})"))
 
@@ -357,13 +364,17 @@ class ChatApp:
             return
         path = Path(argument).expanduser()
         try:
+            if not path.is_file():  # a directory, a FIFO or /dev/zero would never end or never load
+                raise TinyExaoneError(f"{path}: not a regular file")
+            if path.stat().st_size > MAX_CONVERSATION_BYTES:
+                raise TinyExaoneError(f"{path}: larger than {MAX_CONVERSATION_BYTES >> 20} MB, not a saved chat")
             data = json.loads(path.read_text(encoding="utf-8"))
             messages, thinking = check_conversation(data, str(path))
         except OSError as exc:
             self.line(self.style.error("error: ") + sanitize(f"cannot read {path}: {exc.strerror}"))
             return
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self.line(self.style.error("error: ") + sanitize(f"{path}: not a JSON file"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            self.line(self.style.error("error: ") + sanitize(f"{path}: not a JSON file (or nested too deeply)"))
             return
         except TinyExaoneError as exc:
             self.line(self.style.error("error: ") + sanitize(str(exc)))

@@ -428,3 +428,23 @@ def test_ctrl_c_in_prefill_and_decode_leaves_the_session_usable(tmp_path, capsys
     fresh.messages = [dict(m) for m in history[:-1]]
     assert app.session.messages[-1]["content"] == fresh.send(history[-1]).message["content"]
     assert app.session.messages[1]["content"] == reference_first
+
+
+def test_hostile_save_and_load_commands_keep_the_session(tokenizer, tmp_path, capsys):
+    """/load and /save of things that are not conversations: one error line each, never a
+    traceback, and the conversation so far stays."""
+    app = app_for(ScriptedChatModel(tokenizer, ["first reply"]), temperature=0)
+    app.turn("hello")
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100000 + "]" * 100000)
+    bad_calls = tmp_path / "calls.json"
+    bad_calls.write_text(json.dumps([{"role": "assistant", "content": "x", "tool_calls": ["x"]}]))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for command in (f"/load {nested}", f"/load {bad_calls}", "/load /dev/zero", f"/load {fifo}", f"/load {tmp_path}",
+                    "/save /", "/save .", f"/save {tmp_path}"):
+        capsys.readouterr()
+        assert app.command(command)
+        out = capsys.readouterr().out
+        assert "error: " in out and out.count("\n") == 1, (command, out)
+    assert [m["content"] for m in app.session.messages] == ["hello", "first reply"]

@@ -176,3 +176,24 @@ def test_a_tokenizer_file_that_is_a_fifo_is_refused_not_opened(tmp_path, name):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("chat_template.jinja", b"{{ bos_token }}\xff\xfe", "chat_template.jinja: cannot read"),
+    ("chat_template.jinja", None, "chat_template.jinja: not a regular file"),  # a directory
+    ("tokenizer_config.json", b"[" * 100000 + b"]" * 100000, "tokenizer_config.json is not valid JSON"),
+    ("generation_config.json", b'{"eos_token_id": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+     "generation_config.json is not valid JSON"),
+    ("generation_config.json", b'{"eos_token_id": true}', "eos_token_id True is not a valid token id"),
+])
+def test_broken_tokenizer_files_are_one_line(tmp_path, name, content, message):
+    directory = tmp_path / "m"
+    shutil.copytree(FIXTURE, directory)
+    (directory / name).unlink(missing_ok=True)
+    if content is None:
+        (directory / name).mkdir()
+    else:
+        (directory / name).write_bytes(content)
+    with pytest.raises(TinyExaoneError, match=message) as info:
+        load_tokenizer(directory)
+    assert "\n" not in str(info.value)
