@@ -364,6 +364,8 @@ class ChatApp:
             return
         path = Path(argument).expanduser()
         try:
+            if not path.exists():
+                raise TinyExaoneError(f"cannot read {path}: no such file")
             if not path.is_file():  # a directory, a FIFO or /dev/zero would never end or never load
                 raise TinyExaoneError(f"{path}: not a regular file")
             if path.stat().st_size > MAX_CONVERSATION_BYTES:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,11 +75,17 @@ def one_thread(args) -> list[str]:
     return [args[0], "--threads", "1", *args[1:]] if args and args[0] in ("chat", "generate") else args
 
 
+def reset_sigint() -> None:
+    """For a child's preexec_fn: SIGINT back to its default, even when this test run was started
+    with it ignored (under nohup, or as a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args, cwd: Path, input: bytes | None = None, env: dict | None = None, timeout: float = 120):
     """Run `python -m tinyexaone ARGS` (one thread, see one_thread) with cwd outside the checkout;
     returns the CompletedProcess (bytes)."""
     return subprocess.run([sys.executable, "-m", "tinyexaone", *one_thread(args)], input=input, capture_output=True,
-                          cwd=cwd, env=env or cli_env(Path(cwd)), timeout=timeout)
+                          cwd=cwd, env=env or cli_env(Path(cwd)), timeout=timeout, preexec_fn=reset_sigint)
 
 
 # --- a scripted stand-in model for in-process tests of the chat loop ----------------------------------

@@ -18,7 +18,7 @@ import time
 import pexpect
 import pytest
 
-from cli_models import (FIXTURE, ScriptedChatModel, build_tiny_chat_model, cli, cli_env, one_thread,
+from cli_models import (FIXTURE, ScriptedChatModel, build_tiny_chat_model, cli, cli_env, one_thread, reset_sigint,
                         shipped_model)
 from tinyexaone import load, load_tokenizer
 from tinyexaone.cli.chat import ChatApp, check_conversation
@@ -47,7 +47,8 @@ def spawn(tmp_path, args, delay=None):
     """`tinyexaone chat ARGS` in a pseudo-terminal; with `delay`, each forward pass waits that long."""
     launcher = ["-m", "tinyexaone"] if delay is None else [str(SLOW_CLI), str(delay)]
     child = pexpect.spawn(sys.executable, [*launcher, *one_thread(["chat", *args])], cwd=str(tmp_path),
-                          env=cli_env(tmp_path), encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250))
+                          env=cli_env(tmp_path), encoding="utf-8", codec_errors="replace", timeout=TIMEOUT,
+                          dimensions=(50, 250), preexec_fn=reset_sigint)
     child.logfile_read = open(tmp_path / "screen.log", "a", encoding="utf-8")
     return child
 

@@ -6,8 +6,10 @@ when it is present (else on a tiny random model with the real EXAONE tokenizer).
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numba
 import pytest
@@ -15,7 +17,7 @@ import pytest
 import tinyexaone
 from tinyexaone import load_tokenizer
 
-from cli_models import build_tiny_chat_model, cli, cli_env, one_thread, shipped_model
+from cli_models import build_tiny_chat_model, cli, cli_env, one_thread, reset_sigint, shipped_model
 
 PROMPT = "What is 12 + 7?"
 
@@ -233,3 +235,17 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1(model_dir, tmp_pat
     assert done.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err
     assert err.strip().splitlines()[-1] in ("error: cannot write the output (No space left on device)",
                                             "error: standard output is closed")
+
+
+def test_ctrl_c_while_starting_up_is_never_a_traceback(model_dir, tmp_path):
+    """SIGINT at moments spread over the start (imports, loading the model, the first token)."""
+    args = [sys.executable, "-m", "tinyexaone", *one_thread(["generate", "-m", model_dir, "--prompt", "hi", "-n", "200",
+                                                             "--temperature", "0"])]
+    for delay in (0.05, 0.15, 0.3, 0.5, 0.8):
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path,
+                                   env=cli_env(tmp_path), preexec_fn=reset_sigint)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert b"Traceback" not in err, (delay, err.decode())
+        assert process.returncode in (130, -signal.SIGINT, 0), (delay, process.returncode)  # 0: it had finished

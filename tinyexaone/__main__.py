@@ -1,5 +1,5 @@
 """`python -m tinyexaone` runs the `tinyexaone` command."""
 
-from tinyexaone.cli.main import main
+from tinyexaone.cli.entry import run
 
-main()
+run()

@@ -1,0 +1,18 @@
+"""The `tinyexaone` console script: import the command line, then run it.
+
+`run()` does the imports (NumPy, Numba and the kernels take a moment) inside a handler, so a
+Ctrl-C that lands while they load ends the process with "interrupted" and exit code 130, like
+one that lands later, instead of a traceback. `tinyexaone/__init__.py` imports nothing itself,
+which keeps this module's own import instant.
+"""
+
+import sys
+
+
+def run() -> None:
+    try:
+        from .main import main
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    main()
