@@ -526,3 +526,18 @@ def test_fuzz_compact_file_reduced(compact, tmp_path_factory):
 @pytest.mark.slow
 def test_fuzz_compact_file_full(compact, tmp_path_factory):
     run_fuzz(compact, tmp_path_factory, examples=2000)
+
+
+def test_header_key_order_carries_no_meaning(compact, tmp_path):
+    """__metadata__ last instead of first: the same file for the loader and for the CLI."""
+    def metadata_last(header):
+        metadata = header.pop("__metadata__")
+        header["__metadata__"] = metadata
+    path = tmp_path / "reordered.tx"
+    path.write_bytes(rewrite_header(compact.read_bytes(), metadata_last))
+    assert not path.read_bytes()[8:].lstrip().startswith(b'{"__metadata__"')
+    ids = [1, 2, 3]
+    np.testing.assert_array_equal(tinyexaone.load(path).forward(ids), tinyexaone.load(compact).forward(ids))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(path)])
+    assert exit_info.value.code == 0

@@ -240,3 +240,29 @@ def test_a_nan_scale_row_gives_one_error_line_not_a_crash(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: the model computed no usable logits")
+
+
+@pytest.mark.parametrize("form", ["directory", "compact file"])
+def test_a_model_file_that_shrinks_after_load_is_one_error_not_sigbus(tmp_path, form):
+    """In a child process: if the check failed, the mapped pages past the new end would kill it."""
+    import shutil
+
+    if form == "directory":
+        path = shutil.copytree(DEMO, tmp_path / "demo")
+        shrinking = path / "model.safetensors"
+    else:
+        path = shrinking = tmp_path / "demo.tx"
+        shutil.copyfile(DEMO / "exaone4-demo-int4.tx", path)
+    script = f"""
+import os, tinyexaone
+model = tinyexaone.load({str(path)!r})
+model.forward([1, 2, 3])
+os.truncate({str(shrinking)!r}, os.path.getsize({str(shrinking)!r}) // 2)
+try:
+    model.forward([1, 2, 3])
+except tinyexaone.TinyExaoneError as exc:
+    print("refused:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused: ") and "shrank" in done.stdout

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import Exaone4Config
 from .errors import TinyExaoneError
-from .safetensors_file import DTYPES, TensorEntry, read_header, widen_bf16
+from .safetensors_file import DTYPES, MappedFile, TensorEntry, read_header, widen_bf16
 from .tensors import check_tensor_shapes
 
 
@@ -28,6 +28,7 @@ class Checkpoint:
     def __init__(self, entries: dict[str, TensorEntry]):
         self.entries = entries
         self._maps: dict[Path, np.memmap] = {}
+        self.mapped_files: dict[Path, MappedFile] = {}  # every file a map was made of, for size checks
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's stored bytes as a read-only array of its own dtype (uint16 for BF16)."""
@@ -37,10 +38,14 @@ class Checkpoint:
             return np.zeros(entry.shape, dtype)
         mm = self._maps.get(entry.file)
         if mm is None:
+            mapped = MappedFile(entry.file, entry.file.stat().st_size)
             try:
                 mm = self._maps[entry.file] = np.memmap(entry.file, dtype=np.uint8, mode="r")
             except (OSError, ValueError) as exc:
                 raise TinyExaoneError(f"{entry.file}: cannot memory-map ({exc})") from None
+            if len(mm) != mapped.size:
+                raise TinyExaoneError(f"{entry.file}: the file changed size while being opened")
+            self.mapped_files[entry.file] = mapped
         return mm[entry.start : entry.start + entry.nbytes].view(dtype).reshape(entry.shape)
 
     def float32(self, name: str) -> np.ndarray:

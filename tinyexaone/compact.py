@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import Exaone4Config, parse_config
 from .errors import TinyExaoneError
-from .safetensors_file import DTYPES, SafetensorsHeader, TensorEntry, fail, is_count, read_header
+from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry, fail, is_count, read_header
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
@@ -168,6 +168,7 @@ class CompactFile:
         self.config = config
         self.quantization = quantization  # {"bits", "group_size", "embedding_bits", "tensors": {name: spec}}
         self._map: mmap.mmap | None = None
+        self.mapped_file: MappedFile | None = None  # for size checks, once the map exists
 
     @property
     def format_version(self) -> int:
@@ -186,13 +187,14 @@ class CompactFile:
         if entry.nbytes == 0:
             return np.zeros(entry.shape, dtype)
         if self._map is None:
+            mapped = MappedFile(self.path, self.file_size)
             try:
-                with open(self.path, "rb") as f:
-                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(mapped.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError) as exc:
                 raise TinyExaoneError(f"{self.path}: cannot memory-map ({exc})") from None
             if len(self._map) != self.file_size:
                 raise TinyExaoneError(f"{self.path}: the file changed size while being opened")
+            self.mapped_file = mapped
         count = entry.nbytes // dtype.itemsize
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.start).reshape(entry.shape)
 

@@ -53,6 +53,9 @@ class DirectorySource:
     def norm(self, spec: TensorSpec) -> np.ndarray:
         return self.checkpoint.float32(spec.name)
 
+    def mapped_files(self) -> list:
+        return list(self.checkpoint.mapped_files.values())
+
     def tokenizer_loader(self):
         if not (self.path / "tokenizer.json").exists():
             return None
@@ -84,6 +87,9 @@ class CompactSource:
             fail(self.compact.path, f"norm weight '{spec.name}' must be float32 of shape {list(spec.shape)}, "
                                     f"the file holds {array.dtype} {list(array.shape)}")
         return array
+
+    def mapped_files(self) -> list:
+        return [self.compact.mapped_file] if self.compact.mapped_file is not None else []
 
     def tokenizer_loader(self):
         files = self.compact.files
@@ -118,7 +124,9 @@ def open_model(path) -> tuple[Model, object]:
     """(Model, tokenizer_loader) for the model at `path`; tokenizer_loader() builds its tokenizer,
     and is None when the model has none."""
     source = open_source(path)
-    return Model(source.config, build_weights(source.config, source.matrix, source.norm)), source.tokenizer_loader()
+    weights = build_weights(source.config, source.matrix, source.norm)
+    weights.mapped_files = source.mapped_files()  # made while the weights were built
+    return Model(source.config, weights), source.tokenizer_loader()
 
 
 def load(path) -> ChatModel:

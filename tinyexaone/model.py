@@ -115,6 +115,7 @@ class Model:
         cache = self.new_cache() if cache is None else cache
         if not isinstance(cache, KVCache) or cache.layout != self.cache_layout:
             raise TinyExaoneError("the cache was not made for this model's shape; use this model's new_cache()")
+        self.weights.check_files()
         cache.check_room(len(ids))
         start = cache.length
         try:

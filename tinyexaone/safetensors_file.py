@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,28 @@ class SafetensorsHeader:
     @property
     def data_start(self) -> int:
         return 8 + self.header_len
+
+
+class MappedFile:
+    """A file whose bytes are memory-mapped, held open so its size can be checked: reading a page
+    past the end of a file that shrank after it was mapped kills the process (SIGBUS), so every
+    forward pass first calls `check()`."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise TinyExaoneError(f"{path}: cannot read ({exc.strerror})") from None
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def check(self) -> None:
+        now = os.fstat(self._file.fileno()).st_size
+        if now < self.size:
+            raise TinyExaoneError(f"{self.path}: the file shrank from {self.size:,} to {now:,} bytes after it was "
+                                  f"loaded (rewritten in place?); load the model again")
 
 
 def widen_bf16(bits: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ which file tensor fills which field is said once, in tensors.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -71,6 +71,12 @@ class ModelWeights:
     layers: list[LayerWeights]
     norm: np.ndarray  # [hidden]
     lm_head: MatrixWeight  # [vocab, hidden]; the embedding itself when tied
+    mapped_files: list = field(default_factory=list)  # safetensors_file.MappedFile of memory-mapped weights
+
+    def check_files(self) -> None:
+        """Raise if a memory-mapped file shrank since it was loaded (its pages would kill the process)."""
+        for mapped in self.mapped_files:
+            mapped.check()
 
     def layer_matrices(self) -> list[MatrixWeight]:
         """Every matrix of every layer (the head and embedding not included)."""
