@@ -34,7 +34,8 @@ from .generation import CancelToken, Options, Run, make_options
 from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
 
 REASONING_END = "\n</think>\n\n"  # what the template writes after reasoning; forced by reasoning_budget
-RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt", "max_tokens", "tokenize")
+RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt", "max_tokens", "tokenize",
+                            "special_tokens_in_content")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -75,7 +76,7 @@ class ChatTurn:
     """One assistant reply to `messages`; see the module docstring."""
 
     def __init__(self, model, tokenizer, messages, tools, enable_thinking: bool, options: Options,
-                 template_kwargs, cache, cached_ids, token: CancelToken):
+                 template_kwargs, cache, cached_ids, token: CancelToken, special_tokens_in_content: bool = False):
         self.started = perf_counter()
         if template_kwargs is not None and not isinstance(template_kwargs, dict):
             raise TinyExaoneError(f"template_kwargs must be a dict, got {type(template_kwargs).__name__}")
@@ -83,10 +84,9 @@ class ChatTurn:
         clash = sorted(set(template_kwargs) & set(RESERVED_TEMPLATE_KWARGS))
         if clash:
             raise TinyExaoneError(f"template_kwargs may not set {clash[0]!r}: pass it as its own argument")
-        self.prompt = tokenizer.apply_chat_template(arguments_as_objects(messages), tools=tools,
-                                                    add_generation_prompt=True, enable_thinking=enable_thinking,
-                                                    max_tokens=cache.max_tokens, **template_kwargs)
-        self.prompt_ids = tokenizer.encode(self.prompt, add_special_tokens=False)
+        self.prompt, self.prompt_ids = tokenizer.chat_prompt(
+            arguments_as_objects(messages), tools=tools, add_generation_prompt=True, max_tokens=cache.max_tokens,
+            special_tokens_in_content=special_tokens_in_content, enable_thinking=enable_thinking, **template_kwargs)
         self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
         self.cache, self.history = cache, list(messages)
         self.known_tools = tool_names(tools)
@@ -217,7 +217,8 @@ class ChatSession:
     """
 
     def __init__(self, chat_model, system: str | None = None, tools=None, enable_thinking: bool = False,
-                 context_size: int | None = None, template_kwargs: dict | None = None, **options):
+                 context_size: int | None = None, template_kwargs: dict | None = None,
+                 special_tokens_in_content: bool = False, **options):
         self._chat_model = chat_model
         self._tokenizer = chat_model.require_tokenizer()
         make_options(enable_thinking, **options)  # fail now on bad defaults
@@ -225,6 +226,7 @@ class ChatSession:
         self.tools = tools
         self.enable_thinking = enable_thinking
         self.template_kwargs = template_kwargs
+        self.special_tokens_in_content = special_tokens_in_content
         self.default_options = dict(options)
         self.cache = chat_model.model.new_cache(context_size)
         self._turn: ChatTurn | None = None
@@ -292,7 +294,8 @@ class ChatSession:
         opts = make_options(self.enable_thinking, **{**self.default_options, **options})
         token = self._chat_model.runs.new_token(opts.cancel)
         turn = ChatTurn(self._chat_model.model, self._tokenizer, self.messages + new, self.tools,
-                        self.enable_thinking, opts, self.template_kwargs, self.cache, self.cached_ids, token)
+                        self.enable_thinking, opts, self.template_kwargs, self.cache, self.cached_ids, token,
+                        self.special_tokens_in_content)
         self._turn = turn
         self._turn_events = events = self._events(turn)
         return ChatStream(events, token) if stream else collect(events)

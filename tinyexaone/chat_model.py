@@ -82,12 +82,14 @@ class ChatModel:
         return chunks.result
 
     def chat(self, messages, tools=None, enable_thinking: bool = False, stream: bool = False,
-             template_kwargs: dict | None = None, **options):
-        """One assistant reply to `messages` -> ChatResponse, or a ChatStream of events if `stream`."""
+             template_kwargs: dict | None = None, special_tokens_in_content: bool = False, **options):
+        """One assistant reply to `messages` -> ChatResponse, or a ChatStream of events if `stream`.
+        Special-token text inside system, user and tool messages is plain text unless
+        `special_tokens_in_content` (transformers' behaviour; see Tokenizer.chat_prompt)."""
         opts = make_options(enable_thinking, **options)
         token = self.runs.new_token(opts.cancel)
         turn = ChatTurn(self.model, self.require_tokenizer(), messages, tools, enable_thinking, opts, template_kwargs,
-                        self.model.new_cache(opts.context_size), [], token)
+                        self.model.new_cache(opts.context_size), [], token, special_tokens_in_content)
         return ChatStream(turn.events(), token) if stream else collect(turn.events())
 
     def chat_session(self, system: str | None = None, tools=None, enable_thinking: bool = False,
