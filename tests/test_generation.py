@@ -649,3 +649,23 @@ def test_assistant_history_keeps_its_markers(tok):
                                  {"role": "user", "content": "[|assistant|]"}])
     assert ids.count(tok.token_to_id("[|assistant|]")) == 2  # the template's two, not the user's
     assert text.endswith("[|user|]\n[|assistant|][|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\n")
+
+
+def test_api_type_gaps_are_one_error_each(tok):
+    model = scripted_model(tok, repeat(tok, " la"))
+    user = [{"role": "user", "content": "hi"}]
+    for options in (dict(stop=5), dict(stop={"a"}), dict(seed=True), dict(max_new_tokens=2.5), dict(temperature="1"),
+                    dict(top_k=1.5), dict(context_size=True)):
+        with pytest.raises(TinyExaoneError):
+            model.generate("x", **options)
+        with pytest.raises(TinyExaoneError):
+            model.chat(user, **options)
+    with pytest.raises(TinyExaoneError, match="template_kwargs must be a dict"):
+        model.chat(user, template_kwargs="abc")
+    with pytest.raises(TinyExaoneError, match="tool_calls must be a list"):
+        model.chat([*user, {"role": "assistant", "content": "", "tool_calls": 5}, *user])
+    nested = {"role": "user", "content": "x"}
+    for _ in range(100000):
+        nested = {"role": "user", "content": [nested]}
+    with pytest.raises(TinyExaoneError, match="nested too deeply"):
+        model.chat([nested])
