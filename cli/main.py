@@ -57,7 +57,7 @@ def main(argv=None):
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("interrupted", err=True)  # click turns a Ctrl-C inside a command into Abort
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -191,3 +191,17 @@ def test_cli_info_on_a_good_model(tiny_dir):
     result = run_cli("info", tiny_dir)
     assert result.returncode == 0, result.stderr
     assert "3 layers" in result.stdout and "tied to the embedding" in result.stdout and "llama3" in result.stdout
+
+
+def test_deeply_nested_headers_and_index_are_one_error(tiny_dir, tmp_path):
+    model = copy_model(tiny_dir, tmp_path / "m")
+    path = model / "model.safetensors"
+    nested = b"[" * 50000 + b"]" * 50000
+    size = path.stat().st_size
+    path.write_bytes(struct.pack("<Q", len(nested)) + nested + bytes(max(0, size - 8 - len(nested))))
+    with pytest.raises(TinyExaoneError, match="not valid JSON"):
+        tinyexaone.load(model)
+    path.unlink()
+    (model / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(TinyExaoneError, match="corrupt shard index"):
+        tinyexaone.load(model)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numba
 import pytest
@@ -249,3 +250,24 @@ def test_ctrl_c_while_starting_up_is_never_a_traceback(model_dir, tmp_path):
         _, err = process.communicate(timeout=60)
         assert b"Traceback" not in err, (delay, err.decode())
         assert process.returncode in (130, -signal.SIGINT, 0), (delay, process.returncode)  # 0: it had finished
+
+
+def test_only_a_real_context_overflow_gets_the_ctx_size_hint(run_here, tmp_path):
+    model = build_tiny_chat_model(tmp_path / "m")
+    (model / "chat_template.jinja").write_text("{{ raise_exception('the context of this message is wrong') }}")
+    code, _, err = run_here("generate", "-m", model, "--prompt", "hi")
+    assert code == 2 and "the context of this message is wrong" in err and "--ctx-size" not in err
+
+
+def test_ctrl_c_in_a_piped_chat_ends_it_with_130(model_dir, tmp_path):
+    slow_cli = Path(__file__).resolve().parent / "slow_cli.py"
+    process = subprocess.Popen([sys.executable, str(slow_cli), "0.2", *one_thread(["chat", "-m", model_dir, "-n", "50"])],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                               env=cli_env(tmp_path), preexec_fn=reset_sigint)
+    process.stdin.write(b"first message\nsecond message\n")
+    process.stdin.flush()
+    time.sleep(2.0)  # inside the first reply (every forward pass takes 0.2 s)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"interrupted" in err

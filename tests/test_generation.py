@@ -669,3 +669,14 @@ def test_api_type_gaps_are_one_error_each(tok):
         nested = {"role": "user", "content": [nested]}
     with pytest.raises(TinyExaoneError, match="nested too deeply"):
         model.chat([nested])
+
+
+def test_a_huge_raw_prompt_is_refused_before_tokenizing(tok):
+    model = scripted_model(tok, repeat(tok, " la"), max_tokens=1000)
+    huge = "a" * (1000 * tok.max_token_bytes + 1)
+    started = time.monotonic()
+    with pytest.raises(tinyexaone.ContextOverflowError) as info:
+        model.generate(huge)
+    assert time.monotonic() - started < 1 and info.value.limit == 1000 * tok.max_token_bytes
+    with pytest.raises(tinyexaone.ContextOverflowError):
+        model.chat([{"role": "user", "content": "hi"}, {"role": "tool", "content": huge}])

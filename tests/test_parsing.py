@@ -144,3 +144,11 @@ def test_bad_tool_calls_become_error_entries(body, message):
 
 def test_any_name_is_accepted_when_no_tools_were_declared():
     assert parse_tool_call('{"name": "anything", "arguments": {}}', None)["function"]["name"] == "anything"
+
+
+def test_deeply_nested_tool_calls_are_error_entries_not_exceptions():
+    deep = '{"name": "f", "arguments": ' + "[" * 100000 + "]" * 100000 + "}"
+    assert "error" in parse_tool_call(deep, {"f"})
+    deep_string = json.dumps({"name": "f", "arguments": "[" * 100000 + "]" * 100000})
+    entry = parse_tool_call(deep_string, {"f"})  # a JSON string that would decode too deep stays a string
+    assert "error" not in entry and json.loads(entry["function"]["arguments"]).startswith("[[[")
