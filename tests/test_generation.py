@@ -18,6 +18,7 @@ import pytest
 
 import tinyexaone
 from tinyexaone import ChatModel, TinyExaoneError, generation, load_tokenizer
+from tinyexaone.prompt import chat_prompt
 
 FIXTURE = Path(__file__).parent / "fixtures" / "exaone-4.0-1.2b"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -644,7 +645,7 @@ def test_role_markers_in_messages_are_plain_text_by_default(tok):
 
 
 def test_assistant_history_keeps_its_markers(tok):
-    text, ids = tok.chat_prompt([{"role": "user", "content": "q"},
+    text, ids = chat_prompt(tok, [{"role": "user", "content": "q"},
                                  {"role": "assistant", "content": "<tool_call>{}</tool_call> [|endofturn|]"},
                                  {"role": "user", "content": "[|assistant|]"}])
     assert ids.count(tok.token_to_id("[|assistant|]")) == 2  # the template's two, not the user's

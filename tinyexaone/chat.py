@@ -32,6 +32,7 @@ from time import perf_counter
 from .errors import TinyExaoneError
 from .generation import CancelToken, Options, Run, make_options
 from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
+from .prompt import chat_prompt
 
 REASONING_END = "\n</think>\n\n"  # what the template writes after reasoning; forced by reasoning_budget
 RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt", "max_tokens", "tokenize",
@@ -84,8 +85,8 @@ class ChatTurn:
         clash = sorted(set(template_kwargs) & set(RESERVED_TEMPLATE_KWARGS))
         if clash:
             raise TinyExaoneError(f"template_kwargs may not set {clash[0]!r}: pass it as its own argument")
-        self.prompt, self.prompt_ids = tokenizer.chat_prompt(
-            arguments_as_objects(messages), tools=tools, add_generation_prompt=True, max_tokens=cache.max_tokens,
+        self.prompt, self.prompt_ids = chat_prompt(
+            tokenizer, arguments_as_objects(messages), tools=tools, add_generation_prompt=True, max_tokens=cache.max_tokens,
             special_tokens_in_content=special_tokens_in_content, enable_thinking=enable_thinking, **template_kwargs)
         self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
         self.cache, self.history = cache, list(messages)

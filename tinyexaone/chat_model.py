@@ -85,7 +85,7 @@ class ChatModel:
              template_kwargs: dict | None = None, special_tokens_in_content: bool = False, **options):
         """One assistant reply to `messages` -> ChatResponse, or a ChatStream of events if `stream`.
         Special-token text inside system, user and tool messages is plain text unless
-        `special_tokens_in_content` (transformers' behaviour; see Tokenizer.chat_prompt)."""
+        `special_tokens_in_content` (transformers' behaviour; see prompt.py)."""
         opts = make_options(enable_thinking, **options)
         token = self.runs.new_token(opts.cancel)
         turn = ChatTurn(self.model, self.require_tokenizer(), messages, tools, enable_thinking, opts, template_kwargs,

@@ -13,7 +13,8 @@ same files. `Tokenizer.detokenizer()` returns a `StreamingDetokenizer` for byte-
 turns ids into their raw bytes and emits only complete UTF-8 characters, so a Korean syllable
 or an emoji split over several tokens is never cut, and the concatenation of everything it
 emits (including `flush()`) equals `decode()` of the same ids. `apply_chat_template` renders
-the model's own template (see chat_template.py) and can tokenize the result.
+the model's own template (chat_template.py, through prompt.py) and can tokenize the result;
+`encode_literal` tokenizes text with no special token matched.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from pathlib import Path
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders
 
-from .chat_template import compile_chat_template, render_chat_template
+from .chat_template import compile_chat_template
 from .compact import EMBEDDED_FILES as TOKENIZER_FILES
 from .compact import open_compact
 from .errors import ContextOverflowError, TinyExaoneError
+from .prompt import chat_prompt
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-PLACEHOLDER_BASE = 0xF0000  # Supplementary Private Use Area-A: code points no template or tokenizer means
-LITERAL_ROLES = ("system", "user", "tool")  # whose content is text from outside the model
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -88,12 +88,8 @@ class Tokenizer:
         added = backend.get_added_tokens_decoder()  # id -> AddedToken
         self.added_tokens = {tok.content: i for i, tok in added.items()}  # content -> id
         self.special_token_ids = frozenset(i for i, tok in added.items() if tok.special)
-        # a private code point per special token text, standing in for it inside message content
-        specials = sorted({tok.content for tok in added.values() if tok.special and tok.content})
-        self._placeholders = {text: chr(PLACEHOLDER_BASE + i) for i, text in enumerate(specials)}
-        self._special_text = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
-                                        ) if specials else None
-        self._backend_lock = threading.Lock()  # encode_special_tokens is switched on for literal text
+        self.special_texts = tuple(sorted({tok.content for tok in added.values() if tok.special and tok.content}))
+        self._backend_lock = threading.Lock()  # encode_literal switches encode_special_tokens on
         for name in SPECIAL_TOKEN_NAMES:
             text = _token_text(tokenizer_config.get(name)) or _token_text(special_tokens_map.get(name))
             token_id = backend.token_to_id(text) if text is not None else None
@@ -192,93 +188,36 @@ class Tokenizer:
     def special_tokens_map(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name) is not None}
 
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = True,
-                            tokenize: bool = False, max_tokens: int | None = None,
-                            special_tokens_in_content: bool = True, **kwargs):
-        """Render `messages` with the model's template -> str, or token ids when `tokenize`, as
-        transformers does (its default: special-token text in messages becomes those tokens).
-
-        kwargs (e.g. `enable_thinking=True`, `skip_think=False`) become template variables. With
-        `max_tokens`, a conversation that cannot fit that many tokens is a ContextOverflowError,
-        found while rendering or from its size, before anything is tokenized. With
-        `special_tokens_in_content=False`, see `chat_prompt`.
-        """
-        text, ids = self.chat_prompt(messages, tools, add_generation_prompt, max_tokens, special_tokens_in_content,
-                                     tokenize=tokenize, **kwargs)
-        return ids if tokenize else text
-
-    def chat_prompt(self, messages, tools=None, add_generation_prompt: bool = True, max_tokens: int | None = None,
-                    special_tokens_in_content: bool = False, tokenize: bool = True, **kwargs):
-        """(prompt text, its token ids or None) of a conversation; the generation API's safe default.
-
-        Unless `special_tokens_in_content`, text in the content of system, user and tool messages
-        that spells a special token (a role marker such as "[|system|]", "[|endofturn|]") is
-        tokenized as the plain text it is, so a message cannot forge a turn of another role: it is
-        carried through the template as a private-use code point and encoded literally at the end.
-        The template's own markers, and assistant messages (the model's own output), are unchanged.
-        The text returned is the conversation as rendered, with every such span restored.
-        """
+    @property
+    def template(self):
+        """The compiled chat template (compiled on first use)."""
         if self._template is None:
             if self.chat_template_source is None:
                 raise TinyExaoneError(f"{self.source}: no chat template (chat_template.jinja or tokenizer_config.json)")
             self._template = compile_chat_template(self.chat_template_source)
-        literals = {}
-        if not special_tokens_in_content:
-            messages, literals = self._literal_content(messages)
-        bound = {} if max_tokens is None else {"max_chars": max_tokens * self.max_token_bytes}
-        text = render_chat_template(self._template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                    special_tokens=self.special_tokens_map, **bound, **kwargs)
-        if max_tokens is not None:
-            self.check_fits(text, max_tokens)
-        ids = self._encode_with_literals(text, literals) if tokenize else None
-        for placeholder, literal in literals.items():
-            text = text.replace(placeholder, literal)
-        return text, ids
+        return self._template
 
-    def _literal_content(self, messages):
-        """(messages with special-token text in system/user/tool content replaced by placeholders,
-        {placeholder: text} of those used)."""
-        if self._special_text is None or not isinstance(messages, (list, tuple)):
-            return messages, {}
-        used = {}
+    def encode_literal(self, text: str) -> list[int]:
+        """Token ids of `text` with no added token matched: "[|system|]" is the characters it spells."""
+        with self._backend_lock:
+            self.backend.encode_special_tokens = True
+            try:
+                return self.backend.encode(text, add_special_tokens=False).ids
+            finally:
+                self.backend.encode_special_tokens = False
 
-        def hide(text):
-            if not isinstance(text, str):
-                return text
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = True,
+                            tokenize: bool = False, max_tokens: int | None = None,
+                            special_tokens_in_content: bool = True, **kwargs):
+        """Render `messages` with the model's template -> str, or token ids when `tokenize`, as
+        transformers does by default (special-token text in messages becomes those tokens).
 
-            def placeholder(match):
-                used[self._placeholders[match.group()]] = match.group()
-                return self._placeholders[match.group()]
-            return self._special_text.sub(placeholder, text)
-
-        out = []
-        for message in messages:
-            if isinstance(message, dict) and message.get("role") in LITERAL_ROLES:
-                content = message.get("content")
-                if isinstance(content, list):
-                    content = [{**part, "text": hide(part["text"])} if isinstance(part, dict) and "text" in part
-                               else part for part in content]
-                message = {**message, "content": hide(content)}
-            out.append(message)
-        return out, used
-
-    def _encode_with_literals(self, text: str, literals: dict[str, str]) -> list[int]:
-        if not literals:
-            return self.encode(text, add_special_tokens=False)
-        ids, position = [], 0
-        for match in re.finditer("[" + "".join(literals) + "]", text):
-            if match.start() > position:
-                ids += self.encode(text[position : match.start()], add_special_tokens=False)
-            with self._backend_lock:
-                self.backend.encode_special_tokens = True
-                try:
-                    ids += self.backend.encode(literals[match.group()], add_special_tokens=False).ids
-                finally:
-                    self.backend.encode_special_tokens = False
-            position = match.end()
-        if position < len(text):
-            ids += self.encode(text[position:], add_special_tokens=False)
-        return ids
+        kwargs (e.g. `enable_thinking=True`, `skip_think=False`) become template variables;
+        `max_tokens` and `special_tokens_in_content=False`: see `prompt.chat_prompt`.
+        """
+        text, ids = chat_prompt(self, messages, tools, add_generation_prompt, max_tokens, special_tokens_in_content,
+                                tokenize=tokenize, **kwargs)
+        return ids if tokenize else text
 
 
 class StreamingDetokenizer:
