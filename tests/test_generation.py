@@ -681,3 +681,14 @@ def test_a_huge_raw_prompt_is_refused_before_tokenizing(tok):
     assert time.monotonic() - started < 1 and info.value.limit == 1000 * tok.max_token_bytes
     with pytest.raises(tinyexaone.ContextOverflowError):
         model.chat([{"role": "user", "content": "hi"}, {"role": "tool", "content": huge}])
+
+
+def test_token_ids_and_flags_are_never_silently_coerced(tok):
+    model = scripted_model(tok, repeat(tok, " la"))
+    for prompt in ([1.5, 2], [True], "".encode(), None, 5):
+        with pytest.raises(TinyExaoneError, match="prompt must be text or a list of token ids"):
+            model.generate(prompt, max_new_tokens=1)
+    with pytest.raises(TinyExaoneError, match="token ids must be a sequence of integers"):
+        tok.decode("abc")
+    with pytest.raises(TinyExaoneError, match="enable_thinking must be True or False"):
+        model.chat([{"role": "user", "content": "x"}], enable_thinking="yes")

@@ -37,6 +37,7 @@ from .errors import ContextOverflowError, TinyExaoneError
 from .options import check_option
 from .parsing import partial_marker_length
 from .sampling import NON_REASONING_DEFAULTS, REASONING_DEFAULTS, Sampler, SamplingParams
+from .tokenizer import token_id_list
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: bounds the [T, vocab] logits of a prefill step
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -66,6 +67,8 @@ class Options:
 
 def make_options(enable_thinking: bool = False, **options) -> Options:
     """Validate generation keyword options; sampling defaults depend on reasoning mode."""
+    if not isinstance(enable_thinking, bool):
+        raise TinyExaoneError(f"enable_thinking must be True or False, got {enable_thinking!r:.40}")
     unknown = sorted(set(options) - set(SAMPLING_OPTIONS) - set(OTHER_OPTIONS))
     if unknown:
         known = ", ".join(SAMPLING_OPTIONS + OTHER_OPTIONS)
@@ -318,10 +321,9 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     if isinstance(prompt, str):
         return tokenizer.encode(prompt)
     try:
-        ids = [int(i) for i in prompt]
-    except (TypeError, ValueError):
+        return token_id_list(prompt)
+    except TinyExaoneError:
         raise TinyExaoneError(f"prompt must be text or a list of token ids, got {type(prompt).__name__}") from None
-    return ids
 
 
 class TextStream:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import operator
 import re
 import threading
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders
 
@@ -72,6 +74,17 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def token_id_list(ids) -> list[int]:
+    """`ids` as a list of ints; anything that is not a sequence of integers (floats, bools, text)
+    is one TinyExaoneError, never silently rounded."""
+    try:
+        if isinstance(ids, (str, bytes)) or any(isinstance(i, (bool, np.bool_)) for i in ids):
+            raise TypeError
+        return [operator.index(i) for i in ids]
+    except TypeError:
+        raise TinyExaoneError(f"token ids must be a sequence of integers, got {type(ids).__name__}") from None
 
 
 class Tokenizer:
@@ -129,7 +142,7 @@ class Tokenizer:
             raise TinyExaoneError(f"the text is not valid Unicode ({where}); decode bytes with errors='replace'") from None
 
     def _check_ids(self, ids) -> list[int]:
-        ids = [int(i) for i in ids]
+        ids = token_id_list(ids)
         for i in ids:
             if not 0 <= i < self.vocab_size:
                 raise TinyExaoneError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
