@@ -34,7 +34,7 @@ from tinyexaone.errors import ContextOverflowError, TinyExaoneError
 from tinyexaone.signals import install_sigterm_exit
 
 from .model_resolution import load_model
-from .options import apply_threads, context_size, generation_options, sampling_options, valid_text
+from .options import MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options, valid_text
 from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
@@ -449,7 +449,12 @@ class ChatApp:
                 return None
 
     def _piped(self) -> int:
-        for number, raw in enumerate(sys.stdin.buffer, start=1):
+        for number, raw in enumerate(_bounded_lines(sys.stdin.buffer), start=1):
+            if raw is None:
+                self.failed_turns += 1
+                click.echo(f"error: input line {number} is longer than {MAX_INPUT_BYTES >> 20} MB; skipped", err=True)
+                self.write("\n")
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -459,6 +464,21 @@ class ChatApp:
             if text.strip():
                 self.turn(text)
         return 1 if self.failed_turns else 0
+
+
+def _bounded_lines(stream):
+    """The lines of a binary stream, each read with at most MAX_INPUT_BYTES in memory; a longer
+    line is read to its end and given as None."""
+    while True:
+        line = stream.readline(MAX_INPUT_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_INPUT_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the overlong line
+            line = stream.readline(MAX_INPUT_BYTES)
+        yield None
 
 
 def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None:

@@ -23,7 +23,7 @@ from tinyexaone.signals import install_sigterm_exit
 
 from .chat import format_stats
 from .model_resolution import load_model
-from .options import apply_threads, context_size, generation_options, sampling_options, valid_text
+from .options import MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options, valid_text
 from .terminal import sanitize
 
 
@@ -31,7 +31,10 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None:
         raise TinyExaoneError("generate needs --prompt TEXT (or --prompt - to read it from stdin)")
     if prompt == "-":
-        prompt = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise TinyExaoneError(f"the prompt on stdin is larger than {MAX_INPUT_BYTES >> 20} MB")
+        prompt = data.decode("utf-8", errors="replace")
     if not prompt.strip():
         raise TinyExaoneError("the prompt is empty")
     return prompt

@@ -90,6 +90,9 @@ def generation_options(command):
     return command
 
 
+MAX_INPUT_BYTES = 64 << 20  # the most text one prompt or piped chat line may bring from stdin
+
+
 def valid_text(value: str | None, flag: str) -> str | None:
     """A command-line text with any bytes that were not UTF-8 (Python keeps them as lone
     surrogates) replaced by U+FFFD, with a warning on stderr."""

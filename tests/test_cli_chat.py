@@ -449,3 +449,13 @@ def test_hostile_save_and_load_commands_keep_the_session(tokenizer, tmp_path, ca
         out = capsys.readouterr().out
         assert "error: " in out and out.count("\n") == 1, (command, out)
     assert [m["content"] for m in app.session.messages] == ["hello", "first reply"]
+
+
+def test_piped_lines_are_read_with_bounded_memory(monkeypatch):
+    import io
+
+    from tinyexaone.cli import chat as chat_cli
+
+    monkeypatch.setattr(chat_cli, "MAX_INPUT_BYTES", 10)
+    stream = io.BytesIO(b"short\n" + b"x" * 35 + b"\nlast line\nend")
+    assert list(chat_cli._bounded_lines(stream)) == [b"short\n", None, b"last line\n", b"end"]
