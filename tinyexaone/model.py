@@ -22,7 +22,9 @@ QK-norm + RoPE + cache write in one call, attention straight over the cache rows
 residual norms) with its buffers kept in the cache; the tests hold both paths to transformers.
 
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()`, so one
-Model can serve several sessions. If a forward pass fails or is interrupted, the cache is rolled
+Model can serve several sessions. Before any kernel runs, `forward` checks the token ids, that
+the cache was made for this model's shape (the kernels trust its buffers), and that no
+memory-mapped weight file has shrunk since it was loaded. If a forward pass fails or is interrupted, the cache is rolled
 back to where it was (or emptied when a ring buffer cannot roll back), never left half-written.
 """
 
