@@ -8,9 +8,9 @@ with an empty Numba cache (cold, compiles every kernel) and with the cache fille
 tok/s for 64 and 512 tokens; decode tok/s for 128 tokens from an empty context and after 512
 tokens; peak RSS; the memory-bandwidth floor measured in the same run (a large NumPy read),
 which gives decode's achieved GB/s and % of the floor; and the compute floor of prefill (NumPy
-BLAS float32 multiply-adds per second over the layers' multiply-adds per token). As ratios in the same run it times the float32
-NumPy path on the first layers and, when torch and transformers are installed, PyTorch bf16 on
-the same layers. Prints a table, or JSON with `--json`. Absolute times drift on shared
+BLAS float32 multiply-adds per second over the layers' multiply-adds per token). As ratios in
+the same run it times one decode token through the first layers: the float32 NumPy path of the
+same weights dequantized and, when torch and transformers are installed, PyTorch bf16 layers. Prints a table, or JSON with `--json`. Absolute times drift on shared
 machines; the ratios are what to compare.
 """
 
@@ -146,8 +146,8 @@ def time_layers(model, context: int, n_tokens: int) -> float:
     cache = model.new_cache()
     model._forward_hidden(np.arange(context), cache, 0)
     start = time.perf_counter()
-    for i in range(n_tokens):
-        model._forward_hidden(np.array([i % model.config.vocab_size]), cache, cache.length)
+    for i in range(n_tokens):  # the decode path: one token through the fused steps
+        model._decode_hidden(i % model.config.vocab_size, cache, cache.length)
     return (time.perf_counter() - start) / n_tokens
 
 
