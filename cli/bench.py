@@ -178,13 +178,15 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     import numba
 
     from tinyexaone.benchmarks import blas_rate, read_bandwidth
+    from tinyexaone.integer_dot import kernel_paths
     from tinyexaone.loading import open_model
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
     prefill_sizes, decode_tokens, long_context = ((16, 64), 16, 64) if quick else ((64, 512), 128, 512)
     files = [path] if path.is_file() else list(path.glob("*.safetensors"))
-    result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6}
+    result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6,
+              **{f"kernel_{name}": value for name, value in kernel_paths().items()}}
     start = time.perf_counter()
     model, _ = open_model(path)  # the forward pass alone: no tokenizer
     result["load_s"] = time.perf_counter() - start
@@ -248,6 +250,7 @@ def print_table(result: dict) -> None:
         (f"vs PyTorch bf16 ({result['layers_compared']} layers)", "pytorch_bf16_ratio", "{:.1f}x faster"),
     ]
     click.echo(f"tinyexaone bench: {result['model']} ({result['threads']} threads)")
+    click.echo(f"  {'CPU / integer dot product path':<40} {result['kernel_cpu']} / {result['kernel_integer_dot']}")
     for label, key, fmt in rows:
         value = result.get(key)
         click.echo(f"  {label:<40} {'n/a (not installed)' if value is None else fmt.format(value)}")

@@ -20,6 +20,8 @@ from tinyexaone.checkpoint import check_tensors, open_checkpoint
 from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.config import Exaone4Config, load_config
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.integer_dot import kernel_paths
+from tinyexaone.safetensors_file import DTYPES
 from tinyexaone.tensors import EMBEDDING
 
 
@@ -38,6 +40,8 @@ def _describe_config(config: Exaone4Config) -> None:
     click.echo(f"rope        {rope_text}")
     click.echo(f"head        {'tied to the embedding' if config.tie_word_embeddings else 'separate lm_head'}")
     click.echo(f"context     {config.max_position_embeddings} positions")
+    paths = kernel_paths()
+    click.echo(f"kernels     integer dot products: {paths['integer_dot']} path (CPU {paths['cpu']})")
 
 
 def _describe_directory(path: Path) -> None:
@@ -47,7 +51,7 @@ def _describe_directory(path: Path) -> None:
     entries = checkpoint.entries.values()
     files = {e.file for e in entries}
     dtypes = Counter(e.dtype for e in entries)
-    params = sum(e.nbytes // {"BF16": 2, "F16": 2, "F32": 4}[e.dtype] for e in entries)
+    params = sum(e.nbytes // DTYPES[e.dtype].itemsize for e in entries)
     click.echo(f"model       {path}  (Hugging Face directory)")
     _describe_config(config)
     click.echo(f"tensors     {len(checkpoint.entries)} ({', '.join(f'{n} {d}' for d, n in dtypes.items())}), "

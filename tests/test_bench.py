@@ -26,9 +26,10 @@ def test_bench_runs_and_reports_every_figure(tmp_path, capsys):
                 "decode_pct_of_floor", "blas_gmacs", "prefill_floor_tok_s", "prefill_pct_of_floor", "float32_numpy_ratio"):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert (tmp_path / "cache" / "bench" / "synthetic-tiny-int4-g32.tx").is_file()
+    assert result["kernel_integer_dot"] in ("avx2", "generic") and result["kernel_cpu"]
     print_table(result)  # the table form of the same figures
     table = capsys.readouterr().out
-    for label in ("prefill 64 tokens", "prefill compute floor", "prefill 64 tokens, % of compute floor",
+    for label in ("integer dot product path", "prefill 64 tokens", "prefill compute floor", "prefill 64 tokens, % of compute floor",
                   "decode, % of floor", "peak RSS"):
         assert label in table, label
 

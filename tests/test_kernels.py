@@ -265,3 +265,14 @@ def test_portable_integer_path_matches_numpy_twin(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout and "deselected" in done.stdout
+
+
+def test_the_path_follows_the_cpu_numba_compiles_for(tmp_path):
+    """With NUMBA_CPU_NAME/NUMBA_CPU_FEATURES (a portable cache), the path follows those features,
+    not the host's: AVX2 intrinsics must never be emitted for a target without AVX2."""
+    probe = "from tinyexaone.integer_dot import kernel_paths; print(kernel_paths())"
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64", NUMBA_CPU_FEATURES="+sse2,-avx2",
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "'integer_dot': 'generic'" in done.stdout and "'cpu': 'x86-64'" in done.stdout

@@ -113,17 +113,28 @@ def _horizontal_sum(builder, values, width):
 
 def integer_dot_path() -> str:
     """Which code the integer dot products compile to here: "avx2" (vpmaddubsw, vpmaddwd) when
-    Numba compiles for a CPU with AVX2, else "generic" (portable LLVM IR). Numba's on-disk cache
+    the CPU Numba compiles for has AVX2, else "generic" (portable LLVM IR). The CPU's features
+    come from llvmlite's public `get_host_cpu_features`, or from NUMBA_CPU_FEATURES when it is
+    set (Numba then compiles for those features, e.g. a portable cache). Numba's on-disk cache
     is keyed on the CPU, so a cache never carries one path to another machine.
     TINYEXAONE_GENERIC_KERNELS=1 forces "generic" for kernels compiled from then on; the cache
     key does not include it, so the tests that use it also point NUMBA_CACHE_DIR at an empty
     folder."""
     if os.environ.get("TINYEXAONE_GENERIC_KERNELS") == "1":
         return "generic"
-    from numba.core.registry import cpu_target
+    import numba
+    from llvmlite import binding
 
-    features = cpu_target.target_context.codegen()._get_host_cpu_features()
+    features = numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
     return "avx2" if "+avx2" in features.split(",") else "generic"
+
+
+def kernel_paths() -> dict[str, str]:
+    """What `tinyexaone bench` and `info` report: the CPU and the integer dot product path."""
+    import numba
+    from llvmlite import binding
+
+    return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path()}
 
 
 def _vpmaddubsw(builder, unsigned_bytes, signed_bytes):
