@@ -5,8 +5,9 @@ BF16 weights run in place) or a synthetic compact file of the real EXAONE-4.0-1.
 shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no float
 checkpoint in between): load time; time to first token of a short prompt in a fresh process
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
-tok/s for 64 and 512 tokens; decode tok/s for 128 tokens from an empty context and after 512
-tokens; peak RSS; the memory-bandwidth floor measured in the same run (a large NumPy read),
+tok/s for 64, 512 and 2,048 tokens; decode tok/s for 128 tokens from an empty context and after
+512 and 4,096 tokens; peak RSS at the 512-token context; the KV cache type; the CPU and the
+integer dot product path; the memory-bandwidth floor measured in the same run (a large NumPy read),
 which gives decode's achieved GB/s and % of the floor; and the compute floor of prefill (NumPy
 BLAS float32 multiply-adds per second over the layers' multiply-adds per token). As ratios in
 the same run it times one decode token through the first layers: the float32 NumPy path of the
@@ -183,7 +184,8 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
 
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    prefill_sizes, decode_tokens, long_context = ((16, 64), 16, 64) if quick else ((64, 512), 128, 512)
+    prefill_sizes, decode_tokens, context = ((16, 64), 16, 64) if quick else ((64, 512), 128, 512)
+    long_prompt, long_context = (128, 128) if quick else (2048, 4096)  # the long-prompt lines
     files = [path] if path.is_file() else list(path.glob("*.safetensors"))
     result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6,
               **{f"kernel_{name}": value for name, value in kernel_paths().items()}}
@@ -202,16 +204,20 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     for n in prefill_sizes:
         result[f"prefill_{n}_tok_s"] = time_prefill(model, n, rng)
     result["decode_tok_s"] = time_decode(model, 1, decode_tokens, rng)
+    result[f"decode_after_{context}_tok_s"] = time_decode(model, context, decode_tokens, rng)
+    result["peak_rss_mb"] = peak_rss_mb()  # before the long context's cache and the bandwidth probe's buffer
+    result["kv_cache_type"] = {"float32": "f32", "float16": "f16"}.get(model.new_cache().layers[0].keys.dtype.name, "?")
+    result[f"prefill_{long_prompt}_tok_s"] = time_prefill(model, long_prompt, rng)
     result[f"decode_after_{long_context}_tok_s"] = time_decode(model, long_context, decode_tokens, rng)
-    result["peak_rss_mb"] = peak_rss_mb()  # before the bandwidth probe's 512 MB buffer
     result["bandwidth_gbs"] = read_bandwidth(threads)
     result["floor_tok_s"] = result["bandwidth_gbs"] * 1e9 / bytes_per_token
     result["decode_gbs"] = result["decode_tok_s"] * bytes_per_token / 1e9
     result["decode_pct_of_floor"] = 100 * result["decode_tok_s"] / result["floor_tok_s"]
     result["blas_gmacs"] = blas_rate()
     result["prefill_floor_tok_s"] = result["blas_gmacs"] * 1e9 / layer_macs_per_token(model)
-    largest = max(prefill_sizes)
-    result["prefill_pct_of_floor"] = 100 * result[f"prefill_{largest}_tok_s"] / result["prefill_floor_tok_s"]
+    result["prefill_floor_tokens"] = max(prefill_sizes)  # attention's share is still small there
+    result["prefill_pct_of_floor"] = (100 * result[f"prefill_{max(prefill_sizes)}_tok_s"]
+                                      / result["prefill_floor_tok_s"])
     quantized = first_layers(model, COMPARE_LAYERS, dense=False)
     ours = time_layers(quantized, 32, 8 if quick else 32)
     result["layers_compared"] = COMPARE_LAYERS
@@ -242,12 +248,13 @@ def print_table(result: dict) -> None:
     rows += [
         ("BLAS float32 rate (all cores)", "blas_gmacs", "{:.1f} G multiply-adds/s"),
         ("prefill compute floor", "prefill_floor_tok_s", "{:.1f} tok/s"),
-        (f"prefill {max(prefill_sizes)} tokens, % of compute floor", "prefill_pct_of_floor", "{:.0f} %"),
+        (f"prefill {result['prefill_floor_tokens']} tokens, % of compute floor", "prefill_pct_of_floor", "{:.0f} %"),
         ("decode, achieved", "decode_gbs", "{:.1f} GB/s"),
         ("decode, % of floor", "decode_pct_of_floor", "{:.0f} %"),
-        ("peak RSS", "peak_rss_mb", "{:.0f} MB"),
-        (f"vs float32 NumPy ({result['layers_compared']} layers)", "float32_numpy_ratio", "{:.1f}x faster"),
-        (f"vs PyTorch bf16 ({result['layers_compared']} layers)", "pytorch_bf16_ratio", "{:.1f}x faster"),
+        (f"peak RSS (context of {result['prefill_floor_tokens']})", "peak_rss_mb", "{:.0f} MB"),
+        ("KV cache type", "kv_cache_type", "{}"),
+        (f"decode vs float32 NumPy ({result['layers_compared']} layers)", "float32_numpy_ratio", "{:.1f}x faster"),
+        (f"decode vs PyTorch bf16 ({result['layers_compared']} layers)", "pytorch_bf16_ratio", "{:.1f}x faster"),
     ]
     click.echo(f"tinyexaone bench: {result['model']} ({result['threads']} threads)")
     click.echo(f"  {'CPU / integer dot product path':<40} {result['kernel_cpu']} / {result['kernel_integer_dot']}")

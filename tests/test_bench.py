@@ -22,11 +22,12 @@ def test_bench_runs_and_reports_every_figure(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     for key in ("load_s", "first_token_cold_s", "first_token_warm_s", "prefill_16_tok_s", "prefill_64_tok_s",
-                "decode_tok_s", "decode_after_64_tok_s", "peak_rss_mb", "bandwidth_gbs", "floor_tok_s",
+                "prefill_128_tok_s", "decode_tok_s", "decode_after_64_tok_s", "decode_after_128_tok_s", "peak_rss_mb", "bandwidth_gbs", "floor_tok_s",
                 "decode_pct_of_floor", "blas_gmacs", "prefill_floor_tok_s", "prefill_pct_of_floor", "float32_numpy_ratio"):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert (tmp_path / "cache" / "bench" / "synthetic-tiny-int4-g32.tx").is_file()
     assert result["kernel_integer_dot"] in ("avx2", "generic") and result["kernel_cpu"]
+    assert result["kv_cache_type"] == "f32" and result["prefill_floor_tokens"] == 64
     print_table(result)  # the table form of the same figures
     table = capsys.readouterr().out
     for label in ("integer dot product path", "prefill 64 tokens", "prefill compute floor", "prefill 64 tokens, % of compute floor",
