@@ -18,6 +18,7 @@ from tinyexaone.errors import TinyExaoneError
 
 from .bench import bench
 from .chat import chat
+from .entry import exit_interrupted
 from .generate import generate
 from .info import info
 from .quantize import quantize
@@ -56,15 +57,13 @@ def main(argv=None):
     except TinyExaoneError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)  # click turns a Ctrl-C inside a command into Abort
-        sys.exit(130)
+    except click.exceptions.Abort:  # click turns a Ctrl-C inside a command into Abort
+        exit_interrupted()
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        exit_interrupted()
     except OSError as exc:  # every file error of ours is a TinyExaoneError: this is stdout
         _output_lost(exc)
     sys.exit(0)
