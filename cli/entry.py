@@ -3,20 +3,11 @@
 `run()` does the imports (NumPy, Numba and the kernels take a moment) inside a handler, so a
 Ctrl-C that lands while they load ends the process with "interrupted" and exit code 130, like
 one that lands later, instead of a traceback. `tinyexaone/__init__.py` imports nothing itself,
-which keeps this module's own import instant. `exit_interrupted` is the one way the command
-line ends on Ctrl-C.
+which keeps this module's own import instant. `signals.exit_interrupted` is the one way the
+command line ends on Ctrl-C.
 """
 
-import sys
-
-
-def exit_interrupted() -> None:
-    """Say "interrupted" and exit 130. An interrupt can leave objects half-built (an llvmlite
-    object whose constructor it broke), whose destructors then fail while Python shuts down;
-    those reports are silenced, since the interrupt is the whole story."""
-    sys.unraisablehook = lambda unraisable: None
-    sys.stderr.write("interrupted\n")
-    sys.exit(130)
+from tinyexaone.signals import exit_interrupted
 
 
 def run() -> None:

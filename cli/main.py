@@ -15,10 +15,10 @@ import sys
 import click
 
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.signals import exit_interrupted
 
 from .bench import bench
 from .chat import chat
-from .entry import exit_interrupted
 from .generate import generate
 from .info import info
 from .quantize import quantize

@@ -8,13 +8,14 @@ file is removed, a cache rolled back) and the process exits with that code, and 
 reports other failures (a tool's own exceptions) can still let it through by its type. On
 leaving, the previous handlers are back. Outside the main thread it does nothing (Python
 delivers signals to the main thread only). `install_sigterm_exit()` sets the same handlers for
-the rest of the process (the CLI's commands).
+the rest of the process (the CLI's commands). `exit_interrupted()` ends the process on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -32,6 +33,16 @@ def install_sigterm_exit() -> None:
     """From now on, SIGTERM and SIGHUP raise Terminated in the main thread."""
     for signum in SIGNALS:
         signal.signal(signum, _raise_terminated)
+
+
+def exit_interrupted() -> None:
+    """Say "interrupted" on stderr and exit 130 (the command line's end on Ctrl-C). An interrupt
+    can leave objects half-built (an llvmlite object whose constructor it broke), whose
+    destructors then fail while Python shuts down; those reports are silenced, since the
+    interrupt is the whole story."""
+    sys.unraisablehook = lambda unraisable: None
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)
 
 
 @contextlib.contextmanager
