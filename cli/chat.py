@@ -41,7 +41,6 @@ from .tools import load_tools
 MAX_TOOL_ROUNDS = 8  # model replies per user message when every reply asks for tools
 MULTILINE = '"""'
 SAVE_FORMAT = "tinyexaone-chat"
-MAX_CONVERSATION_BYTES = 64 << 20  # what /load reads at most
 HELP = f"""\
 /help              show this list
 /exit              quit (also /quit, Ctrl-D, or Ctrl-C at the prompt)
@@ -368,8 +367,8 @@ class ChatApp:
                 raise TinyExaoneError(f"cannot read {path}: no such file")
             if not path.is_file():  # a directory, a FIFO or /dev/zero would never end or never load
                 raise TinyExaoneError(f"{path}: not a regular file")
-            if path.stat().st_size > MAX_CONVERSATION_BYTES:
-                raise TinyExaoneError(f"{path}: larger than {MAX_CONVERSATION_BYTES >> 20} MB, not a saved chat")
+            if path.stat().st_size > MAX_INPUT_BYTES:
+                raise TinyExaoneError(f"{path}: larger than {MAX_INPUT_BYTES >> 20} MB, not a saved chat")
             data = json.loads(path.read_text(encoding="utf-8"))
             messages, thinking = check_conversation(data, str(path))
         except OSError as exc:

@@ -90,7 +90,7 @@ def generation_options(command):
     return command
 
 
-MAX_INPUT_BYTES = 64 << 20  # the most text one prompt or piped chat line may bring from stdin
+MAX_INPUT_BYTES = 64 << 20  # the most text one prompt, piped chat line or /load file may bring in
 
 
 def valid_text(value: str | None, flag: str) -> str | None:

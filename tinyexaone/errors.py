@@ -15,7 +15,8 @@ class TinyExaoneError(Exception):
 
 
 class ContextOverflowError(TinyExaoneError):
-    """More tokens than the context holds: `needed` tokens against a `limit`."""
+    """More than the context holds: `needed` against a `limit`, in tokens, or in bytes (characters
+    for a template's output) when the text is refused by its size before it is tokenized."""
 
     def __init__(self, message: str, needed: int, limit: int):
         super().__init__(message)

@@ -186,8 +186,11 @@ class Tokenizer:
     def check_fits(self, text: str, max_tokens: int) -> None:
         """ContextOverflowError when `text` cannot fit `max_tokens` tokens, decided without tokenizing
         (the tokenizer needs ~200 bytes of memory per byte of text)."""
+        limit = max_tokens * self.max_token_bytes
+        if 4 * len(text) <= limit:  # a character is at most 4 bytes: fits without encoding the text
+            return
         size = len(text.encode("utf-8", errors="surrogatepass"))
-        if size > max_tokens * self.max_token_bytes:
+        if size > limit:
             raise ContextOverflowError(f"a text of {size:,} bytes cannot fit the context of {max_tokens:,} tokens "
                                        f"(a token is at most {self.max_token_bytes} bytes)", size,
                                        max_tokens * self.max_token_bytes)
