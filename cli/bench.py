@@ -6,10 +6,11 @@ shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no 
 checkpoint in between): load time; time to first token of a short prompt in a fresh process
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
 tok/s for 64, 512 and 2,048 tokens; decode tok/s for 128 tokens from an empty context and after
-512 and 4,096 tokens; peak RSS at the 512-token context; the KV cache type; the CPU and the
-integer dot product path; the memory-bandwidth floor measured in the same run (a large NumPy read),
-which gives decode's achieved GB/s and % of the floor; and the compute floor of prefill (NumPy
-BLAS float32 multiply-adds per second over the layers' multiply-adds per token). As ratios in
+512 and 4,096 tokens; peak RSS at the 512-token context; the KV cache type (`--cache-type`, f16
+by default, used by every run); the CPU and the integer dot product path; the memory-bandwidth
+floor measured in the same run (a large NumPy read), which gives decode's achieved GB/s and %
+of the floor; and the compute floor of prefill (NumPy BLAS float32 multiply-adds per second over
+the layers' multiply-adds per token). As ratios in
 the same run it times one decode token through the first layers: the float32 NumPy path of the
 same weights dequantized and, when torch and transformers are installed, PyTorch bf16 layers. Prints a table, or JSON with `--json`. Absolute times drift on shared
 machines; the ratios are what to compare.
@@ -30,6 +31,8 @@ import click
 import numpy as np
 
 from tinyexaone.errors import TinyExaoneError
+
+from .options import CACHE_TYPE_FLAG
 
 SYNTHETIC_SHAPES = {
     "1.2b": {},
@@ -86,17 +89,17 @@ def layer_macs_per_token(model) -> int:
     return sum(m.shape[0] * m.shape[1] for m in model.weights.layer_matrices())
 
 
-def time_prefill(model, n_tokens: int, rng) -> float:
+def time_prefill(model, n_tokens: int, rng, cache_type: str) -> float:
     ids = rng.integers(0, model.config.vocab_size, n_tokens)
-    cache = model.new_cache()
+    cache = model.new_cache(cache_type=cache_type)
     start = time.perf_counter()
     model.forward(ids, cache, last_only=True)
     return n_tokens / (time.perf_counter() - start)
 
 
-def time_decode(model, context: int, n_tokens: int, rng) -> float:
+def time_decode(model, context: int, n_tokens: int, rng, cache_type: str) -> float:
     """Decode tok/s for n_tokens single-token steps after `context` prompt tokens (>= 1)."""
-    cache = model.new_cache()
+    cache = model.new_cache(cache_type=cache_type)
     logits = model.forward(rng.integers(0, model.config.vocab_size, max(1, context)), cache, last_only=True)
     start = time.perf_counter()
     for _ in range(n_tokens):
@@ -110,17 +113,17 @@ start = time.perf_counter()
 import numba, tinyexaone
 numba.set_num_threads(int(sys.argv[2]))
 model = tinyexaone.load(sys.argv[1])
-cache = model.new_cache()
+cache = model.new_cache(cache_type=sys.argv[3])
 model.forward(list(range(1, 9)), cache, last_only=True)
 model.forward([9], cache)
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def time_first_token(path: Path, threads: int, numba_cache: str) -> float:
+def time_first_token(path: Path, threads: int, numba_cache: str, cache_type: str) -> float:
     """Seconds from interpreter start to the first decoded token of an 8-token prompt."""
     env = dict(os.environ, NUMBA_CACHE_DIR=numba_cache)
-    done = subprocess.run([sys.executable, "-c", FIRST_TOKEN_SCRIPT, str(path), str(threads)], env=env,
+    done = subprocess.run([sys.executable, "-c", FIRST_TOKEN_SCRIPT, str(path), str(threads), cache_type], env=env,
                           capture_output=True, text=True, cwd=tempfile.gettempdir())
     if done.returncode:
         raise TinyExaoneError(f"first-token measurement failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -142,9 +145,9 @@ def first_layers(model, n_layers: int, dense: bool):
     return Model(config, replace(model.weights, layers=layers))
 
 
-def time_layers(model, context: int, n_tokens: int) -> float:
+def time_layers(model, context: int, n_tokens: int, cache_type: str) -> float:
     """Seconds per decode token through the model's layers only (no head), after `context` tokens."""
-    cache = model.new_cache()
+    cache = model.new_cache(cache_type=cache_type)
     model._forward_hidden(np.arange(context), cache, 0)
     start = time.perf_counter()
     for i in range(n_tokens):  # the decode path: one token through the fused steps
@@ -175,7 +178,7 @@ def time_torch_layers(config, context: int, n_tokens: int) -> float | None:
         return (time.perf_counter() - start) / n_tokens
 
 
-def run_bench(path: Path, threads: int, quick: bool) -> dict:
+def run_bench(path: Path, threads: int, quick: bool, cache_type: str) -> dict:
     import numba
 
     from tinyexaone.benchmarks import blas_rate, read_bandwidth
@@ -196,19 +199,19 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     bytes_per_token = decode_bytes_per_token(model)
     result["decode_mb_per_token"] = bytes_per_token / 1e6
     with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
-        result["first_token_cold_s"] = time_first_token(path, threads, numba_cache)
-        result["first_token_warm_s"] = time_first_token(path, threads, numba_cache)
+        result["first_token_cold_s"] = time_first_token(path, threads, numba_cache, cache_type)
+        result["first_token_warm_s"] = time_first_token(path, threads, numba_cache, cache_type)
     for n in (8, 64):  # load the short-prompt (integer matvec) and long-prompt (blocked) kernels in this process
-        time_prefill(model, n, rng)
-    time_decode(model, 1, 2, rng)
+        time_prefill(model, n, rng, cache_type)
+    time_decode(model, 1, 2, rng, cache_type)
     for n in prefill_sizes:
-        result[f"prefill_{n}_tok_s"] = time_prefill(model, n, rng)
-    result["decode_tok_s"] = time_decode(model, 1, decode_tokens, rng)
-    result[f"decode_after_{context}_tok_s"] = time_decode(model, context, decode_tokens, rng)
+        result[f"prefill_{n}_tok_s"] = time_prefill(model, n, rng, cache_type)
+    result["decode_tok_s"] = time_decode(model, 1, decode_tokens, rng, cache_type)
+    result[f"decode_after_{context}_tok_s"] = time_decode(model, context, decode_tokens, rng, cache_type)
     result["peak_rss_mb"] = peak_rss_mb()  # before the long context's cache and the bandwidth probe's buffer
-    result["kv_cache_type"] = {"float32": "f32", "float16": "f16"}.get(model.new_cache().layers[0].keys.dtype.name, "?")
-    result[f"prefill_{long_prompt}_tok_s"] = time_prefill(model, long_prompt, rng)
-    result[f"decode_after_{long_context}_tok_s"] = time_decode(model, long_context, decode_tokens, rng)
+    result["kv_cache_type"] = model.new_cache(cache_type=cache_type).cache_type
+    result[f"prefill_{long_prompt}_tok_s"] = time_prefill(model, long_prompt, rng, cache_type)
+    result[f"decode_after_{long_context}_tok_s"] = time_decode(model, long_context, decode_tokens, rng, cache_type)
     result["bandwidth_gbs"] = read_bandwidth(threads)
     result["floor_tok_s"] = result["bandwidth_gbs"] * 1e9 / bytes_per_token
     result["decode_gbs"] = result["decode_tok_s"] * bytes_per_token / 1e9
@@ -219,9 +222,10 @@ def run_bench(path: Path, threads: int, quick: bool) -> dict:
     result["prefill_pct_of_floor"] = (100 * result[f"prefill_{max(prefill_sizes)}_tok_s"]
                                       / result["prefill_floor_tok_s"])
     quantized = first_layers(model, COMPARE_LAYERS, dense=False)
-    ours = time_layers(quantized, 32, 8 if quick else 32)
+    ours = time_layers(quantized, 32, 8 if quick else 32, cache_type)
     result["layers_compared"] = COMPARE_LAYERS
-    result["float32_numpy_ratio"] = time_layers(first_layers(model, COMPARE_LAYERS, dense=True), 32, 8) / ours
+    dense = first_layers(model, COMPARE_LAYERS, dense=True)
+    result["float32_numpy_ratio"] = time_layers(dense, 32, 8, cache_type) / ours
     torch_seconds = None if quick else time_torch_layers(model.config, 32, 16)
     result["pytorch_bf16_ratio"] = None if torch_seconds is None else torch_seconds / ours
     return result
@@ -270,11 +274,14 @@ def print_table(result: dict) -> None:
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Synthetic model bits.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Numba threads (default: all).")
+@CACHE_TYPE_FLAG
 @click.option("--quick", is_flag=True, help="Fewer and shorter runs (for tests).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model_path, synthetic, bits, group_size, threads, quick, as_json):
+def bench(model_path, synthetic, bits, group_size, threads, cache_type, quick, as_json):
     """Measure load, first-token, prefill and decode speed against the bandwidth floor."""
     import numba
+
+    from tinyexaone.cache import DEFAULT_CACHE_TYPE
 
     if (model_path is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --model FILE or --synthetic SHAPE")
@@ -284,7 +291,7 @@ def bench(model_path, synthetic, bits, group_size, threads, quick, as_json):
     elif not model_path.exists():
         raise TinyExaoneError(f"{model_path}: no such file or directory")
     model_path = model_path.resolve()  # the first-token runs start in another directory
-    result = run_bench(model_path, threads, quick)
+    result = run_bench(model_path, threads, quick, cache_type or DEFAULT_CACHE_TYPE)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

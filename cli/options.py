@@ -1,11 +1,12 @@
 """Flags shared by `chat` and `generate`, named as llama.cpp and mlx-lm users know them.
 
 `generation_options` is a decorator adding --model, --system, --think/--no-think, the sampling
-flags, --max-tokens, --ctx-size, --threads and --reasoning-budget. Values are checked by
-`Number`, which raises TinyExaoneError (one line, exit code 2 via cli.main) instead of click's
-multi-line usage error. `sampling_options(params)` turns the parsed flags into keyword options
-of the generation API (flags left unset are omitted, so the API's model-card defaults apply,
-which differ with thinking on and off). `apply_threads(n)` maps --threads onto Numba.
+flags, --max-tokens, --ctx-size, --cache-type, --threads and --reasoning-budget. Values are
+checked by `Number` and `OneOf`, which raise TinyExaoneError (one line, exit code 2 via
+cli.main) instead of click's multi-line usage error. `sampling_options(params)` turns the
+parsed flags into keyword options of the generation API (flags left unset are omitted, so the
+API's model-card defaults apply, which differ with thinking on and off). `apply_threads(n)`
+maps --threads onto Numba. `CACHE_TYPE_FLAG` is --cache-type alone (bench takes it too).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ API_NAMES = {
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
     "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
     "repetition_penalty": "repetition_penalty", "seed": "seed", "max_tokens": "max_new_tokens",
-    "reasoning_budget": "reasoning_budget",
+    "reasoning_budget": "reasoning_budget", "cache_type": "cache_type",
 }
 
 
@@ -52,6 +53,27 @@ class Number(click.ParamType):
         return check_option(self.option, number, label=param.opts[0], shown=repr(value)[:40])
 
 
+class OneOf(click.ParamType):
+    """A flag value that must be one of the API's choices for `option` (tinyexaone.options); a
+    bad value is a one-line TinyExaoneError naming the flag."""
+
+    name = "choice"
+
+    def __init__(self, option: str):
+        self.option = option
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "|".join(OPTION_BOUNDS[self.option].values)
+
+    def convert(self, value, param, ctx):
+        return check_option(self.option, value, label=param.opts[0], shown=repr(value)[:40])
+
+
+CACHE_TYPE_FLAG = click.option(
+    "--cache-type", type=OneOf("cache_type"), default=None,
+    help="KV cache type: f16 (default), f32, or q8 (int8 with one scale per token and KV head).")
+
+
 def generation_options(command):
     """Add the shared model, prompt-shaping and sampling flags to a click command."""
     flags = [
@@ -80,6 +102,7 @@ def generation_options(command):
                      help="Most tokens per reply (default 1024)."),
         click.option("--ctx-size", "-c", type=Number("context_size", zero_is_default=True), default=0, show_default=True,
                      help="Context size in tokens; 0 = the model's maximum."),
+        CACHE_TYPE_FLAG,
         click.option("--threads", "-t", type=Number("threads"), default=None,
                      help="Threads for the Numba kernels (at most what Numba started with)."),
         click.option("--reasoning-budget", type=Number("reasoning_budget"), default=None,

@@ -136,7 +136,7 @@ class ScriptedChatModel:
         self.generation_prompts = [tokenizer.encode(text, add_special_tokens=False)
                                    for text in ("\n<think>\n\n</think>\n\n", "\n<think>\n")]
 
-    def new_cache(self, max_tokens=None) -> ListCache:
+    def new_cache(self, max_tokens=None, cache_type="f16") -> ListCache:
         return ListCache(max_tokens or self.config.max_position_embeddings)
 
     def _next(self, ids: list[int]) -> int:

@@ -69,7 +69,7 @@ class ScriptedForward:
         self.config = SimpleNamespace(vocab_size=vocab_size)
         self.forward_calls = []
 
-    def new_cache(self, max_tokens=None):
+    def new_cache(self, max_tokens=None, cache_type="f16"):
         return FakeCache(max_tokens or self.max_tokens)
 
     def forward(self, ids, cache, last_only=False):
@@ -504,16 +504,19 @@ def test_seeded_sampling_is_reproducible(tiny):
 
 
 def cache_state(cache, length):
-    return [(layer.keys[:length].copy(), layer.values[:length].copy()) for layer in cache.layers]
+    """Each layer's first `length` keys and values, as float32."""
+    return [(layer.keys[:length].decoded().copy(), layer.values[:length].decoded().copy()) for layer in cache.layers]
 
 
 def assert_cache_matches_fresh_prefill(model, session_cache, prompt_ids):
-    """The session cache's first len(prompt) positions and next-token logits equal a fresh full prefill."""
-    fresh = model.new_cache()
+    """The session cache's first len(prompt) positions and next-token logits equal a fresh full prefill
+    (float16 rows within one ulp: decode and prefill round float32 keys that differ in their last bits)."""
+    fresh = model.new_cache(cache_type=session_cache.cache_type)
     fresh_logits = model.forward(prompt_ids, fresh)[-1]
+    rtol = 2.0**-10 if session_cache.cache_type == "f16" else 1e-5
     for (k, v), (fk, fv) in zip(cache_state(session_cache, len(prompt_ids)), cache_state(fresh, len(prompt_ids))):
-        np.testing.assert_allclose(k, fk, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(v, fv, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(k, fk, rtol=rtol, atol=1e-5)
+        np.testing.assert_allclose(v, fv, rtol=rtol, atol=1e-5)
     session_cache.trim(len(prompt_ids) - 1)
     logits = model.forward(prompt_ids[-1:], session_cache)[-1]
     np.testing.assert_allclose(logits, fresh_logits, rtol=1e-4, atol=1e-5)

@@ -1,22 +1,29 @@
 """Key/value caches: growable for full-attention layers, a ring buffer for sliding layers.
 
-Each layer cache stores float32 keys and values as [capacity, kv_heads, head_dim] and counts
-`length`, the number of tokens seen (the next absolute position). `extend(k_new, v_new)` stores
-T new tokens and returns the keys and values the new queries attend over, as contiguous arrays
-[S, kv_heads, head_dim] whose first row is absolute position `length_before + T - S`.
+Each layer cache stores keys and values as `Rows` of its cache type and counts `length`, the
+number of tokens seen (the next absolute position). The types (`CODE_DTYPES`): "f16", the
+default, float16 kept as its uint16 bits; "f32", float32; "q8", int8 codes with one float32
+scale per row (per token and KV head, one head_dim vector: scale = max|x| / 127, code =
+rint(x * 127 / max|x|), see `layer_kernels.quantize_rows_numpy`). The attention kernels read
+every type in place. `extend(k_new, v_new)` stores T new float32 tokens [T, kv_heads, head_dim]
+and returns the keys and values the new queries attend over, as `Rows` [S, ...] with
+contiguous buffers whose first row is absolute position `length_before + T - S` (the new
+tokens already in the cache's type, so prefill sees what decoding will).
 
 - `GrowableCache` (full layers) grows in steps of at least 256 positions (an eighth of the
   capacity once that is larger), never to `max_position_embeddings` up front, and returns views
   of its buffers. `trim(n)` forgets every position from n on.
 - `RingCache` (sliding layers) holds only the last `window` positions, so its memory never
-  exceeds `window` rows (it grows to that like the growable cache). For a multi-token prefill it returns the held positions followed by all new ones
-  (the caller masks by the window), then keeps the newest `window`. `trim(n)` is possible only
-  while every position a query at n would see (n - window < j < n) is still held; otherwise it
-  raises `TinyExaoneError` and the caller must reset and re-prefill.
+  exceeds `window` rows (it grows to that like the growable cache). For a multi-token prefill
+  it returns the held positions followed by all new ones (the caller masks by the window), then
+  keeps the newest `window`. `trim(n)` is possible only while every position a query at n would
+  see (n - window < j < n) is still held; otherwise it raises `TinyExaoneError` and the caller
+  must reset and re-prefill.
 
 `KVCache` bundles one cache per layer, enforces `max_tokens` (the model's
-`max_position_embeddings` or a smaller context size), and reports `length` and `nbytes`;
-`new_kv_cache(config)` builds the right kind of cache for every layer and allocates nothing.
+`max_position_embeddings` or a smaller context size), and reports `length`, `cache_type` and
+`nbytes` (the real bytes of every buffer); `new_kv_cache(config, max_tokens, cache_type)` builds
+the right kind of cache for every layer and allocates nothing.
 """
 
 from __future__ import annotations
@@ -25,15 +32,57 @@ import numpy as np
 
 from .config import Exaone4Config
 from .errors import ContextOverflowError, TinyExaoneError
+from .layer_kernels import decode_rows_numpy, encode_rows_numpy
 from .options import check_option
 
 GROW_STEP = 256
+DEFAULT_CACHE_TYPE = "f16"
+CODE_DTYPES = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}  # cache type -> dtype of its stored codes
 
 
-def _grown(buffer: np.ndarray, capacity: int, keep: int) -> np.ndarray:
-    """A copy of `buffer` with `capacity` rows, the first `keep` rows preserved."""
-    grown = np.empty((capacity,) + buffer.shape[1:], np.float32)
-    grown[:keep] = buffer[:keep]
+class Rows:
+    """Keys or values in a cache type: codes [n, kv_heads, head_dim] of CODE_DTYPES[type] and, for
+    "q8" only, scales [n, kv_heads] float32 (None otherwise); row (p, g) holds codes * scale.
+    Indexing the first axis gives the Rows of those positions (views for slices)."""
+
+    def __init__(self, codes: np.ndarray, scales: np.ndarray | None):
+        self.codes = codes  # [n, kv_heads, head_dim]
+        self.scales = scales  # [n, kv_heads] or None
+
+    @classmethod
+    def empty(cls, cache_type: str, n: int, kv_heads: int, head_dim: int) -> Rows:
+        return cls(np.empty((n, kv_heads, head_dim), CODE_DTYPES[cache_type]),
+                   np.empty((n, kv_heads), np.float32) if cache_type == "q8" else None)
+
+    @classmethod
+    def encode(cls, x: np.ndarray, cache_type: str) -> Rows:
+        """float32 x [T, kv_heads, head_dim] in `cache_type` (what the decode kernel stores, bit for bit)."""
+        return cls(*encode_rows_numpy(x, CODE_DTYPES[cache_type]))
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, index) -> Rows:
+        return Rows(self.codes[index], None if self.scales is None else self.scales[index])
+
+    def __setitem__(self, index, rows: Rows) -> None:
+        self.codes[index] = rows.codes
+        if self.scales is not None:
+            self.scales[index] = rows.scales
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + (0 if self.scales is None else self.scales.nbytes)
+
+    def decoded(self) -> np.ndarray:
+        """The float32 values [n, kv_heads, head_dim] (for tests and NumPy twins; the kernels read codes)."""
+        return decode_rows_numpy(self.codes, self.scales)
+
+
+def _grown(rows: Rows, cache_type: str, capacity: int, keep: int) -> Rows:
+    """A copy of `rows` with `capacity` rows, the first `keep` rows preserved."""
+    grown = Rows.empty(cache_type, capacity, *rows.codes.shape[1:])
+    grown[:keep] = rows[:keep]
     return grown
 
 
@@ -44,40 +93,47 @@ def _next_capacity(capacity: int, needed: int, limit: int | None = None) -> int:
     return grown if limit is None else min(limit, grown)
 
 
-class GrowableCache:
-    def __init__(self, kv_heads: int, head_dim: int):
+class _LayerCache:
+    """What both layer caches share: the cache type, `length`, the key and value `Rows`
+    [capacity, kv_heads, head_dim], their bytes and their growth."""
+
+    def __init__(self, cache_type: str, kv_heads: int, head_dim: int):
+        self.cache_type = cache_type
         self.length = 0
-        self.keys = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity, kv_heads, head_dim]
-        self.values = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity, kv_heads, head_dim]
+        self.keys = Rows.empty(cache_type, 0, kv_heads, head_dim)  # [capacity, kv_heads, head_dim]
+        self.values = Rows.empty(cache_type, 0, kv_heads, head_dim)
 
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _grow(self, capacity: int) -> None:
+        """Reallocate both buffers to `capacity` rows, keeping rows [0, length) (not yet wrapped)."""
+        self.keys = _grown(self.keys, self.cache_type, capacity, self.length)
+        self.values = _grown(self.values, self.cache_type, capacity, self.length)
+
+
+class GrowableCache(_LayerCache):
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows]:
         """Append k_new, v_new [T, kv_heads, head_dim]; return all keys and values [length, ...]."""
         end = self.length + k_new.shape[0]
-        if end > self.keys.shape[0]:
-            capacity = _next_capacity(self.keys.shape[0], end)
-            self.keys = _grown(self.keys, capacity, self.length)
-            self.values = _grown(self.values, capacity, self.length)
-        self.keys[self.length : end] = k_new
-        self.values[self.length : end] = v_new
+        if end > len(self.keys):
+            self._grow(_next_capacity(len(self.keys), end))
+        self.keys[self.length : end] = Rows.encode(k_new, self.cache_type)
+        self.values[self.length : end] = Rows.encode(v_new, self.cache_type)
         self.length = end
         return self.keys[:end], self.values[:end]
 
     def append_slot(self) -> int:
         """Make room for one more position; return the row it goes in (decode writes it)."""
-        if self.length == self.keys.shape[0]:
-            capacity = _next_capacity(self.keys.shape[0], self.length + 1)
-            self.keys = _grown(self.keys, capacity, self.length)
-            self.values = _grown(self.values, capacity, self.length)
+        if self.length == len(self.keys):
+            self._grow(_next_capacity(len(self.keys), self.length + 1))
         self.length += 1
         return self.length - 1
 
     def visible(self) -> tuple[int, int, int]:
         """(first position, count, row modulo) of the keys the newest position attends to."""
-        return 0, self.length, self.keys.shape[0]
+        return 0, self.length, len(self.keys)
 
     def can_trim(self, n: int) -> bool:
         return 0 <= n <= self.length
@@ -88,52 +144,46 @@ class GrowableCache:
         self.length = n
 
 
-class RingCache:
+class RingCache(_LayerCache):
     """Position p lives in slot p % window; the buffers grow like GrowableCache up to `window` rows."""
 
-    def __init__(self, kv_heads: int, head_dim: int, window: int):
+    def __init__(self, cache_type: str, kv_heads: int, head_dim: int, window: int):
+        super().__init__(cache_type, kv_heads, head_dim)  # capacity <= window
         self.window = window
-        self.length = 0
-        self.keys = np.empty((0, kv_heads, head_dim), np.float32)  # [capacity <= window, kv_heads, head_dim]
-        self.values = np.empty((0, kv_heads, head_dim), np.float32)
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
 
     @property
     def first_held(self) -> int:
         """Absolute position of the oldest token still held."""
         return max(0, self.length - self.window)
 
-    def _held_in_order(self, buffer: np.ndarray) -> np.ndarray:
+    def _held_then(self, held: Rows, new: Rows) -> Rows:
+        """The rows of the held positions in temporal order, then `new`: [held + T, kv_heads, head_dim]."""
         slots = np.arange(self.first_held, self.length) % self.window
-        return buffer[slots]  # [held, kv_heads, head_dim]
+        joined = Rows.empty(self.cache_type, len(slots) + len(new), *new.codes.shape[1:])
+        joined[: len(slots)] = held[slots]
+        joined[len(slots) :] = new
+        return joined
 
-    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _make_room(self, needed: int) -> None:
+        if needed > len(self.keys):  # no slot has wrapped yet, so rows [0, length) are positions
+            self._grow(_next_capacity(len(self.keys), needed, limit=self.window))
+
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows]:
         """Store k_new, v_new [T, ...]; return held + new keys/values in temporal order."""
         t = k_new.shape[0]
-        keys = np.concatenate([self._held_in_order(self.keys), k_new])  # [held + T, kv_heads, head_dim]
-        values = np.concatenate([self._held_in_order(self.values), v_new])
-        needed = min(self.length + t, self.window)
-        if needed > self.keys.shape[0]:  # no slot has wrapped yet, so rows [0, length) are positions
-            capacity = _next_capacity(self.keys.shape[0], needed, limit=self.window)
-            self.keys = _grown(self.keys, capacity, self.length)
-            self.values = _grown(self.values, capacity, self.length)
+        keys = self._held_then(self.keys, Rows.encode(k_new, self.cache_type))  # [held + T, kv_heads, head_dim]
+        values = self._held_then(self.values, Rows.encode(v_new, self.cache_type))
+        self._make_room(min(self.length + t, self.window))
         keep = min(t, self.window)
         slots = np.arange(self.length + t - keep, self.length + t) % self.window
-        self.keys[slots] = k_new[t - keep :]
-        self.values[slots] = v_new[t - keep :]
+        self.keys[slots] = keys[len(keys) - keep :]
+        self.values[slots] = values[len(values) - keep :]
         self.length += t
         return keys, values
 
     def append_slot(self) -> int:
         """Make room for one more position; return the row it goes in (decode writes it)."""
-        needed = min(self.length + 1, self.window)
-        if needed > self.keys.shape[0]:
-            capacity = _next_capacity(self.keys.shape[0], needed, limit=self.window)
-            self.keys = _grown(self.keys, capacity, self.length)
-            self.values = _grown(self.values, capacity, self.length)
+        self._make_room(min(self.length + 1, self.window))
         self.length += 1
         return (self.length - 1) % self.window
 
@@ -157,10 +207,11 @@ class RingCache:
 class KVCache:
     """One cache per layer, for one sequence; not shared between threads."""
 
-    def __init__(self, layers: list, max_tokens: int, layout: tuple):
+    def __init__(self, layers: list, max_tokens: int, layout: tuple, cache_type: str):
         self.layers = layers
         self.max_tokens = max_tokens
         self.layout = layout  # cache_layout() of the config it was made for
+        self.cache_type = cache_type  # the type of every layer's rows (any type suits any model)
         self._scratch: dict[str, np.ndarray] = {}
 
     @property
@@ -209,15 +260,19 @@ def cache_layout(config: Exaone4Config) -> tuple:
                   config.head_dim) for i in range(config.num_hidden_layers))
 
 
-def new_kv_cache(config: Exaone4Config, max_tokens: int | None = None) -> KVCache:
-    """An empty cache for one sequence: a ring per sliding layer, a growable cache per full layer."""
+def new_kv_cache(config: Exaone4Config, max_tokens: int | None = None,
+                 cache_type: str = DEFAULT_CACHE_TYPE) -> KVCache:
+    """An empty cache for one sequence of `cache_type` rows: a ring per sliding layer, a growable
+    cache per full layer."""
     if max_tokens is not None:
         check_option("context_size", max_tokens, label="the cache size")
+    check_option("cache_type", cache_type)
     limit = config.max_position_embeddings if max_tokens is None else min(max_tokens, config.max_position_embeddings)
+    kv_heads, head_dim = config.num_key_value_heads, config.head_dim
     layers = [
-        RingCache(config.num_key_value_heads, config.head_dim, config.sliding_window)
+        RingCache(cache_type, kv_heads, head_dim, config.sliding_window)
         if config.layer_is_sliding(i)
-        else GrowableCache(config.num_key_value_heads, config.head_dim)
+        else GrowableCache(cache_type, kv_heads, head_dim)
         for i in range(config.num_hidden_layers)
     ]
-    return KVCache(layers, limit, cache_layout(config))
+    return KVCache(layers, limit, cache_layout(config), cache_type)

@@ -14,12 +14,12 @@ its answer. Once `events()` ends -- finished, abandoned (closed) or interrupted
 only when it failed with an error), `cached_ids` (exactly what the cache holds) and
 `prefilled`.
 
-`ChatSession` keeps one KV cache across turns. Each turn re-renders the whole conversation,
-keeps the longest common token prefix with what the cache holds and prefills only the rest;
-after each turn the session takes the turn's outcome into its history. Its methods are the only
-way its history changes (`send`, `reset`, `set_system`, `set_thinking`, `replace_messages`,
-`truncate`, `append`). `ChatStream` is a streamed turn: an iterator of events with `cancel()`,
-which stops that turn only.
+`ChatSession` keeps one KV cache (of `context_size` tokens and `cache_type`) across turns. Each
+turn re-renders the whole conversation, keeps the longest common token prefix with what the
+cache holds and prefills only the rest; after each turn the session takes the turn's outcome
+into its history. Its methods are the only way its history changes (`send`, `reset`,
+`set_system`, `set_thinking`, `replace_messages`, `truncate`, `append`). `ChatStream` is a
+streamed turn: an iterator of events with `cancel()`, which stops that turn only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from time import perf_counter
 
+from .cache import DEFAULT_CACHE_TYPE
 from .errors import TinyExaoneError
 from .generation import CancelToken, Options, Run, make_options
 from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
@@ -218,8 +219,8 @@ class ChatSession:
     """
 
     def __init__(self, chat_model, system: str | None = None, tools=None, enable_thinking: bool = False,
-                 context_size: int | None = None, template_kwargs: dict | None = None,
-                 special_tokens_in_content: bool = False, **options):
+                 context_size: int | None = None, cache_type: str = DEFAULT_CACHE_TYPE,
+                 template_kwargs: dict | None = None, special_tokens_in_content: bool = False, **options):
         self._chat_model = chat_model
         self._tokenizer = chat_model.require_tokenizer()
         make_options(enable_thinking, **options)  # fail now on bad defaults
@@ -229,7 +230,7 @@ class ChatSession:
         self.template_kwargs = template_kwargs
         self.special_tokens_in_content = special_tokens_in_content
         self.default_options = dict(options)
-        self.cache = chat_model.model.new_cache(context_size)
+        self.cache = chat_model.model.new_cache(context_size, cache_type)
         self._turn: ChatTurn | None = None
         self._turn_events = None  # the generator of that turn's events
         self._busy = False

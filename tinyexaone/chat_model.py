@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 
+from .cache import DEFAULT_CACHE_TYPE
 from .chat import ChatSession, ChatStream, ChatTurn, collect
 from .errors import TinyExaoneError
 from .generation import GenerationResult, Run, RunRegistry, TextStream, make_options, prompt_ids
@@ -41,8 +42,8 @@ class ChatModel:
         """Logits [T, vocab] for T new tokens after what `cache` holds; see Model.forward."""
         return self.model.forward(token_ids, cache, last_only=last_only)
 
-    def new_cache(self, max_tokens: int | None = None):
-        return self.model.new_cache(max_tokens)
+    def new_cache(self, max_tokens: int | None = None, cache_type: str = DEFAULT_CACHE_TYPE):
+        return self.model.new_cache(max_tokens, cache_type)
 
     @property
     def tokenizer(self):
@@ -68,7 +69,7 @@ class ChatModel:
         opts = make_options(False, **options)
         if opts.reasoning_budget is not None:
             raise TinyExaoneError("reasoning_budget applies to chat(), not to raw-text generation")
-        cache = self.model.new_cache(opts.context_size)
+        cache = self.model.new_cache(opts.context_size, opts.cache_type)
         if isinstance(prompt, str):
             tokenizer.check_fits(prompt, cache.max_tokens)
         run = Run(self.model, tokenizer, cache, [], prompt_ids(tokenizer, prompt), opts, self.runs.new_token(opts.cancel))
@@ -89,7 +90,7 @@ class ChatModel:
         opts = make_options(enable_thinking, **options)
         token = self.runs.new_token(opts.cancel)
         turn = ChatTurn(self.model, self.require_tokenizer(), messages, tools, enable_thinking, opts, template_kwargs,
-                        self.model.new_cache(opts.context_size), [], token, special_tokens_in_content)
+                        self.model.new_cache(opts.context_size, opts.cache_type), [], token, special_tokens_in_content)
         return ChatStream(turn.events(), token) if stream else collect(turn.events())
 
     def chat_session(self, system: str | None = None, tools=None, enable_thinking: bool = False,

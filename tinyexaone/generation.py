@@ -2,11 +2,12 @@
 
 `make_options(enable_thinking, **options)` checks the keyword options of every generation call
 once (names, and values against options.py's bounds) into `Options`; sampling defaults follow
-the model card and differ with reasoning on and off. `Run(model, tokenizer, cache, cached_ids,
-prompt_ids, options, token)` is one generation: iterating it prefills the prompt through a
-`Decoder` (which keeps the longest common prefix of what the cache already holds and computes
-only the rest, in chunks of PREFILL_CHUNK), then samples one token, feeds it, and repeats,
-yielding (token_id | None, text, forced) per step. It stops on an end-of-sequence id
+the model card and differ with reasoning on and off; `cache_type` ("f16" by default, "f32",
+"q8") is the type of the KV cache a run makes (cache.py). `Run(model, tokenizer, cache,
+cached_ids, prompt_ids, options, token)` is one generation: iterating it prefills the prompt
+through a `Decoder` (which keeps the longest common prefix of what the cache already holds and
+computes only the rest, in chunks of PREFILL_CHUNK), then samples one token, feeds it, and
+repeats, yielding (token_id | None, text, forced) per step. It stops on an end-of-sequence id
 (generation_config.json and the tokenizer's eos, plus `stop_token_ids`), a stop string (the
 text is cut before it), `max_new_tokens`, a full context ("length"), or cancellation
 ("cancelled"). A prompt longer than the context raises `ContextOverflowError`; nothing is
@@ -33,6 +34,7 @@ from time import perf_counter
 
 import numpy as np
 
+from .cache import DEFAULT_CACHE_TYPE
 from .errors import ContextOverflowError, TinyExaoneError
 from .options import check_option
 from .parsing import partial_marker_length
@@ -43,7 +45,8 @@ PREFILL_CHUNK = 256  # prompt tokens per forward call: bounds the [T, vocab] log
 DEFAULT_MAX_NEW_TOKENS = 1024
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                     "repetition_penalty", "seed")
-OTHER_OPTIONS = ("max_new_tokens", "stop", "stop_token_ids", "reasoning_budget", "context_size", "cancel")
+OTHER_OPTIONS = ("max_new_tokens", "stop", "stop_token_ids", "reasoning_budget", "context_size", "cache_type",
+                 "cancel")
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Options:
     stop_token_ids: frozenset[int]
     reasoning_budget: int | None
     context_size: int | None
+    cache_type: str
     cancel: threading.Event | None
 
 
@@ -81,6 +85,8 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
         check_option("reasoning_budget", budget)
     if context_size is not None:
         check_option("context_size", context_size)
+    cache_type = options.get("cache_type")
+    cache_type = DEFAULT_CACHE_TYPE if cache_type is None else check_option("cache_type", cache_type)
     stop = options.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, (list, tuple)) else (None,)
     if not all(isinstance(s, str) and s for s in stop):
@@ -92,7 +98,8 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
     cancel_event = options.get("cancel")
     if cancel_event is not None and not isinstance(cancel_event, threading.Event):
         raise TinyExaoneError(f"cancel must be a threading.Event, got {type(cancel_event).__name__}")
-    return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget, context_size, cancel_event)
+    return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget, context_size, cache_type,
+                   cancel_event)
 
 
 # --- cancellation -------------------------------------------------------------------------------------

@@ -2,23 +2,33 @@
 
 A decode step (one new token) runs about ten of these per layer, so they exist to cut Python
 and NumPy call overhead, not arithmetic. Contract: inputs are float32, C-contiguous and of the
-documented shapes (the model builds them; nothing here validates).
+documented shapes (the model builds them; nothing here validates), except the KV cache buffers.
+
+The KV cache buffers are (codes [capacity, KV, d], scales [capacity, KV] or None), in one of
+three types (cache.py names them): float32 codes and no scales ("f32"); float16 bits as uint16
+codes and no scales ("f16"; Numba has no float16 type, so `float_to_half` / `half_to_float`
+convert with LLVM's fptrunc / fpext); int8 codes with one float32 scale per row, value = code *
+scale ("q8"; `quantize_rows_numpy` states the rounding). Each kernel is written once: Numba
+specialises it per type through `_element`, `_row_scale` and `_store_row`. Twins:
+`encode_rows_numpy` and `decode_rows_numpy`.
 
 - `add_rms_norm(h, a, weight, eps)`: h += weight * a / sqrt(mean(a^2) + eps), row by row, in
   place (the reorder-norm residual update). Twin: `add_rms_norm_numpy`.
 - `silu_mul(gate, up, out)`: out = silu(gate) * up. Twin: `silu_mul_numpy`.
-- `qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, values, slot)`:
-  per-head RMSNorm of q [H, d] (in place) and k [KV, d], RoPE (split-half) on both when
-  `rotate`, then k and v written into cache row `slot`. Twin: `qk_norm_rope_store_numpy`.
-- `attention_decode(q, keys, values, first_pos, n_keys, modulo, scores, out)`: one query per
-  head over the n_keys cached positions first_pos .. first_pos + n_keys - 1, stored in row
-  `position % modulo` of keys/values [capacity, KV, d]; GQA (head h reads KV head h // (H/KV)),
-  softmax in float32; out [H, d]. Parallel over KV heads (`attention_decode_serial`: on the
-  calling thread, for short caches); `scores` [H, >= n_keys] is scratch. Twin:
-  `attention_decode_numpy`.
-- `attention_prefill(q, keys, values, first_query_pos, first_key_pos, window, n_chunks, out)`:
-  causal (and sliding-window) attention of T queries, parallel over queries, each through the
-  decode kernel's per-head step. Twin: `model.attention` (NumPy, BLAS score matrices).
+- `qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values,
+  value_scales, slot)`: per-head RMSNorm of q [H, d] (in place) and k [KV, d], RoPE
+  (split-half) on both when `rotate`, then k and v written into cache row `slot` in the
+  cache's type. Twin: `qk_norm_rope_store_numpy`.
+- `attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores,
+  out)`: one query per head over the n_keys cached positions first_pos .. first_pos + n_keys -
+  1, stored in row `position % modulo` of the cache buffers; GQA (head h reads KV head
+  h // (H/KV)), softmax in float32; out [H, d]. Parallel over KV heads
+  (`attention_decode_serial`: on the calling thread, for short caches); `scores` [H, >= n_keys]
+  is scratch. Twin: `attention_decode_numpy` over the decoded (float32) cache.
+- `attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos,
+  window, n_chunks, out)`: causal (and sliding-window) attention of T queries, parallel over
+  queries, each through the decode kernel's per-head step. Twin: `model.attention` (NumPy, BLAS
+  score matrices) over the decoded cache.
 - `exp_nonpositive(x)`: the exponential the softmaxes use (a vectorisable polynomial); twin
   np.exp.
 """
@@ -30,9 +40,133 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from .kernels import FASTMATH
+from .kernels import FASTMATH, half_to_float
+
+
+# --- the KV cache's element types ---------------------------------------------------------------
+
+
+@intrinsic
+def float_to_half(typingctx, value):
+    """The uint16 bits of float32 `value` rounded to float16 (LLVM fptrunc): to nearest, ties to
+    even, through subnormals, too large to infinity; bit for bit `value.astype(np.float16)` except
+    that a signalling NaN comes back quiet. The inverse of `kernels.half_to_float`."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+def quantize_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [..., d] float32 -> (codes [..., d] int8, scales [...] float32), one symmetric scale per
+    row (llama.cpp's q8_0 rule over a whole row): scale = max|x| / 127 and code = rint(x * (127 /
+    max|x|)), rounding half to even, so |code| <= 127 and x ~= code * scale. A zero row gets scale
+    0 and codes 0; a row holding NaN or infinity gets scale NaN and codes 0 (it stays non-finite).
+    `_quantize_row` does exactly these float32 operations."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        peak = np.abs(x).max(axis=-1)  # [...]
+        finite = np.isfinite(x).all(axis=-1)
+        scales = np.where(finite, peak / np.float32(127.0), np.float32(np.nan)).astype(np.float32)
+        inverse = np.where(finite & (peak > 0), np.float32(127.0) / peak, np.float32(0.0)).astype(np.float32)
+        codes = np.rint(np.where(finite[..., None], x, np.float32(0.0)) * inverse[..., None]).astype(np.int8)
+    return codes, scales
+
+
+@njit(nogil=True, cache=True, fastmath=False)
+def _quantize_row(x, codes):
+    """x [d] float32 -> codes [d] int8, returning the row's scale: `quantize_rows_numpy` for one
+    row, the same float32 operations. fastmath=False is explicit because a callee without the
+    option inherits its first caller's fast-math (Numba's ConfigStack), and `arcp` would turn
+    peak / 127 into peak * (1 / 127), one ulp off; the rounding must match bit for bit."""
+    peak = np.float32(0.0)
+    finite = True
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            finite = False
+        elif abs(x[i]) > peak:
+            peak = abs(x[i])
+    if not finite:
+        codes[:] = 0
+        return np.float32(np.nan)
+    inverse = np.float32(127.0) / peak if peak > 0 else np.float32(0.0)
+    for i in range(x.shape[0]):
+        codes[i] = np.int8(np.rint(x[i] * inverse))
+    return peak / np.float32(127.0)
+
+
+def encode_rows_numpy(x: np.ndarray, code_dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """x [..., d] float32 -> (codes [..., d] of `code_dtype`, scales [...] for int8 else None): the
+    cache rows `_store_row` writes, bit for bit."""
+    if code_dtype == np.int8:
+        return quantize_rows_numpy(x)
+    if code_dtype == np.uint16:
+        return x.astype(np.float16).view(np.uint16), None
+    return x.astype(np.float32), None
+
+
+def decode_rows_numpy(codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+    """The float32 values [..., d] of cache rows codes [..., d] (scales [...] for int8): what the
+    kernels read through `_element` and `_row_scale`."""
+    if codes.dtype == np.int8:
+        return codes.astype(np.float32) * scales[..., None]
+    if codes.dtype == np.uint16:
+        return codes.view(np.float16).astype(np.float32)
+    return codes
+
+
+def _element(codes, s, g, i):
+    """codes[s, g, i] as float32: the value itself (f32, f16), or the code (q8; times
+    `_row_scale` it is the value)."""
+
+
+@overload(_element, inline="always")
+def _element_of(codes, s, g, i):
+    if codes.dtype == types.uint16:
+        return lambda codes, s, g, i: half_to_float(codes[s, g, i])
+    if codes.dtype == types.int8:
+        return lambda codes, s, g, i: np.float32(codes[s, g, i])
+    if codes.dtype == types.float32:
+        return lambda codes, s, g, i: codes[s, g, i]
+    return None
+
+
+def _row_scale(scales, s, g):
+    """The scale of cache row (s, g): scales[s, g] (q8), or 1 where there are none (f32, f16)."""
+
+
+@overload(_row_scale, inline="always")
+def _row_scale_of(scales, s, g):
+    if isinstance(scales, types.NoneType):
+        return lambda scales, s, g: np.float32(1.0)
+    return lambda scales, s, g: scales[s, g]
+
+
+def _store_row(x, codes, scales, s, g):
+    """Write x [d] float32 into cache row (s, g) in the buffers' type (`encode_rows_numpy`)."""
+
+
+@overload(_store_row, inline="always")
+def _store_row_of(x, codes, scales, s, g):
+    if codes.dtype == types.int8:
+        def store(x, codes, scales, s, g):
+            scales[s, g] = _quantize_row(x, codes[s, g])
+    elif codes.dtype == types.uint16:
+        def store(x, codes, scales, s, g):
+            for i in range(x.shape[0]):
+                codes[s, g, i] = float_to_half(x[i])
+    elif codes.dtype == types.float32:
+        def store(x, codes, scales, s, g):
+            for i in range(x.shape[0]):
+                codes[s, g, i] = x[i]
+    else:
+        return None
+    return store
+
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -71,18 +205,19 @@ def _norm_rope_head(x, weight, cos, sin, eps, rotate, scratch):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, values, slot):
+def qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
+                       slot):
     scratch = np.empty(q.shape[1], np.float32)
     for h in range(q.shape[0]):
         _norm_rope_head(q[h], q_norm, cos, sin, eps, rotate, scratch)
     for g in range(k.shape[0]):
         _norm_rope_head(k[g], k_norm, cos, sin, eps, rotate, scratch)
-        for i in range(k.shape[1]):
-            keys[slot, g, i] = k[g, i]
-            values[slot, g, i] = v[g, i]
+        _store_row(k[g], keys, key_scales, slot, g)
+        _store_row(v[g], values, value_scales, slot, g)
 
 
-def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, values, slot) -> None:
+def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
+                             slot) -> None:
     def norm(x, w):
         return w * (x / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + np.float32(eps)))
 
@@ -92,7 +227,10 @@ def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, key
         for x in (q, k):
             rotated = np.concatenate([-x[:, half:], x[:, :half]], axis=-1)
             x[:] = x * cos + rotated * sin
-    keys[slot], values[slot] = k, v
+    for x, codes, scales in ((k, keys, key_scales), (v, values, value_scales)):
+        codes[slot], row_scales = encode_rows_numpy(x, codes.dtype)
+        if scales is not None:
+            scales[slot] = row_scales
 
 
 @intrinsic
@@ -161,11 +299,14 @@ def _four_slots(position, modulo):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale):
+def _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
+                    scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
-    `attention_decode`). Keys go four at a time: four independent dot products per head and
-    four value rows per pass over the output row. NaN scores (a corrupt model) give NaN outputs:
-    error_model="numpy" makes 1 / 0 infinity instead of a ZeroDivisionError."""
+    `attention_decode`), reading the cache in its own type: a score is q . codes times the key
+    row's scale, a value row enters as its codes times probability * scale. Keys go four at a
+    time: four independent dot products per head and four value rows per pass over the output
+    row. NaN scores (a corrupt model) give NaN outputs: error_model="numpy" makes 1 / 0 infinity
+    instead of a ZeroDivisionError."""
     d = q.shape[1]
     heads = range(g * group, (g + 1) * group)
     start = first_pos % modulo  # key j sits in slot start + j, wrapped once at most (n_keys <= modulo)
@@ -173,21 +314,24 @@ def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, 
     while j < n_keys:
         s0, s1, s2, s3 = _four_slots(start + j, modulo)
         if j + 4 <= n_keys:
+            c0, c1 = _row_scale(key_scales, s0, g), _row_scale(key_scales, s1, g)
+            c2, c3 = _row_scale(key_scales, s2, g), _row_scale(key_scales, s3, g)
             for h in heads:
                 a0 = a1 = a2 = a3 = np.float32(0.0)
                 for i in range(d):
-                    a0 += q[h, i] * keys[s0, g, i]
-                    a1 += q[h, i] * keys[s1, g, i]
-                    a2 += q[h, i] * keys[s2, g, i]
-                    a3 += q[h, i] * keys[s3, g, i]
-                scores[h, j], scores[h, j + 1], scores[h, j + 2], scores[h, j + 3] = a0, a1, a2, a3
+                    a0 += q[h, i] * _element(keys, s0, g, i)
+                    a1 += q[h, i] * _element(keys, s1, g, i)
+                    a2 += q[h, i] * _element(keys, s2, g, i)
+                    a3 += q[h, i] * _element(keys, s3, g, i)
+                scores[h, j], scores[h, j + 1], scores[h, j + 2], scores[h, j + 3] = a0 * c0, a1 * c1, a2 * c2, a3 * c3
             j += 4
         else:
+            c0 = _row_scale(key_scales, s0, g)
             for h in heads:
                 a0 = np.float32(0.0)
                 for i in range(d):
-                    a0 += q[h, i] * keys[s0, g, i]
-                scores[h, j] = a0
+                    a0 += q[h, i] * _element(keys, s0, g, i)
+                scores[h, j] = a0 * c0
             j += 1
     for h in heads:
         best = np.float32(-np.inf)  # float32: a float64 max would make the exponentials float64
@@ -207,46 +351,53 @@ def _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, 
     while j < n_keys:
         s0, s1, s2, s3 = _four_slots(start + j, modulo)
         if j + 4 <= n_keys:
+            c0, c1 = _row_scale(value_scales, s0, g), _row_scale(value_scales, s1, g)
+            c2, c3 = _row_scale(value_scales, s2, g), _row_scale(value_scales, s3, g)
             for h in heads:
-                p0, p1, p2, p3 = scores[h, j], scores[h, j + 1], scores[h, j + 2], scores[h, j + 3]
+                p0, p1 = scores[h, j] * c0, scores[h, j + 1] * c1
+                p2, p3 = scores[h, j + 2] * c2, scores[h, j + 3] * c3
                 for i in range(d):
-                    out[h, i] += (p0 * values[s0, g, i] + p1 * values[s1, g, i]) + (
-                        p2 * values[s2, g, i] + p3 * values[s3, g, i])
+                    out[h, i] += (p0 * _element(values, s0, g, i) + p1 * _element(values, s1, g, i)) + (
+                        p2 * _element(values, s2, g, i) + p3 * _element(values, s3, g, i))
             j += 4
         else:
+            c0 = _row_scale(value_scales, s0, g)
             for h in heads:
-                p0 = scores[h, j]
+                p0 = scores[h, j] * c0
                 for i in range(d):
-                    out[h, i] += p0 * values[s0, g, i]
+                    out[h, i] += p0 * _element(values, s0, g, i)
             j += 1
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
-def attention_decode(q, keys, values, first_pos, n_keys, modulo, scores, out):
+def attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
     kv_heads = keys.shape[1]
     group = q.shape[0] // kv_heads
     scale = np.float32(1.0 / math.sqrt(q.shape[1]))
     for g in prange(kv_heads):
-        _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale)
+        _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
+                        scale)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def attention_decode_serial(q, keys, values, first_pos, n_keys, modulo, scores, out):
+def attention_decode_serial(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
     """`attention_decode` on the calling thread, for caches too small to repay a parallel launch."""
     kv_heads = keys.shape[1]
     group = q.shape[0] // kv_heads
     scale = np.float32(1.0 / math.sqrt(q.shape[1]))
     for g in range(kv_heads):
-        _attend_kv_head(q, keys, values, first_pos, n_keys, modulo, scores, out, g, group, scale)
+        _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
+                        scale)
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
-def attention_prefill(q, keys, values, first_query_pos, first_key_pos, window, n_chunks, out):
-    """Causal GQA attention for T queries at once; q [T, H, d], keys/values [S, KV, d] holding
-    positions first_key_pos .. first_key_pos + S - 1; window 0 = none; out [T, H, d].
-    Query t (position first_query_pos + t) runs `_attend_kv_head` over the keys it sees;
-    queries are dealt to n_chunks chunks round-robin, so each thread gets early (short) and late
-    (long) rows alike."""
+def attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, n_chunks,
+                      out):
+    """Causal GQA attention for T queries at once; q [T, H, d], the cache buffers [S, KV, d] (and
+    scales [S, KV]) holding positions first_key_pos .. first_key_pos + S - 1; window 0 = none;
+    out [T, H, d]. Query t (position first_query_pos + t) runs `_attend_kv_head` over the keys it
+    sees; queries are dealt to n_chunks chunks round-robin, so each thread gets early (short) and
+    late (long) rows alike."""
     n_queries, heads, d = q.shape
     n_stored, kv_heads = keys.shape[0], keys.shape[1]
     group = heads // kv_heads
@@ -257,10 +408,12 @@ def attention_prefill(q, keys, values, first_query_pos, first_key_pos, window, n
             last = first_query_pos + t - first_key_pos  # index of the query's own key
             first = max(0, last - window + 1) if window > 0 else 0
             for g in range(kv_heads):
-                _attend_kv_head(q[t], keys, values, first, last - first + 1, n_stored, scores, out[t], g, group, scale)
+                _attend_kv_head(q[t], keys, key_scales, values, value_scales, first, last - first + 1, n_stored, scores,
+                                out[t], g, group, scale)
 
 
 def attention_decode_numpy(q, keys, values, first_pos, n_keys, modulo, scores, out) -> None:
+    """`attention_decode` over float32 keys and values [capacity, KV, d] (a decoded cache)."""
     slots = (first_pos + np.arange(n_keys)) % modulo
     group = q.shape[0] // keys.shape[1]
     k = np.repeat(keys[slots], group, axis=1)  # [n, H, d]

@@ -21,8 +21,10 @@ through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one laun
 QK-norm + RoPE + cache write in one call, attention straight over the cache rows, in-place
 residual norms) with its buffers kept in the cache; the tests hold both paths to transformers.
 
-A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()`, so one
-Model can serve several sessions. Before any kernel runs, `forward` checks the token ids, that
+A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()` (keys and
+values in float16 by default, or "f32" / "q8"; the kernels read each type in place, and prefill
+attends over the new keys already rounded to it, as decoding will), so one Model can serve
+several sessions. Before any kernel runs, `forward` checks the token ids, that
 the cache was made for this model's shape (the kernels trust its buffers), and that no
 memory-mapped weight file has shrunk since it was loaded. If a forward pass fails or is interrupted, the cache is rolled
 back to where it was (or emptied when a ring buffer cannot roll back), never left half-written.
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache import KVCache, cache_layout, new_kv_cache
+from .cache import DEFAULT_CACHE_TYPE, KVCache, cache_layout, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
@@ -95,9 +97,10 @@ class Model:
         self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
         self.cache_layout = cache_layout(config)
 
-    def new_cache(self, max_tokens: int | None = None) -> KVCache:
-        """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings."""
-        return new_kv_cache(self.config, max_tokens)
+    def new_cache(self, max_tokens: int | None = None, cache_type: str = DEFAULT_CACHE_TYPE) -> KVCache:
+        """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings;
+        `cache_type` ("f16", "f32" or "q8") is the type its keys and values are stored in."""
+        return new_kv_cache(self.config, max_tokens, cache_type)
 
     def _token_array(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids)
@@ -159,11 +162,11 @@ class Model:
         k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        keys, values = layer_cache.extend(k, v)  # [S, kv_heads, d] each, ending at position start + T - 1
-        first_key_pos = start + t_len - keys.shape[0]
+        keys, values = layer_cache.extend(k, v)  # Rows [S, kv_heads, d] each, ending at position start + T - 1
+        first_key_pos = start + t_len - len(keys)
         a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
-        with COMPUTE_LOCK:  # the Numba twin of `attention` (above)
-            attention_prefill(np.ascontiguousarray(q), np.ascontiguousarray(keys), np.ascontiguousarray(values),
+        with COMPUTE_LOCK:  # the Numba twin of `attention` (above), over the cache's type
+            attention_prefill(np.ascontiguousarray(q), keys.codes, keys.scales, values.codes, values.scales,
                               start, first_key_pos, window or 0, chunk_count(t_len), a)
         return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
 
@@ -185,15 +188,17 @@ class Model:
             q, k, v = q.reshape(heads, d), k.reshape(kv_heads, d), v.reshape(kv_heads, d)
             layer_cache = cache.layers[i]
             slot = layer_cache.append_slot()
+            keys, values = layer_cache.keys, layer_cache.values
+            buffers = keys.codes, keys.scales, values.codes, values.scales  # in the cache's type
             qk_norm_rope_store(q, k, v, layer.q_norm, layer.k_norm, cos[0], sin[0], eps, cfg.layer_uses_rope(i),
-                               layer_cache.keys, layer_cache.values, slot)
+                               *buffers, slot)
             first, n_keys, modulo = layer_cache.visible()
             scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
             if n_keys * heads * d < SERIAL_BELOW:
-                attention_decode_serial(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
+                attention_decode_serial(q, *buffers, first, n_keys, modulo, scores, attended)
             else:
                 with COMPUTE_LOCK:
-                    attention_decode(q, layer_cache.keys, layer_cache.values, first, n_keys, modulo, scores, attended)
+                    attention_decode(q, *buffers, first, n_keys, modulo, scores, attended)
             add_rms_norm(h, layer.o_proj.matmul(attended.reshape(1, heads * d)), layer.post_attention_layernorm, eps)
             gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [1, intermediate] each
             silu_mul(gate, up, activated)

@@ -1,11 +1,12 @@
-"""The bounds of every numeric generation option, in one table used by the API and the CLI alike.
+"""The bounds of every checked generation option, in one table used by the API and the CLI alike.
 
 `OPTION_BOUNDS` maps each option name (temperature, top_p, ..., max_new_tokens, context_size,
-threads) to a `Bound`: int or float, an optional low end (open or closed) and high end. `check_option
-(name, value, label)` returns the value when it is within its bound (a float option takes any
-finite int or float, an int option any int, never a bool) and otherwise raises one
-`TinyExaoneError` line: "invalid value for LABEL: VALUE (must be ...)", where LABEL is the
-option's name in the API or its flag in the CLI. `SamplingParams`, `generation.make_options`
+threads, cache_type) to a `Bound`: int or float, an optional low end (open or closed) and high
+end; or to a `Choice` of strings (cache_type: "f32", "f16" or "q8"). `check_option(name, value,
+label)` returns the value when it is within its bound (a float option takes any finite int or
+float, an int option any int, never a bool; a choice exactly one of its strings) and otherwise
+raises one `TinyExaoneError` line: "invalid value for LABEL: VALUE (must be ...)", where LABEL is
+the option's name in the API or its flag in the CLI. `SamplingParams`, `generation.make_options`
 and the CLI's flags all check through here, so they cannot disagree.
 """
 
@@ -49,6 +50,17 @@ class Bound:
         return not too_low and not (self.high is not None and value > self.high) and not 0 < value < self.tiny
 
 
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def admits(self, value) -> bool:
+        return isinstance(value, str) and value in self.values
+
+
 OPTION_BOUNDS = {
     "temperature": Bound(float, 0, tiny=1e-6),  # 0 = greedy
     "top_k": Bound(int, 0),  # 0 = off
@@ -62,6 +74,7 @@ OPTION_BOUNDS = {
     "reasoning_budget": Bound(int, 0),
     "context_size": Bound(int, 1),
     "threads": Bound(int, 1),  # Numba threads (the CLI's --threads)
+    "cache_type": Choice(("f32", "f16", "q8")),  # the KV cache's element type (cache.CODE_DTYPES)
 }
 
 
@@ -71,7 +84,7 @@ def check_option(name: str, value, label: str | None = None, shown: str | None =
     bound = OPTION_BOUNDS[name]
     if bound.admits(value):
         return value
-    right_kind = Bound(bound.kind).admits(value)
+    right_kind = isinstance(bound, Choice) or Bound(bound.kind).admits(value)
     kind = "" if right_kind else "an integer " if bound.kind is int else "a finite number "
     shown = repr(value)[:40] if shown is None else shown
     raise TinyExaoneError(f"invalid value for {label or name}: {shown} (must be {kind}{bound.describe()})")
