@@ -129,7 +129,7 @@ def test_every_tensor_is_aligned_and_the_data_region_has_no_gaps(compact):
 
 def test_metadata_holds_format_config_quantization_and_integrity(compact, source):
     meta = split(compact.read_bytes())[1]["__metadata__"]
-    assert meta["format"] == "tinyexaone-compact" and meta["format_version"] == "1"
+    assert meta["format"] == "tinyexaone-compact" and meta["format_version"] == "2"
     assert json.loads(meta["config.json"]) == json.loads((source / "config.json").read_text())
     quant = json.loads(meta["quantization"])
     assert (quant["bits"], quant["group_size"], quant["embedding_bits"]) == (4, 32, 8)
@@ -194,7 +194,12 @@ def test_compact_model_computes_the_float_model_of_its_dequantized_weights(compa
     embed = dense(w.embed_tokens)
     reference = Model(model.config, ModelWeights(embed_tokens=embed, layers=layers, norm=w.norm, lm_head=embed))
     ids = np.random.default_rng(3).integers(0, TINY["vocab_size"], 64)
-    np.testing.assert_allclose(model.forward(ids), reference.forward(ids), rtol=1e-4, atol=1e-5)
+    ours, expected = model.forward(ids), reference.forward(ids)
+    # the only difference left is the int8 rounding of each matrix input (kernels.py: <= half a
+    # step per element, ~0.5% rms per matrix); a wrong weight or layout gives tens of percent
+    relative = np.linalg.norm(ours - expected) / np.linalg.norm(expected)
+    print(f"relative L2 difference {relative:.4f}")
+    assert relative < 0.03, relative
 
 
 # --- embedded files and the tokenizer ------------------------------------------------------------------------
@@ -245,8 +250,8 @@ def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
 
 def test_a_newer_format_version_is_a_clear_error(compact, damaged):
     def bump(header):
-        header["__metadata__"]["format_version"] = "2"
-    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 2", "newer", "upgrade")
+        header["__metadata__"]["format_version"] = "3"
+    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 3", "newer", "upgrade")
 
 
 @pytest.mark.parametrize("cut", ["empty", "prefix", "header", "first_tensor", "last_byte"])
@@ -399,7 +404,7 @@ def run_cli(capsys, *args):
 def test_info_describes_compact_files_and_directories(compact, source, capsys):
     code, out, _ = run_cli(capsys, "info", compact, "--verify")
     assert code == 0
-    assert "format version 1" in out and "int4 g32" in out and "embedding int8 g128" in out
+    assert "format version 2" in out and "int4 g32" in out and "embedding int8 g128" in out
     assert f"{compact.stat().st_size:,} bytes" in out and "24 model tensors" in out
     assert "hidden 128" in out and "matches" in out
     code, out, _ = run_cli(capsys, "info", source)
