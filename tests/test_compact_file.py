@@ -546,3 +546,14 @@ def test_header_key_order_carries_no_meaning(compact, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["info", str(path)])
     assert exit_info.value.code == 0
+
+
+def test_a_version_1_file_loads_and_computes_what_its_version_2_twin_does():
+    """tests/fixtures/exaone4-demo-int4-v1.tx was written by the version 1 writer from the demo
+    model, with the options of models/exaone4-demo/exaone4-demo-int4.tx: the same codes in the
+    old per-row layout, repacked at load, so the logits are identical."""
+    fixtures, demo = Path(__file__).parent / "fixtures", Path(__file__).parent.parent / "models" / "exaone4-demo"
+    old, new = tinyexaone.load(fixtures / "exaone4-demo-int4-v1.tx"), tinyexaone.load(demo / "exaone4-demo-int4.tx")
+    assert (open_compact(fixtures / "exaone4-demo-int4-v1.tx").format_version, open_compact(demo / "exaone4-demo-int4.tx").format_version) == (1, 2)
+    ids = np.random.default_rng(5).integers(0, old.config.vocab_size, 40)
+    np.testing.assert_array_equal(old.forward(ids), new.forward(ids))
