@@ -30,6 +30,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tinyexaone.compact import FORMAT_VERSION
 from tinyexaone.errors import TinyExaoneError
 
 from .options import CACHE_TYPE_FLAG
@@ -62,7 +63,7 @@ def synthetic_model(shape: str, bits: int, group_size: int) -> Path:
 
     folder = cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"synthetic-{shape}-int{bits}-g{group_size}.tx"
+    path = folder / f"synthetic-{shape}-int{bits}-g{group_size}-v{FORMAT_VERSION}.tx"
     if not path.exists():
         click.echo(f"writing {path} (once) ...", err=True)
         # in a child process, so its buffers do not count in this process's peak RSS figures
@@ -201,7 +202,7 @@ def run_bench(path: Path, threads: int, quick: bool, cache_type: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
         result["first_token_cold_s"] = time_first_token(path, threads, numba_cache, cache_type)
         result["first_token_warm_s"] = time_first_token(path, threads, numba_cache, cache_type)
-    for n in (8, 64):  # load the short-prompt (integer matvec) and long-prompt (blocked) kernels in this process
+    for n in (3, 8):  # compile or load the kernels in this process: one-token and four-token tiles
         time_prefill(model, n, rng, cache_type)
     time_decode(model, 1, 2, rng, cache_type)
     for n in prefill_sizes:

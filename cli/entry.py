@@ -7,10 +7,11 @@ which keeps this module's own import instant. `signals.exit_interrupted` is the 
 command line ends on Ctrl-C.
 """
 
-from tinyexaone.signals import exit_interrupted
+from tinyexaone.signals import exit_interrupted, redeliver_swallowed_interrupts
 
 
 def run() -> None:
+    redeliver_swallowed_interrupts()  # a Ctrl-C inside Numba's compiler callbacks ends the run too
     try:
         from .main import main
     except KeyboardInterrupt:

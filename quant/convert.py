@@ -35,7 +35,7 @@ from tinyexaone.checkpoint import check_tensors, open_checkpoint
 from tinyexaone.compact import EMBEDDED_FILES, CompactWriter
 from tinyexaone.config import load_config
 from tinyexaone.errors import TinyExaoneError
-from tinyexaone.quantized import expected_arrays, quantize
+from tinyexaone.quantized import ROWS, expected_arrays, quantize
 from tinyexaone.safetensors_file import DTYPES, TensorEntry, widen_bf16
 from tinyexaone.signals import sigterm_raises
 from tinyexaone.tensors import EMBEDDING, LM_HEAD, model_tensors
@@ -90,7 +90,7 @@ def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
 def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[dict[str, list[np.ndarray]], float]:
     """The stored arrays of `entry`, as row-slice parts per array name, and its relative error."""
     out_dim, in_dim = entry.shape
-    rows_per_slice = max(1, SLICE_ELEMENTS // in_dim)
+    rows_per_slice = max(1, SLICE_ELEMENTS // in_dim // ROWS) * ROWS  # whole row groups: slices stack
     parts: dict[str, list[np.ndarray]] = {}
     error_sq = weight_sq = 0.0
     for first in range(0, out_dim, rows_per_slice):

@@ -11,7 +11,7 @@ from reference_models import LAYOUTS, build_reference_model
 
 import tinyexaone
 from tinyexaone import TinyExaoneError
-from tinyexaone.quantized import QuantizedWeight, expected_arrays, quantize
+from tinyexaone.quantized import QuantizedWeight, expected_arrays, from_version_1, quantize, unpack_codes, unpack_scales
 
 SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
 
@@ -32,44 +32,73 @@ def test_round_trip_error_within_half_a_scale_step(bits, group_size):
         matrix[1, 1] = -matrix[1, 0]
     weight = quantize(matrix, bits, group_size)
     error = np.abs(weight.dequantize() - matrix).reshape(n_rows, -1, group_size).max(axis=2)  # [N, G]
-    half_step = np.abs(weight.arrays["scales"].astype(np.float32)) / 2
+    scales = unpack_scales(weight.arrays["scales"], np.arange(n_rows)).astype(np.float32)  # [N, G]
+    half_step = np.abs(scales) / 2
     # float32 products round by at most an ulp of |w|: allow that beyond the exact bound
     slack = 2 * np.finfo(np.float32).eps * np.abs(matrix).reshape(n_rows, -1, group_size).max(axis=2)
     worst = float(np.max(error - half_step - slack))
     assert worst <= 0, f"seed {seed}: error exceeds |scale|/2 by {worst}"
-    assert not weight.arrays["scales"][0, 0], f"seed {seed}: an all-zero group needs scale 0"
+    assert not scales[0, 0], f"seed {seed}: an all-zero group needs scale 0"
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
 def test_quantize_produces_the_documented_layout(bits, group_size):
     _, rng = fresh_rng()
-    shape = (7, 3 * group_size)
-    weight = quantize(rng.standard_normal(shape).astype(np.float32), bits, group_size)
-    assert (weight.bits, weight.group_size, weight.shape) == (bits, group_size, shape)
-    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
-        array = weight.arrays[name]
-        assert (array.dtype, array.shape, array.flags.c_contiguous) == (dtype, array_shape, True)
-    assert weight.nbytes * 8 / (shape[0] * shape[1]) == bits + 16 / group_size
+    for n_rows in (16, 7):  # whole row groups, and one padded to 8 rows
+        shape = (n_rows, 3 * group_size)
+        weight = quantize(rng.standard_normal(shape).astype(np.float32), bits, group_size)
+        assert (weight.bits, weight.group_size, weight.shape) == (bits, group_size, shape)
+        for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
+            array = weight.arrays[name]
+            assert (array.dtype, array.shape, array.flags.c_contiguous) == (dtype, array_shape, True)
+        assert weight.nbytes * 8 / (-(-n_rows // 8) * 8 * shape[1]) == bits + 16 / group_size
 
 
-@pytest.mark.parametrize("bits,group_size", [(4, 64), (8, 32)])
+@pytest.mark.parametrize("bits,group_size", [(4, 64), (8, 32), (4, 128)])
 def test_layout_places_each_element_where_the_docstring_says(bits, group_size):
-    """Decode the stored arrays element by element as documented; compare with dequantize()."""
+    """Decode the stored arrays element by element as documented; compare with dequantize(),
+    and the padding rows of the last group hold code 0 and scale 0."""
     _, rng = fresh_rng()
-    shape = (3, 2 * group_size)
+    shape = (11, 2 * group_size)
     weight = quantize(rng.standard_normal(shape).astype(np.float32), bits, group_size)
-    scales = weight.arrays["scales"].astype(np.float32)
+    scales = weight.arrays["scales"].astype(np.float32)  # [G8, G, 8]
     decoded = np.empty(shape, np.float32)
     for n in range(shape[0]):
+        g, r = divmod(n, 8)
         for k in range(shape[1]):
             block, e = divmod(k, 32)
             if bits == 8:
-                code = int(weight.arrays["quants"][n, e, block])
+                c, i = divmod(e, 4)
+                code = int(weight.arrays["quants"][g, block, 32 * c + 4 * r + i])
             else:
-                byte = int(weight.arrays["nibbles"][n, e % 16, block])
+                c, i = divmod(e % 16, 4)
+                byte = int(weight.arrays["nibbles"][g, block, 32 * c + 4 * r + i])
                 code = (byte & 15 if e < 16 else byte >> 4) - 8
-            decoded[n, k] = code * scales[n, k // group_size]
+            decoded[n, k] = code * scales[g, k // group_size, r]
     np.testing.assert_array_equal(decoded, weight.dequantize())
+    assert not scales[1, :, 3:].any()  # rows 11..15 of the last group
+    padding = unpack_codes(weight.arrays["quants" if bits == 8 else "nibbles"], np.arange(11, 16))
+    assert not padding.any()
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_version_1_arrays_repack_to_the_same_weight(bits, group_size):
+    """from_version_1 reads the old per-row layout (written here as the old format's docs say)."""
+    _, rng = fresh_rng()
+    shape = (13, 3 * group_size)
+    weight = quantize(rng.standard_normal(shape).astype(np.float32), bits, group_size)
+    q = unpack_codes(weight.arrays["quants" if bits == 8 else "nibbles"], np.arange(13)).reshape(13, -1, 32)  # [N, B, 32]
+    if bits == 8:
+        old = {"quants": np.ascontiguousarray(q.transpose(0, 2, 1)).astype(np.int8)}  # [N, 32, B]
+    else:
+        biased = (q + 8).astype(np.uint8)
+        old = {"nibbles": np.ascontiguousarray((biased[:, :, :16] | (biased[:, :, 16:] << 4)).transpose(0, 2, 1))}
+    old["scales"] = np.ascontiguousarray(unpack_scales(weight.arrays["scales"], np.arange(13)))  # [N, G]
+    repacked = from_version_1(bits, group_size, shape, old)
+    for name, array in weight.arrays.items():
+        np.testing.assert_array_equal(repacked[name], array)
+    with pytest.raises(TinyExaoneError, match="has shape"):
+        from_version_1(bits, group_size, shape, weight.arrays)
 
 
 def test_rows_returns_dequantized_embedding_rows():
@@ -119,7 +148,7 @@ def test_from_arrays_rejects_wrong_arrays(bits):
         "extra": ({**good, "biases": good["scales"]}, "needs arrays"),
         "dtype": ({**good, "scales": good["scales"].astype(np.float32)}, "dtype float32"),
         "codes dtype": ({**good, codes: good[codes].view(np.int16 if bits == 8 else np.int8)}, "dtype"),
-        "shape": ({**good, codes: good[codes][:4]}, "has shape"),
+        "shape": ({**good, codes: good[codes][:, :2]}, "has shape"),
         "size": ({**good, "scales": good["scales"][:, :2]}, "has shape"),
         "layout": ({**good, "scales": np.asfortranarray(good["scales"])}, "C-contiguous"),
         "not an array": ({**good, "scales": good["scales"].tolist()}, "not a NumPy array"),

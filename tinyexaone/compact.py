@@ -1,4 +1,4 @@
-"""The one-file compact model format ("tinyexaone-compact", version 1): writer and zero-copy reader.
+"""The one-file compact model format ("tinyexaone-compact", version 2): writer and zero-copy reader.
 
 A compact file is a valid safetensors file (docs/format.md is the full specification): an
 8-byte little-endian header length N, N bytes of JSON padded with spaces, then the tensor data.
@@ -38,7 +38,7 @@ from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows interleaved by eights (quantized.py); version 1 files are still read
 ALIGNMENT = 64
 EMBEDDED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",

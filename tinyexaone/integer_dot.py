@@ -1,14 +1,29 @@
-"""Explicit LLVM vector IR for the integer dot products of the decode kernels (kernels.py).
+"""Explicit LLVM vector IR for the integer tile dot products of the quantized kernels (kernels.py).
 
-Contract: `q4_lanes_dot` / `q8_lanes_dot` are Numba intrinsics that return, as a float32, the
-scaled dot product of one weight row with the quantized activation over one vector step of
-blocks (Q4_LANES = 32 blocks for int4, LANES = 16 for int8), reading the layouts documented in
-quantized.py and the activation layouts written by kernels._q4_prepare / kernels._q8_prepare.
-They trust their inputs: the step must lie inside the row, and `per_group` (blocks per weight
-scale) must be 1, 2 or 4. The IR is generic vector operations (portable: 16-bit multiply-adds,
-blocks in order), except that on AVX2 the pair products use x86's vpmaddubsw (int4) and
-vpmaddwd (int8) (`integer_dot_path`), which LLVM does not form from generic IR. Both prefetch
-the same bytes of the next row. Their NumPy twins are kernels.q4_matvec_numpy / q8_matvec_numpy.
+Contract: `tile_dot_1`, `tile_dot_4` (one and four tokens) are Numba intrinsics
+`tile_dot_n(codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out)` that write
+out[k, r] = sum over all blocks b of W[8 g + r, block b] . x[t0 + k, block b], for r < 8 and
+k < n, as float32, with W in the row-interleaved layout of quantized.py (codes [G8, B, 128]
+uint8 for int4, [G8, B, 256] int8 for int8: the dtype chooses the unpacking; scale_bits
+[G8, n_groups, 8] uint16, the float16 scale of block b at index b >> scale_shift) and x
+quantized by kernels.quantize_activations (x_codes [T, B, 32] int8, x_sums [T, B] int32 = the
+sum of each block's codes, x_scales [T, B] float32). They trust their inputs: g < G8,
+t0 + n <= T, B the same in codes and x_codes, out [>= n, 8] float32, C-contiguous arrays.
+
+Each 32-byte weight chunk holds 4 consecutive bytes of each of the 8 rows, so one integer lane
+per row accumulates a whole block with no horizontal sums; the activation's 4 matching bytes
+are broadcast to every lane. A block's integer sum is exact (int32), then converted and scaled
+by the row's and the token's scales and added to a float32 accumulator per row, block by block
+in order. The integer part is chosen per CPU (`integer_dot_path`):
+- "vnni": vpdpbusd (AVX-512 VNNI with VL, or AVX-VNNI), unsigned weight bytes x signed
+  activation bytes, so int4 nibbles (0..15) enter as they are and int8 codes flipped to
+  unsigned (xor 0x80); the bias comes off as 8 (or 128) times the block's activation sum;
+- "avx2": vpmaddubsw + vpmaddwd; int4 as above, int8 as |w| x (x with w's sign);
+- "dotprod": AArch64 sdot on signed codes (nibble - 8, or the int8 code);
+- "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
+  every other CPU and the reference the tests run everywhere.
+Each block step also prefetches the weight bytes PREFETCH_BYTES ahead. The NumPy twin is
+kernels.matmul_numpy.
 """
 
 from __future__ import annotations
@@ -20,113 +35,37 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-LANES = 16  # blocks per int8 step (vectors of 16 x i16), and the width of every lane-sum vector
+ROWS = 8  # weight rows interleaved in one group: one int32 lane each
+PATHS = ("vnni", "avx2", "dotprod", "generic")
 
-
-def _item_pointer(context, builder, array_type, array, indices, element):
-    """Pointer to array[indices] reinterpreted as a pointer to `element` (an LLVM type)."""
-    pointer = cgutils.get_item_pointer(context, builder, array_type, array, indices)
-    return builder.bitcast(pointer, element.as_pointer())
-
-
-def _int_constants(bits, values):
-    return ir.Constant(ir.VectorType(ir.IntType(bits), len(values)), list(values))
-
-
-def _lane_values(context, builder, array_type, array, first, lane_blocks):
-    """Float vector: array[first + b] for each b of lane_blocks (float32 per-block values)."""
-    span = max(lane_blocks) + 1
-    loaded = builder.load(_item_pointer(context, builder, array_type, array, [first], ir.VectorType(ir.FloatType(), span)), align=4)
-    return builder.shuffle_vector(loaded, loaded, _int_constants(32, lane_blocks))
-
-
-def _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first, per_group):
-    """Float vector, per lane: (lane_sums - offset) * activation scale * weight scale of block
-    first + lane_blocks[lane]. x_scales / offsets are (array type, array) pairs of float32 [B]
-    (offsets may be None); the weight scales are the float16 scales of row n, one per per_group
-    blocks."""
-    values = builder.sitofp(lane_sums, ir.VectorType(ir.FloatType(), len(lane_blocks)))
-    if offsets is not None:
-        values = builder.fsub(values, _lane_values(context, builder, *offsets, first, lane_blocks))
-    values = builder.fmul(values, _lane_values(context, builder, *x_scales, first, lane_blocks))
-    return builder.fmul(values, _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group))
-
-
-def _weight_scales(context, builder, scale_bits, n, first, lane_blocks, per_group):
-    """Float vector: the float16 scale of row n for block first + b, b in lane_blocks, where a
-    scale covers per_group (1, 2 or 4: a runtime i64) blocks. One branch per group size around
-    the small load, so the large dot product before it is compiled once, not three times."""
-    scale_bits_type, scale_bits_array = scale_bits
-    result = cgutils.alloca_once(builder, ir.VectorType(ir.FloatType(), len(lane_blocks)))
-    done = builder.append_basic_block("scales.done")
-    for size in (1, 2, 4):
-        this, other = builder.append_basic_block(f"scales.per{size}"), builder.append_basic_block(f"scales.not{size}")
-        builder.cbranch(builder.icmp_signed("==", per_group, context.get_constant(types.intp, size)), this, other)
-        builder.position_at_end(this)
-        n_scales = (max(lane_blocks) + 1) // size
-        group = builder.sdiv(first, context.get_constant(types.intp, size))
-        halves = ir.VectorType(ir.HalfType(), n_scales)
-        loaded = builder.fpext(
-            builder.load(_item_pointer(context, builder, scale_bits_type, scale_bits_array, [n, group], halves), align=2),
-            ir.VectorType(ir.FloatType(), n_scales),
-        )
-        spread = _int_constants(32, [b // size for b in lane_blocks])  # each lane's group
-        builder.store(builder.shuffle_vector(loaded, loaded, spread), result)
-        builder.branch(done)
-        builder.position_at_end(other)
-    builder.branch(done)  # callers pass only 1, 2 or 4
-    builder.position_at_end(done)
-    return builder.load(result)
-
-
-def _scaled_sum(context, builder, steps, x_scales, offsets, scale_bits, n, first, per_group):
-    """The float32 sum over a step's [(lane_sums, lane_blocks)] of `_scaled_lanes`."""
-    total = None
-    for lane_sums, lane_blocks in steps:
-        values = _scaled_lanes(context, builder, lane_sums, lane_blocks, x_scales, offsets, scale_bits, n, first,
-                               per_group)
-        total = values if total is None else builder.fadd(total, values)
-    return _horizontal_sum(builder, total, len(steps[0][1]))
-
-
-def _prefetch(builder, address, distance):
-    """Ask for the cache line `distance` bytes (an i64 value) past `address` (an i8*) to be
-    loaded for reading (llvm.prefetch: prefetcht0 on x86, prfm on ARM; never faults, even past
-    the array's end). The matvec kernels fetch the same bytes of the next row: one row ahead
-    measured 15-25% more bandwidth on large matrices than the hardware prefetchers alone (which
-    stop at 4 KB pages), and more than two or four rows ahead."""
-    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [ir.IntType(8).as_pointer()] + [ir.IntType(32)] * 3), "llvm.prefetch.p0")
-    target = builder.gep(address, [distance])
-    builder.call(function, [target, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
-                            ir.Constant(ir.IntType(32), 1)])
-
-
-def _horizontal_sum(builder, values, width):
-    """The sum of a <width x float> as a pairwise tree: the same order on every machine."""
-    while width > 1:
-        width //= 2
-        low, high = _int_constants(32, range(width)), _int_constants(32, range(width, 2 * width))
-        values = builder.fadd(builder.shuffle_vector(values, values, low), builder.shuffle_vector(values, values, high))
-    return builder.extract_element(values, ir.Constant(ir.IntType(32), 0))
+I1, I8, I16, I32, F32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+BYTES = ir.VectorType(I8, 32)  # one weight chunk: 4 bytes x 8 rows
+LANES = ir.VectorType(I32, ROWS)
 
 
 def integer_dot_path() -> str:
-    """Which code the integer dot products compile to here: "avx2" (vpmaddubsw, vpmaddwd) when
-    the CPU Numba compiles for has AVX2, else "generic" (portable LLVM IR). The CPU's features
-    come from llvmlite's public `get_host_cpu_features`, or from NUMBA_CPU_FEATURES when it is
-    set (Numba then compiles for those features, e.g. a portable cache). Numba's on-disk cache
-    is keyed on the CPU, so a cache never carries one path to another machine.
-    TINYEXAONE_GENERIC_KERNELS=1 forces "generic" for kernels compiled from then on; the cache
-    key does not include it, so the tests that use it also point NUMBA_CACHE_DIR at an empty
-    folder."""
-    if os.environ.get("TINYEXAONE_GENERIC_KERNELS") == "1":
-        return "generic"
+    """Which code the tile dot products compile to here (see the module doc), from the CPU
+    features Numba compiles for: llvmlite's public `get_host_cpu_features`, or NUMBA_CPU_FEATURES
+    when set (a portable cache). Numba's on-disk cache is keyed on the CPU name and features, so
+    a cache never carries one path to another machine. TINYEXAONE_KERNEL_PATH=generic (or another
+    path this CPU can run) forces a path for kernels compiled from then on; the cache key does not
+    include it, so the tests that set it also point NUMBA_CACHE_DIR at an empty folder."""
     import numba
     from llvmlite import binding
 
-    features = numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
-    return "avx2" if "+avx2" in features.split(",") else "generic"
+    features = set((numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(","))
+    if {"+avx512vnni", "+avx512vl"} <= features or "+avxvnni" in features:
+        native = "vnni"
+    elif "+avx2" in features:
+        native = "avx2"
+    elif "+dotprod" in features:
+        native = "dotprod"
+    else:
+        native = "generic"
+    forced = os.environ.get("TINYEXAONE_KERNEL_PATH")
+    if forced in (native, "generic") or (forced == "avx2" and native == "vnni"):
+        return forced
+    return native
 
 
 def kernel_paths() -> dict[str, str]:
@@ -137,174 +76,186 @@ def kernel_paths() -> dict[str, str]:
     return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path()}
 
 
-def _vpmaddubsw(builder, unsigned_bytes, signed_bytes):
-    """<16 x i16>: lane i = u[2i] s[2i] + u[2i+1] s[2i+1] (saturating) for <32 x i8> u (unsigned)
-    and s (signed): x86's AVX2 intrinsic, which LLVM does not form from generic IR."""
-    shorts, bytes_ = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(8), 32)
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(shorts, [bytes_, bytes_]), "llvm.x86.avx2.pmadd.ub.sw")
-    return builder.call(function, [unsigned_bytes, signed_bytes])
+def _constant(vector_type, value):
+    return ir.Constant(vector_type, [value] * vector_type.count)
 
 
-# One int4 vector step covers Q4_LANES = 32 blocks: row j of the step is 32 bytes holding
-# element j (low nibble) and element j + 16 (high nibble) of each block. The AVX2 path
-# interleaves the two nibble vectors so both elements of a block sit side by side for one
-# vpmaddubsw pair product; the interleave is AVX2's in-lane vpunpck{l,h}bw, so the first product
-# vector holds blocks Q4_BLOCKS_A and the second Q4_BLOCKS_B (the activation pairs, x_pairs, are
-# stored in that order). The generic path keeps blocks in order: 16-bit multiplies of each
-# nibble vector by the plain activation codes (x_codes), one accumulator per nibble half.
-Q4_LANES = 32
-Q4_BLOCKS_A = [lane * 16 + i for lane in (0, 1) for i in range(8)]  # 0..7, 16..23
-Q4_BLOCKS_B = [lane * 16 + i for lane in (0, 1) for i in range(8, 16)]  # 8..15, 24..31
+def _indices(values):
+    return ir.Constant(ir.VectorType(I32, len(values)), list(values))
 
 
-def _q4_step_avx2(context, builder, nibbles, n, first, x_pairs):
-    """[(lane_sums <16 x i32>, lane_blocks)] for the AVX2 path (see above)."""
-    (nib_type, nib), (pairs_type, pairs) = nibbles, x_pairs
-    row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
-    shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 16)
-    mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
-    # nibbles of block b: low at b, high at Q4_LANES + b in shuffle_vector(low, high)
-    pick_a = _int_constants(32, [k for b in Q4_BLOCKS_A for k in (b, Q4_LANES + b)])
-    pick_b = _int_constants(32, [k for b in Q4_BLOCKS_B for k in (b, Q4_LANES + b)])
-    pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-    row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
-    # 8 steps of (code 0..15) x (|activation code| <= 127), two per step: |sum| <= 30480
-    sums = [[ir.Constant(shorts, [0] * 16)] * 2 for _ in range(2)]  # [half][j // 8]
-    for j in range(16):
-        row_j = context.get_constant(types.intp, j)
-        address = _item_pointer(context, builder, nib_type, nib, [n, row_j, first], ir.IntType(8))
-        _prefetch(builder, address, row_stride)
-        packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
-        low = builder.and_(packed, mask)
-        high = builder.and_(builder.lshr(packed, shift), mask)
-        for half, pick in enumerate((pick_a, pick_b)):
-            where = builder.add(pair_first, context.get_constant(types.intp, 32 * half))
-            x = builder.load(_item_pointer(context, builder, pairs_type, pairs, [row_j, where], row_bytes), align=1)
-            products = _vpmaddubsw(builder, builder.shuffle_vector(low, high, pick), x)
-            sums[half][j // 8] = builder.add(sums[half][j // 8], products)
-    return [(builder.add(builder.sext(sums[half][0], ints), builder.sext(sums[half][1], ints)), blocks)
-            for half, blocks in enumerate((Q4_BLOCKS_A, Q4_BLOCKS_B))]
+def _splat(builder, value, count):
+    vector = builder.insert_element(ir.Constant(ir.VectorType(value.type, count), ir.Undefined), value,
+                                    ir.Constant(I32, 0))
+    return builder.shuffle_vector(vector, vector, _indices([0] * count))
 
 
-def _q4_step_generic(context, builder, nibbles, n, first, x_codes):
-    """[(lane_sums <32 x i32>, lane_blocks)] for the generic path (see above)."""
-    (nib_type, nib), (codes_type, codes) = nibbles, x_codes
-    row_bytes = ir.VectorType(ir.IntType(8), Q4_LANES)
-    shorts, ints = ir.VectorType(ir.IntType(16), Q4_LANES), ir.VectorType(ir.IntType(32), Q4_LANES)
-    mask, shift = ir.Constant(row_bytes, [15] * Q4_LANES), ir.Constant(row_bytes, [4] * Q4_LANES)
-    row_stride = cgutils.unpack_tuple(builder, nib.strides, 3)[0]  # bytes from row n to n + 1
-    # 16 products of (code 0..15) x (|activation code| <= 127) per half: |sum| <= 30480
-    low_sum = high_sum = ir.Constant(shorts, [0] * Q4_LANES)
-    for j in range(16):
-        row_j = context.get_constant(types.intp, j)
-        address = _item_pointer(context, builder, nib_type, nib, [n, row_j, first], ir.IntType(8))
-        _prefetch(builder, address, row_stride)
-        packed = builder.load(builder.bitcast(address, row_bytes.as_pointer()), align=1)
-        x_low, x_high = (
-            builder.sext(builder.load(_item_pointer(context, builder, codes_type, codes,
-                                                    [context.get_constant(types.intp, e), first], row_bytes), align=1), shorts)
-            for e in (j, j + 16))
-        low_sum = builder.add(low_sum, builder.mul(builder.zext(builder.and_(packed, mask), shorts), x_low))
-        high_sum = builder.add(high_sum, builder.mul(builder.zext(builder.lshr(packed, shift), shorts), x_high))
-    return [(builder.add(builder.sext(low_sum, ints), builder.sext(high_sum, ints)), list(range(Q4_LANES)))]
+def _call(builder, name, result_type, args):
+    function_type = ir.FunctionType(result_type, [arg.type for arg in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, function_type, name), args)
 
 
-@intrinsic
-def q4_lanes_dot(typingctx, nibbles, scale_bits, n, first, x_pairs, x_codes, x_scales, offsets, per_group):
-    """Row n of an int4 matrix times the activation codes over blocks first .. first + Q4_LANES,
-    scaled: a float32 partial dot product (see kernels.q4_matvec). x_pairs feeds the AVX2 path,
-    x_codes the generic one (kernels._q4_prepare writes both)."""
-    signature = types.float32(nibbles, scale_bits, types.intp, types.intp, x_pairs, x_codes, x_scales, offsets,
-                              types.intp)
-
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        arrays = {i: (t[i], context.make_array(t[i])(context, builder, args[i])) for i in (0, 1, 4, 5, 6, 7)}
-        n, first, per_group = args[2], args[3], args[8]
-        if integer_dot_path() == "avx2":
-            steps = _q4_step_avx2(context, builder, arrays[0], n, first, arrays[4])
-        else:
-            steps = _q4_step_generic(context, builder, arrays[0], n, first, arrays[5])
-        return _scaled_sum(context, builder, steps, arrays[6], arrays[7], arrays[1], n, first, per_group)
-
-    return signature, codegen
+def _pair_sums(builder, vector):
+    """Adjacent lanes added: <2n x iK> -> <n x iK>."""
+    n = vector.type.count
+    return builder.add(builder.shuffle_vector(vector, vector, _indices(range(0, n, 2))),
+                       builder.shuffle_vector(vector, vector, _indices(range(1, n, 2))))
 
 
-def _vpmaddwd(builder, a, b):
-    """<8 x i32>: lane i = a[2i] b[2i] + a[2i+1] b[2i+1] for <16 x i16> a, b: x86's AVX2 intrinsic."""
-    shorts, ints = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ints, [shorts, shorts]), "llvm.x86.avx2.pmadd.wd")
-    return builder.call(function, [a, b])
+def _operand_pairs(builder, bits, chunks, activation):
+    """[(weight bytes <32 x i8>, activation dword broadcast <8 x i32>)]: the chunk products that
+    make one block. int8: chunk c holds elements 4c..4c+3 and meets activation dword c. int4:
+    chunk c's low nibbles are elements 4c..4c+3 (dword c), its high nibbles 16+4c.. (dword 4+c);
+    the nibbles come out as unsigned bytes 0..15."""
+    if bits == 8:
+        return [(chunk, activation(c)) for c, chunk in enumerate(chunks)]
+    low_mask, pairs, highs = _constant(BYTES, 15), [], []
+    for c, chunk in enumerate(chunks):
+        pairs.append((builder.and_(chunk, low_mask), activation(c)))
+        highs.append((builder.and_(builder.lshr(chunk, _constant(BYTES, 4)), low_mask), activation(4 + c)))
+    return pairs + highs
 
 
-# An int8 step covers LANES = 16 blocks. The AVX2 path interleaves the sign-extended codes of
-# elements e and e + 1 (AVX2's in-lane vpunpck{l,h}wd) so one vpmaddwd multiplies and adds
-# both for 8 blocks, straight into int32: the first vector holds blocks Q8_BLOCKS_A, the second
-# Q8_BLOCKS_B (x_pairs, int16, stores the activation pairs in that order). The generic path
-# keeps blocks in order: 16-bit products, pairs added in int16, widened to int32.
-Q8_BLOCKS_A = [lane * 8 + i for lane in (0, 1) for i in range(4)]  # 0..3, 8..11
-Q8_BLOCKS_B = [lane * 8 + i for lane in (0, 1) for i in range(4, 8)]  # 4..7, 12..15
+def _block_sum_vnni(builder, bits, pairs):
+    """vpdpbusd on unsigned weight bytes; returns (lane sums, log2 of the bias to take off)."""
+    sums = [_constant(LANES, 0)] * 2  # two chains: vpdpbusd's latency is several cycles
+    for k, (weight, x) in enumerate(pairs):
+        unsigned = weight if bits == 4 else builder.xor(weight, _constant(BYTES, 0x80))
+        sums[k % 2] = _call(builder, "llvm.x86.avx512.vpdpbusd.256", LANES, [sums[k % 2], builder.bitcast(unsigned, LANES), x])
+    return builder.add(sums[0], sums[1]), (3 if bits == 4 else 7)
 
 
-def _q8_step_avx2(context, builder, quants, n, first, x_pairs):
-    """[(lane_sums <8 x i32>, lane_blocks)] x 2 for the AVX2 path (see above)."""
-    (codes_type, codes), (pairs_type, pairs) = quants, x_pairs
-    bytes_, shorts = ir.VectorType(ir.IntType(8), LANES), ir.VectorType(ir.IntType(16), LANES)
-    row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
-    picks = [_int_constants(32, [k for b in blocks for k in (b, LANES + b)]) for blocks in (Q8_BLOCKS_A, Q8_BLOCKS_B)]
-    pair_first = builder.mul(first, context.get_constant(types.intp, 2))
-    sums = [ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)] * 2
-    for e in range(0, 32, 2):
-        rows = []
-        for element in (e, e + 1):
-            address = _item_pointer(context, builder, codes_type, codes, [n, context.get_constant(types.intp, element), first],
-                                    ir.IntType(8))
-            _prefetch(builder, address, row_stride)
-            rows.append(builder.sext(builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1), shorts))
-        for half, pick in enumerate(picks):
-            where = builder.add(pair_first, context.get_constant(types.intp, 16 * half))
-            x = builder.load(_item_pointer(context, builder, pairs_type, pairs, [context.get_constant(types.intp, e // 2), where],
-                                           shorts), align=2)
-            sums[half] = builder.add(sums[half], _vpmaddwd(builder, builder.shuffle_vector(rows[0], rows[1], pick), x))
-    return [(sums[0], Q8_BLOCKS_A), (sums[1], Q8_BLOCKS_B)]
+def _block_sum_avx2(builder, bits, pairs):
+    """vpmaddubsw (u8 x s8 pairs into int16) then vpmaddwd by ones into int32 lanes."""
+    shorts = ir.VectorType(I16, 16)
+    ones = _constant(shorts, 1)
+    if bits == 4:  # 8 chunk products of 2 x 15 x 127 per int16 lane: |sum| <= 30480
+        total = None
+        for weight, x in pairs:
+            product = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", shorts, [weight, builder.bitcast(x, BYTES)])
+            total = product if total is None else builder.add(total, product)
+        return _call(builder, "llvm.x86.avx2.pmadd.wd", LANES, [total, ones]), 3
+    total = None
+    for weight, x in pairs:  # |w| x sign(w) x: a pair is at most 2 x 128 x 127 = 32512
+        magnitude = _call(builder, "llvm.abs.v32i8", BYTES, [weight, ir.Constant(I1, 0)])
+        signed_x = _call(builder, "llvm.x86.avx2.psign.b", BYTES, [builder.bitcast(x, BYTES), weight])
+        product = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", shorts, [magnitude, signed_x])
+        lanes = _call(builder, "llvm.x86.avx2.pmadd.wd", LANES, [product, ones])
+        total = lanes if total is None else builder.add(total, lanes)
+    return total, None
 
 
-def _q8_step_generic(context, builder, quants, n, first, x_codes):
-    """[(lane_sums <16 x i32>, lane_blocks)] for the generic path (see above)."""
-    (codes_type, codes), (activation_type, activation_codes) = quants, x_codes
-    bytes_, shorts, ints = (ir.VectorType(ir.IntType(w), LANES) for w in (8, 16, 32))
-    row_stride = cgutils.unpack_tuple(builder, codes.strides, 3)[0]  # bytes from row n to n + 1
-    lane_sums = ir.Constant(ints, [0] * LANES)
-    for e in range(0, 32, 2):
-        pair = []
-        for element in (e, e + 1):
-            index = context.get_constant(types.intp, element)
-            address = _item_pointer(context, builder, codes_type, codes, [n, index, first], ir.IntType(8))
-            _prefetch(builder, address, row_stride)
-            w = builder.load(builder.bitcast(address, bytes_.as_pointer()), align=1)
-            x = builder.load(_item_pointer(context, builder, activation_type, activation_codes, [index, first], shorts), align=2)
-            pair.append(builder.mul(builder.sext(w, shorts), x))
-        # |w x| <= 128 * 127, so a pair sums within int16; wider sums go to int32
-        lane_sums = builder.add(lane_sums, builder.sext(builder.add(pair[0], pair[1]), ints))
-    return [(lane_sums, list(range(LANES)))]
+def _signed(builder, bits, pairs):
+    if bits == 8:
+        return pairs
+    return [(builder.sub(weight, _constant(BYTES, 8)), x) for weight, x in pairs]
 
 
-@intrinsic
-def q8_lanes_dot(typingctx, quants, scale_bits, n, first, x_pairs, x_codes, x_scales, per_group):
-    """`q4_lanes_dot` for an int8 matrix over blocks first .. first + LANES (see kernels.q8_matvec);
-    x_pairs feeds the AVX2 path, x_codes the generic one (kernels._q8_prepare writes both)."""
-    signature = types.float32(quants, scale_bits, types.intp, types.intp, x_pairs, x_codes, x_scales, types.intp)
+def _block_sum_dotprod(builder, bits, pairs):
+    """AArch64 sdot on signed codes, the 8 row lanes as two 128-bit halves."""
+    halves = []
+    for half in (0, 1):
+        total = _constant(ir.VectorType(I32, 4), 0)
+        for weight, x in _signed(builder, bits, pairs):
+            weight_half = builder.shuffle_vector(weight, weight, _indices(range(16 * half, 16 * half + 16)))
+            x_half = builder.bitcast(builder.shuffle_vector(x, x, _indices(range(4))), ir.VectorType(I8, 16))
+            total = _call(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", total.type, [total, weight_half, x_half])
+        halves.append(total)
+    return builder.shuffle_vector(halves[0], halves[1], _indices(range(ROWS))), None
 
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        arrays = {i: (t[i], context.make_array(t[i])(context, builder, args[i])) for i in (0, 1, 4, 5, 6)}
-        n, first, per_group = args[2], args[3], args[7]
-        if integer_dot_path() == "avx2":
-            steps = _q8_step_avx2(context, builder, arrays[0], n, first, arrays[4])
-        else:
-            steps = _q8_step_generic(context, builder, arrays[0], n, first, arrays[5])
-        return _scaled_sum(context, builder, steps, arrays[6], None, arrays[1], n, first, per_group)
 
-    return signature, codegen
+def _block_sum_generic(builder, bits, pairs):
+    """Portable IR on signed codes: 16-bit products, summed in int16 while that cannot overflow."""
+    shorts = ir.VectorType(I16, 32)
+    products = [builder.mul(builder.sext(weight, shorts), builder.sext(builder.bitcast(x, BYTES), shorts))
+                for weight, x in _signed(builder, bits, pairs)]
+    if bits == 4:  # 8 products of 8 x 127 per lane, then 4 lanes: |sum| <= 32512
+        total = products[0]
+        for product in products[1:]:
+            total = builder.add(total, product)
+        return builder.sext(_pair_sums(builder, _pair_sums(builder, total)), LANES), None
+    total = None  # int8: a pair of 128 x 127 products fits int16, four do not
+    for product in products:
+        lanes = _pair_sums(builder, builder.sext(_pair_sums(builder, product), ir.VectorType(I32, 16)))
+        total = lanes if total is None else builder.add(total, lanes)
+    return total, None
+
+
+BLOCK_SUMS = {"vnni": _block_sum_vnni, "avx2": _block_sum_avx2, "dotprod": _block_sum_dotprod,
+              "generic": _block_sum_generic}
+
+
+PREFETCH_BYTES = 1024  # how far ahead of the block being read the weight stream is fetched: in
+# decode (tools/bench_kernels.py, and `tinyexaone bench`'s decode line) the hardware prefetchers
+# alone left the 1.2B int4 file at 34 tok/s on the Zen 4 machine, 1 KB ahead reached 44 tok/s
+
+
+def _prefetch_ahead(builder, address, block_bytes):
+    """Ask for the cache lines PREFETCH_BYTES past this block's block_bytes (llvm.prefetch:
+    prefetcht0 on x86, prfm on ARM; never faults, even past the array's end)."""
+    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [I8.as_pointer()] + [I32] * 3), "llvm.prefetch.p0")
+    base = builder.bitcast(address, I8.as_pointer())
+    for line in range(0, block_bytes, 64):
+        target = builder.gep(base, [ir.Constant(I32, PREFETCH_BYTES + line)])
+        builder.call(function, [target, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
+def _pointer(context, builder, array_type, array, indices, element):
+    """Pointer to array[indices] reinterpreted as a pointer to `element` (an LLVM type)."""
+    return builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, indices), element.as_pointer())
+
+
+def _tile_dot(n_tokens: int):
+    @intrinsic
+    def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
+        bits = {types.uint8: 4, types.int8: 8}.get(getattr(codes, "dtype", None))
+        if bits is None:
+            return None
+        signature = types.void(codes, scale_bits, types.intp, x_codes, x_sums, x_scales, types.intp, types.intp, out)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            arrays = {i: context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 3, 4, 5, 8)}
+            g, t0, scale_shift = args[2], args[6], args[7]
+            block_sum = BLOCK_SUMS[integer_dot_path()]
+            zero = context.get_constant(types.intp, 0)
+            floats = ir.VectorType(F32, ROWS)
+            totals = [cgutils.alloca_once_value(builder, _constant(floats, 0.0)) for _ in range(n_tokens)]
+            n_blocks = cgutils.unpack_tuple(builder, arrays[0].shape, 3)[1]
+            with cgutils.for_range(builder, n_blocks) as loop:
+                b = loop.index
+                chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b, zero], BYTES)
+                chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
+                          for c in range(4 if bits == 4 else 8)]
+                _prefetch_ahead(builder, chunk_pointer, 32 * len(chunks))
+                scales_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero],
+                                          ir.VectorType(ir.HalfType(), ROWS))
+                row_scales = builder.fpext(builder.load(scales_pointer, align=2), floats)  # [8]
+                for k in range(n_tokens):
+                    token = builder.add(t0, context.get_constant(types.intp, k))
+                    x_pointer = _pointer(context, builder, t[3], arrays[3], [token, b, zero], I32)
+
+                    def activation(c, x_pointer=x_pointer):
+                        return _splat(builder, builder.load(builder.gep(x_pointer, [ir.Constant(I32, c)]), align=1), ROWS)
+
+                    sums, bias_shift = block_sum(builder, bits, _operand_pairs(builder, bits, chunks, activation))
+                    if bias_shift is not None:
+                        x_sum = builder.load(_pointer(context, builder, t[4], arrays[4], [token, b], I32))
+                        sums = builder.sub(sums, _splat(builder, builder.shl(x_sum, ir.Constant(I32, bias_shift)), ROWS))
+                    x_scale = builder.load(_pointer(context, builder, t[5], arrays[5], [token, b], F32))
+                    term = builder.fmul(builder.sitofp(sums, floats), builder.fmul(row_scales, _splat(builder, x_scale, ROWS)))
+                    builder.store(builder.fadd(builder.load(totals[k]), term), totals[k])
+            for k in range(n_tokens):
+                out_pointer = _pointer(context, builder, t[8], arrays[8], [context.get_constant(types.intp, k), zero], floats)
+                builder.store(builder.load(totals[k]), out_pointer, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile_dot
+
+
+TILE_TOKENS = 4  # tokens per prefill tile: each weight chunk unpacked once serves four tokens
+tile_dot_1 = _tile_dot(1)
+tile_dot_4 = _tile_dot(TILE_TOKENS)

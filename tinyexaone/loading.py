@@ -27,7 +27,7 @@ from .compact import QUANTIZED_SCHEMES, CompactFile, open_compact
 from .config import Exaone4Config, load_config
 from .errors import TinyExaoneError
 from .model import Model
-from .quantized import QuantizedWeight
+from .quantized import QuantizedWeight, from_version_1
 from .safetensors_file import fail
 from .tensors import TensorSpec, build_weights
 from .tokenizer import read_tokenizer_files, tokenizer_from_files
@@ -75,9 +75,11 @@ class CompactSource:
     def matrix(self, spec: TensorSpec) -> MatrixWeight:
         stored = self._spec(spec)
         arrays = {key: self.compact.array(name) for key, name in stored["arrays"].items()}
+        bits, group_size = QUANTIZED_SCHEMES[stored["scheme"]], stored["group_size"]
         try:
-            return QuantizedWeight.from_arrays(QUANTIZED_SCHEMES[stored["scheme"]], stored["group_size"], spec.shape,
-                                               arrays)
+            if self.compact.format_version == 1:  # rows stored one by one: repacked in memory
+                arrays = from_version_1(bits, group_size, spec.shape, arrays)
+            return QuantizedWeight.from_arrays(bits, group_size, spec.shape, arrays)
         except TinyExaoneError as exc:
             fail(self.compact.path, f"tensor '{spec.name}' has inconsistent quantized arrays ({exc})")
 

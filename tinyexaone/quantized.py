@@ -13,20 +13,27 @@ magnitude element lands on the wider negative end (-8 / -128), and its magnitude
 float16 (rounded away from zero) for which every element of the group quantizes with error at
 most |scale| / 2 (round to nearest, ties to even, then clip). An all-zero group has scale 0.
 
-Layout. Let N = out, K = in (a multiple of group_size, itself 32, 64 or 128), B = K / 32.
-Each row is cut into B blocks of 32 consecutive elements; element k of a row is element
-e = k % 32 of block b = k // 32. Blocks are stored "transposed": for a row, element e of every
-block is contiguous, so a kernel's vector lanes run across blocks.
+Layout (compact format version 2). Let N = out, K = in (a multiple of group_size, itself 32, 64
+or 128), B = K / 32 blocks of 32 consecutive elements per row (element k of a row is element
+e = k % 32 of block b = k // 32), and G8 = ceil(N / 8) row groups. Rows are interleaved by
+eights: row n is lane r = n % 8 of group g = n // 8, and a block of a group is a run of 32-byte
+chunks, chunk c holding 4 bytes of each lane in turn (byte 32 c + 4 r + i), so an integer dot
+product keeps one int32 lane per row (integer_dot.py). Rows past N (the last group's padding)
+have code 0 and scale 0.
 
-- int8, arrays {"quants": int8 [N, 32, B], "scales": float16 [N, K / group_size]}:
-  quants[n, e, b] = q[n, 32 * b + e].
-- int4, arrays {"nibbles": uint8 [N, 16, B], "scales": float16 [N, K / group_size]}:
-  nibbles[n, j, b] = (q[n, 32*b + j] + 8) | ((q[n, 32*b + j + 16] + 8) << 4) for j in 0..15,
-  i.e. split-half order within each 32-element block (low nibble: first half, high: second).
-- scales[n, g] = the scale of elements g * group_size ... (g + 1) * group_size - 1 of row n.
+- int8, arrays {"quants": int8 [G8, B, 256], "scales": float16 [G8, K / group_size, 8]}:
+  quants[g, b, 32 c + 4 r + i] = q[8 g + r, 32 b + 4 c + i] for c in 0..7.
+- int4, arrays {"nibbles": uint8 [G8, B, 128], "scales": float16 [G8, K / group_size, 8]}:
+  nibbles[g, b, 32 c + 4 r + i] = (q[n, 32 b + 4 c + i] + 8) | ((q[n, 32 b + 16 + 4 c + i] + 8) << 4)
+  for c in 0..3, n = 8 g + r: the low nibbles of chunk c are elements 4c..4c+3 of the block, the
+  high nibbles elements 16+4c..16+4c+3 (llama.cpp's Q4_0 keeps the same two halves per byte).
+- scales[g, j, r] = the scale of elements j * group_size ... (j + 1) * group_size - 1 of row 8 g + r.
 
 Every array is C-contiguous, little-endian. Bits per weight: 8 + 16/group_size (int8) and
-4 + 16/group_size (int4), e.g. 4.5 for int4 g32.
+4 + 16/group_size (int4), e.g. 4.5 for int4 g32. Version 1 files stored each row on its own,
+element e of every block contiguous (quants [N, 32, B], nibbles [N, 16, B] with element j in the
+low and j + 16 in the high nibble, scales [N, K / group_size]); `from_version_1` repacks such
+arrays into this layout in memory when an old file is loaded.
 
 Why symmetric int4, not affine (min/max with a bias per group): measured on the tiny test model
 at g32, affine lowers the rms weight error from 8.4% to 7.9% and raises the logits cosine from
@@ -44,16 +51,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .integer_dot import ROWS
 from .errors import TinyExaoneError
 
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 8)
 FLOAT16_MAX = 65504.0
-PREFILL_MIN_TOKENS = 48  # from this many input rows on, matmul uses the blocked prefill kernel: below it
-# the integer matvec over all rows (each weight row read once) was faster for the 1.2B int4 layers
-# (a one-off probe of whole prompts: 188 vs 285 ms at T=8, 1045 vs 1162 ms at 48, 1703 vs 1468 ms
-# at 64; per matrix, `python tools/bench_prefill.py` compares the two kernels at each T)
 
 
 def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
@@ -69,14 +73,19 @@ def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
     return out_dim, in_dim
 
 
-def expected_arrays(bits: int, group_size: int, shape) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """The array names, dtypes and shapes a weight of this format must have."""
+def expected_arrays(bits: int, group_size: int, shape, version: int = 2) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The array names, dtypes and shapes a weight of this format must have (in a compact file
+    of `version` 2, or 1: see the module doc)."""
     out_dim, in_dim = _check_format(bits, group_size, shape)
-    blocks = in_dim // BLOCK
-    scales = (np.dtype(np.float16), (out_dim, in_dim // group_size))
-    if bits == 8:
-        return {"quants": (np.dtype(np.int8), (out_dim, BLOCK, blocks)), "scales": scales}
-    return {"nibbles": (np.dtype(np.uint8), (out_dim, BLOCK // 2, blocks)), "scales": scales}
+    blocks, n_groups = in_dim // BLOCK, in_dim // group_size
+    codes = "quants" if bits == 8 else "nibbles"
+    dtype = np.dtype(np.int8 if bits == 8 else np.uint8)
+    if version == 1:
+        return {codes: (dtype, (out_dim, BLOCK if bits == 8 else BLOCK // 2, blocks)),
+                "scales": (np.dtype(np.float16), (out_dim, n_groups))}
+    row_groups = -(-out_dim // ROWS)
+    return {codes: (dtype, (row_groups, blocks, bits * ROWS * 4)),
+            "scales": (np.dtype(np.float16), (row_groups, n_groups, ROWS))}
 
 
 def _group_scales(groups: np.ndarray, bits: int) -> np.ndarray:
@@ -110,27 +119,78 @@ def quantize(matrix: np.ndarray, bits: int, group_size: int) -> "QuantizedWeight
     q_neg = 2 ** (bits - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(s != 0, np.rint(w / s), 0.0)
-    q = np.clip(q, -q_neg, q_neg - 1).astype(np.int16).reshape(out_dim, in_dim // BLOCK, BLOCK)  # [N, B, 32]
+    q = np.clip(q, -q_neg, q_neg - 1).astype(np.int16).reshape(out_dim, in_dim)  # [N, K]
     return QuantizedWeight(bits, group_size, (out_dim, in_dim), _pack(q, bits, scales))
 
 
 def _pack(q: np.ndarray, bits: int, scales: np.ndarray) -> dict[str, np.ndarray]:
-    """Stored arrays from integer codes q [N, B, 32] and scales [N, G]."""
+    """Stored arrays (module doc) from integer codes q [N, K] and scales [N, G] float16."""
+    out_dim, in_dim = q.shape
+    row_groups = -(-out_dim // ROWS)
+    padded = np.zeros((row_groups * ROWS, in_dim), np.int16)
+    padded[:out_dim] = q
+    padded_scales = np.zeros((row_groups * ROWS, scales.shape[1]), np.float16)
+    padded_scales[:out_dim] = scales
+    blocks = padded.reshape(row_groups, ROWS, in_dim // BLOCK, BLOCK)  # [G8, r, B, 32]
     if bits == 8:
-        return {"quants": np.ascontiguousarray(q.transpose(0, 2, 1).astype(np.int8)), "scales": scales}
-    biased = (q + 8).astype(np.uint8)  # [N, B, 32] in 0..15
-    nibbles = biased[:, :, :16] | (biased[:, :, 16:] << 4)  # [N, B, 16]
-    return {"nibbles": np.ascontiguousarray(nibbles.transpose(0, 2, 1)), "scales": scales}
-
-
-def _codes(arrays: dict[str, np.ndarray], bits: int, rows) -> np.ndarray:
-    """Integer codes [len(rows), K] of the selected rows (NumPy twin of the kernels' unpacking)."""
-    if bits == 8:
-        blocks = arrays["quants"][rows].transpose(0, 2, 1)  # [R, B, 32]
+        name, chunked = "quants", blocks.astype(np.int8).reshape(row_groups, ROWS, -1, 8, 4)  # [G8, r, B, c, i]
     else:
-        nib = arrays["nibbles"][rows].transpose(0, 2, 1)  # [R, B, 16]
-        blocks = np.concatenate([nib & 15, nib >> 4], axis=2).astype(np.int16) - 8  # [R, B, 32]
-    return blocks.reshape(blocks.shape[0], -1)
+        biased = (blocks + 8).astype(np.uint8)
+        nibbles = biased[..., :16] | (biased[..., 16:] << 4)  # [G8, r, B, 16]
+        name, chunked = "nibbles", nibbles.reshape(row_groups, ROWS, -1, 4, 4)  # [G8, r, B, c, i]
+    codes = np.ascontiguousarray(chunked.transpose(0, 2, 3, 1, 4)).reshape(row_groups, in_dim // BLOCK, -1)
+    scale_groups = np.ascontiguousarray(padded_scales.reshape(row_groups, ROWS, -1).transpose(0, 2, 1))
+    return {name: codes, "scales": scale_groups}
+
+
+def unpack_codes(codes: np.ndarray, rows) -> np.ndarray:
+    """Integer codes [len(rows), K] (int16) of the selected rows of stored code arrays (the NumPy
+    twin of the kernels' unpacking)."""
+    rows = np.asarray(rows)
+    row_groups, n_blocks, chunk_bytes = codes.shape
+    lanes = codes[rows // ROWS].reshape(len(rows), n_blocks, -1, ROWS, 4)  # [R, B, c, r, i]
+    picked = lanes[np.arange(len(rows)), :, :, rows % ROWS, :]  # [R, B, c, i]
+    if codes.dtype == np.int8:
+        blocks = picked.reshape(len(rows), n_blocks, BLOCK).astype(np.int16)  # [R, B, 32]
+    else:
+        packed = picked.reshape(len(rows), n_blocks, 16)  # [R, B, 16]
+        blocks = np.concatenate([packed & 15, packed >> 4], axis=2).astype(np.int16) - 8  # [R, B, 32]
+    return blocks.reshape(len(rows), -1)
+
+
+def unpack_scales(scales: np.ndarray, rows) -> np.ndarray:
+    """The scales [len(rows), G] of the selected rows from stored scales [G8, G, 8] (any dtype)."""
+    rows = np.asarray(rows)
+    return scales[rows // ROWS, :, rows % ROWS]
+
+
+def from_version_1(bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of this layout from those of a version 1 file (shapes checked; a new copy)."""
+    check_arrays(bits, group_size, shape, arrays, version=1)
+    if bits == 8:
+        q = arrays["quants"].transpose(0, 2, 1).astype(np.int16)  # [N, B, 32]
+    else:
+        nibbles = arrays["nibbles"].transpose(0, 2, 1)  # [N, B, 16]
+        q = np.concatenate([nibbles & 15, nibbles >> 4], axis=2).astype(np.int16) - 8  # [N, B, 32]
+    return _pack(q.reshape(q.shape[0], -1), bits, arrays["scales"])
+
+
+def check_arrays(bits: int, group_size: int, shape, arrays: dict[str, np.ndarray], version: int = 2) -> None:
+    """Raise TinyExaoneError unless `arrays` has the names, dtypes, shapes and contiguity of the format."""
+    expected = expected_arrays(bits, group_size, shape, version)
+    names = set(arrays)
+    if names != set(expected):
+        raise TinyExaoneError(f"int{bits} weight needs arrays {sorted(expected)}, got {sorted(names)}")
+    for name, (dtype, array_shape) in expected.items():
+        array = arrays[name]
+        if not isinstance(array, np.ndarray):
+            raise TinyExaoneError(f"int{bits} weight array {name!r} is not a NumPy array")
+        if array.dtype != dtype:
+            raise TinyExaoneError(f"int{bits} weight array {name!r} has dtype {array.dtype}, expected {dtype}")
+        if array.shape != array_shape:
+            raise TinyExaoneError(f"int{bits} weight array {name!r} has shape {array.shape}, expected {array_shape}")
+        if not array.flags.c_contiguous:
+            raise TinyExaoneError(f"int{bits} weight array {name!r} is not C-contiguous")
 
 
 class QuantizedWeight:
@@ -142,33 +202,13 @@ class QuantizedWeight:
         self.shape = (int(shape[0]), int(shape[1]))
         self.arrays = arrays
         # read-only views for the kernels: one compiled signature whether or not the file is a memmap
-        codes = arrays["quants"] if bits == 8 else arrays["nibbles"]
-        self._codes = _read_only(codes)  # [N, 32, B] int8 or [N, 16, B] uint8
-        self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [N, G]
-        self._matvec = kernels.q8_matvec if bits == 8 else kernels.q4_matvec
-        self._matvec_serial = kernels.q8_matvec_serial if bits == 8 else kernels.q4_matvec_serial
-        self.small = self.shape[0] * self.shape[1] < kernels.SERIAL_BELOW  # decode without the thread pool
-        self._matmul = kernels.q8_matmul if bits == 8 else kernels.q4_matmul
+        self._codes = _read_only(arrays["quants"] if bits == 8 else arrays["nibbles"])  # [G8, B, 256 | 128]
+        self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [G8, G, 8]
 
     @classmethod
     def from_arrays(cls, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]) -> "QuantizedWeight":
         """Wrap stored arrays after checking names, dtypes, shapes and contiguity (no copy)."""
-        expected = expected_arrays(bits, group_size, shape)
-        names = set(arrays)
-        if names != set(expected):
-            raise TinyExaoneError(f"int{bits} weight needs arrays {sorted(expected)}, got {sorted(names)}")
-        for name, (dtype, array_shape) in expected.items():
-            array = arrays[name]
-            if not isinstance(array, np.ndarray):
-                raise TinyExaoneError(f"int{bits} weight array {name!r} is not a NumPy array")
-            if array.dtype != dtype:
-                raise TinyExaoneError(f"int{bits} weight array {name!r} has dtype {array.dtype}, expected {dtype}")
-            if array.shape != array_shape:
-                raise TinyExaoneError(
-                    f"int{bits} weight array {name!r} has shape {array.shape}, expected {array_shape}"
-                )
-            if not array.flags.c_contiguous:
-                raise TinyExaoneError(f"int{bits} weight array {name!r} is not C-contiguous")
+        check_arrays(bits, group_size, shape, arrays)
         return cls(bits, group_size, shape, dict(arrays))
 
     @property
@@ -182,58 +222,62 @@ class QuantizedWeight:
     def rows(self, ids) -> np.ndarray:
         """Dequantized rows W[ids] as float32 [len(ids), in] (embedding lookup, NumPy)."""
         ids = np.asarray(ids)
-        codes = _codes(self.arrays, self.bits, ids).astype(np.float32)  # [R, K]
-        scales = self.arrays["scales"][ids].astype(np.float32)  # [R, G]
+        codes = unpack_codes(self._codes, ids).astype(np.float32)  # [R, K]
+        scales = unpack_scales(self.arrays["scales"], ids).astype(np.float32)  # [R, G]
         return (codes.reshape(len(ids), -1, self.group_size) * scales[:, :, None]).reshape(len(ids), -1)
 
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """x [T, in] float32 -> x @ W^T [T, out] float32, written into `out` when given.
-
-        Fewer than PREFILL_MIN_TOKENS rows run the decode kernel over all rows at once; more rows run the
-        blocked prefill kernel, which dequantizes each weight once and reuses it for every row.
-        """
+        """x [T, in] float32 -> x @ W^T [T, out] float32, written into `out` when given."""
         n_out, n_in = self.shape
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != n_in:
             raise TinyExaoneError(f"matmul input must have shape [T, {n_in}], got {x.shape}")
-        n_tokens = x.shape[0]
         if out is None:
-            out = np.empty((n_tokens, n_out), np.float32)
-        elif out.shape != (n_tokens, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise TinyExaoneError(f"matmul output must be a C-contiguous float32 array of shape {(n_tokens, n_out)}")
-        if n_tokens < PREFILL_MIN_TOKENS and self.small:
-            for t in range(n_tokens):
-                self._matvec_serial(self._codes, self._scale_bits, x[t], out[t])
-            return out
-        with kernels.COMPUTE_LOCK:
-            if n_tokens < PREFILL_MIN_TOKENS:
-                self._matvec(self._codes, self._scale_bits, x, out, kernels.chunk_count(n_out))
-            else:
-                chunks = kernels.chunk_count(-(-n_out // kernels.PREFILL_ROWS))
-                self._matmul(self._codes, self._scale_bits, kernels.stored_order(x), out, chunks)
-        return out
+            out = np.empty((x.shape[0], n_out), np.float32)
+        elif out.shape != (x.shape[0], n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise TinyExaoneError(f"matmul output must be a C-contiguous float32 array of shape {(x.shape[0], n_out)}")
+        return matmul_fused([self], x, [out])[0]
 
 
-def matmul_fused(weights, x: np.ndarray) -> list[np.ndarray]:
-    """[w.matmul(x) for w in weights] for matrices sharing their input (q/k/v, gate/up).
+def _quantized_input(x: np.ndarray, serial: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [T, K] float32 as the kernels' activation codes [T, B, 32], sums [T, B], scales [T, B]."""
+    n_tokens, n_blocks = x.shape[0], x.shape[1] // BLOCK
+    x_codes = np.empty((n_tokens, n_blocks, BLOCK), np.int8)
+    x_sums = np.empty((n_tokens, n_blocks), np.int32)
+    x_scales = np.empty((n_tokens, n_blocks), np.float32)
+    (kernels.quantize_activations_serial if serial else kernels.quantize_activations)(x, x_codes, x_sums, x_scales)
+    return x_codes, x_sums, x_scales
 
-    One decode row through QuantizedWeights of one width runs as a single parallel launch
-    (x prepared once); anything else falls back to one matmul per weight.
-    """
+
+def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
+    """[w.matmul(x) for w in weights] for matrices sharing their input x [T, in] (q/k/v, gate/up),
+    written into `outs` when given (validated by the caller).
+
+    x is quantized once; QuantizedWeights of one width run as a single kernel launch: on the
+    calling thread when the whole product is small (SERIAL_BELOW multiply-adds), else in
+    parallel under COMPUTE_LOCK. Anything else falls back to one matmul per weight."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     first = weights[0]
     same_format = all(
         isinstance(w, QuantizedWeight) and w.bits == first.bits and w.shape[1] == first.shape[1] for w in weights
     )
-    if not same_format or x.ndim != 2 or x.shape[0] != 1 or x.shape[1] != first.shape[1] or first.small:
+    if not same_format or x.ndim != 2 or x.shape[1] != first.shape[1]:
         return [w.matmul(x) for w in weights]
-    outs = tuple(np.empty((1, w.shape[0]), np.float32) for w in weights)
-    fused = kernels.q8_matvec_fused if first.bits == 8 else kernels.q4_matvec_fused
+    if outs is None:
+        outs = [np.empty((x.shape[0], w.shape[0]), np.float32) for w in weights]
+    if x.shape[0] * sum(w.shape[0] * w.shape[1] for w in weights) < kernels.SERIAL_BELOW:
+        x_codes, x_sums, x_scales = _quantized_input(x, serial=True)
+        for w, out in zip(weights, outs):
+            kernels.matmul_serial(w._codes, w._scale_bits, x_codes, x_sums, x_scales, out)
+        return list(outs)
     with kernels.COMPUTE_LOCK:
-        fused(
-            tuple(w._codes for w in weights), tuple(w._scale_bits for w in weights), x[0],
-            tuple(out[0] for out in outs), kernels.chunk_count(sum(w.shape[0] for w in weights)),
-        )
+        x_codes, x_sums, x_scales = _quantized_input(x, serial=x.shape[0] < 4)
+        if len(weights) == 1:
+            kernels.matmul(first._codes, first._scale_bits, x_codes, x_sums, x_scales, outs[0],
+                           kernels.chunk_count(first._codes.shape[0]))
+        else:
+            kernels.matmul_fused(tuple(w._codes for w in weights), tuple(w._scale_bits for w in weights), x_codes,
+                                 x_sums, x_scales, tuple(outs), kernels.chunk_count(sum(w._codes.shape[0] for w in weights)))
     return list(outs)
 
 

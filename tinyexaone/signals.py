@@ -8,11 +8,15 @@ file is removed, a cache rolled back) and the process exits with that code, and 
 reports other failures (a tool's own exceptions) can still let it through by its type. On
 leaving, the previous handlers are back. Outside the main thread it does nothing (Python
 delivers signals to the main thread only). `install_sigterm_exit()` sets the same handlers for
-the rest of the process (the CLI's commands). `exit_interrupted()` ends the process on Ctrl-C.
+the rest of the process (the CLI's commands). `exit_interrupted()` ends the process on Ctrl-C;
+`redeliver_swallowed_interrupts()` makes sure a Ctrl-C that lands inside a C callback (Numba's
+compiler calls back into Python through ctypes, which only reports what such a callback
+raised) still reaches the main thread.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import signal
 import sys
@@ -43,6 +47,22 @@ def exit_interrupted() -> None:
     sys.unraisablehook = lambda unraisable: None
     sys.stderr.write("interrupted\n")
     sys.exit(130)
+
+
+def redeliver_swallowed_interrupts() -> None:
+    """From now on, a KeyboardInterrupt that Python could only report as "Exception ignored"
+    (raised in a ctypes callback or a destructor) is raised again in the main thread instead of
+    printed; every other such report goes to the previous hook."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # from another thread: raised here, inside the hook, it would only be reported again
+            threading.Thread(target=_thread.interrupt_main, daemon=True).start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
