@@ -185,9 +185,10 @@ BLOCK_SUMS = {"vnni": _block_sum_vnni, "avx2": _block_sum_avx2, "dotprod": _bloc
               "generic": _block_sum_generic}
 
 
-PREFETCH_BYTES = 1024  # how far ahead of the block being read the weight stream is fetched: in
-# decode (tools/bench_kernels.py, and `tinyexaone bench`'s decode line) the hardware prefetchers
-# alone left the 1.2B int4 file at 34 tok/s on the Zen 4 machine, 1 KB ahead reached 44 tok/s
+PREFETCH_BYTES = 1024  # how far ahead of the block being read the weight stream is fetched.
+# Decode of the synthetic 1.2B int4 file at 2 threads on the Zen 4 machine, back-to-back runs of
+# tools/profile_decode.py with this set to 0 and then 1024: 34.1 and 43.9 tok/s (2048 and 512
+# were within that machine's run-to-run noise)
 
 
 def _prefetch_ahead(builder, address, block_bytes):
