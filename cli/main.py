@@ -64,6 +64,10 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         exit_interrupted()
+    except SystemError as exc:  # a Ctrl-C inside a Python callback of compiled Numba code
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            exit_interrupted()
+        raise
     except OSError as exc:  # every file error of ours is a TinyExaoneError: this is stdout
         _output_lost(exc)
     sys.exit(0)

@@ -4,6 +4,7 @@ the decoded cache (fresh seeds, odd sizes, NaN-poisoned outputs), the growable a
 of each type (growth, wrap, trim, real bytes), the option and its CLI flag."""
 
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -360,8 +361,9 @@ def test_a_model_makes_caches_of_each_type(tmp_path):
 
 
 def run_cli(*args):
+    # outside the checkout: its tinyexaone/ folder would shadow an installed (non-editable) package
     return subprocess.run([sys.executable, "-m", "tinyexaone", *args], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir())
 
 
 @pytest.mark.parametrize("command", [["generate", "--prompt", "hi"], ["chat"], ["bench", "--synthetic", "tiny"]])
