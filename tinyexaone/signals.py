@@ -21,6 +21,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -49,6 +50,11 @@ def exit_interrupted() -> None:
     sys.exit(130)
 
 
+def _interrupt_main_soon() -> None:
+    time.sleep(0.05)
+    _thread.interrupt_main()
+
+
 def redeliver_swallowed_interrupts() -> None:
     """From now on, a KeyboardInterrupt that Python could only report as "Exception ignored"
     (raised in a ctypes callback or a destructor) is raised again in the main thread instead of
@@ -57,8 +63,9 @@ def redeliver_swallowed_interrupts() -> None:
 
     def hook(unraisable):
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            # from another thread: raised here, inside the hook, it would only be reported again
-            threading.Thread(target=_thread.interrupt_main, daemon=True).start()
+            # from another thread, a moment later: raised inside the hook it would only be reported
+            # again (threading.Thread.start would even wait here, where the interrupt could land)
+            _thread.start_new_thread(_interrupt_main_soon, ())
         else:
             previous(unraisable)
 
