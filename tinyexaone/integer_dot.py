@@ -22,8 +22,12 @@ in order. The integer part is chosen per CPU (`integer_dot_path`):
 - "dotprod": AArch64 sdot on signed codes (nibble - 8, or the int8 code);
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
-Each block step also prefetches the weight bytes PREFETCH_BYTES ahead. The NumPy twin is
-kernels.matmul_numpy.
+A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
+consecutive groups, contiguous), so there is no software prefetch: asking for the bytes 1 KB
+ahead of each block made no difference to decode (five interleaved pairs of
+`python tools/profile_decode.py FILE --threads 2` on the synthetic 1.2B int4 file, Zen 4: 31.1 /
+32.2 / 32.2 / 37.4 / 33.3 tok/s without, 30.7 / 32.2 / 32.3 / 33.0 / 30.5 with). The NumPy twin
+is kernels.matmul_numpy.
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ def integer_dot_path() -> str:
     when set (a portable cache). Numba's on-disk cache is keyed on the CPU name and features, so
     a cache never carries one path to another machine. TINYEXAONE_KERNEL_PATH=generic (or another
     path this CPU can run) forces a path for kernels compiled from then on; the cache key does not
-    include it, so the tests that set it also point NUMBA_CACHE_DIR at an empty folder."""
+    include it, so the tests that set it also point NUMBA_CACHE_DIR at an empty folder. Nor does
+    it include this file: Numba checks only the stamp of the file that defines a kernel
+    (kernels.py), so after editing this IR in a checkout, touch kernels.py (an install replaces
+    both files)."""
     import numba
     from llvmlite import binding
 
@@ -185,23 +192,6 @@ BLOCK_SUMS = {"vnni": _block_sum_vnni, "avx2": _block_sum_avx2, "dotprod": _bloc
               "generic": _block_sum_generic}
 
 
-PREFETCH_BYTES = 1024  # how far ahead of the block being read the weight stream is fetched.
-# Decode of the synthetic 1.2B int4 file at 2 threads on the Zen 4 machine, back-to-back runs of
-# tools/profile_decode.py with this set to 0 and then 1024: 34.1 and 43.9 tok/s (2048 and 512
-# were within that machine's run-to-run noise)
-
-
-def _prefetch_ahead(builder, address, block_bytes):
-    """Ask for the cache lines PREFETCH_BYTES past this block's block_bytes (llvm.prefetch:
-    prefetcht0 on x86, prfm on ARM; never faults, even past the array's end)."""
-    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [I8.as_pointer()] + [I32] * 3), "llvm.prefetch.p0")
-    base = builder.bitcast(address, I8.as_pointer())
-    for line in range(0, block_bytes, 64):
-        target = builder.gep(base, [ir.Constant(I32, PREFETCH_BYTES + line)])
-        builder.call(function, [target, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-
-
 def _pointer(context, builder, array_type, array, indices, element):
     """Pointer to array[indices] reinterpreted as a pointer to `element` (an LLVM type)."""
     return builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, indices), element.as_pointer())
@@ -229,7 +219,6 @@ def _tile_dot(n_tokens: int):
                 chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b, zero], BYTES)
                 chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
                           for c in range(4 if bits == 4 else 8)]
-                _prefetch_ahead(builder, chunk_pointer, 32 * len(chunks))
                 scales_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero],
                                           ir.VectorType(ir.HalfType(), ROWS))
                 row_scales = builder.fpext(builder.load(scales_pointer, align=2), floats)  # [8]
