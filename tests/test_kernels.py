@@ -98,7 +98,7 @@ def test_quantize_activations_matches_numpy_bit_for_bit():
     serial = [np.empty_like(a) for a in (x_codes, x_sums, x_scales)]
     kernels.quantize_activations_serial(x, *serial)
     for t in range(3):
-        codes, scales = kernels.quantize_activation_numpy(x[t])
+        codes, scales = kernels.quantize_rows_numpy(x[t].reshape(-1, 32))
         np.testing.assert_array_equal(x_codes[t], codes, err_msg=f"seed {seed}")
         np.testing.assert_array_equal(x_scales[t], scales, err_msg=f"seed {seed}")
         np.testing.assert_array_equal(x_sums[t], codes.astype(np.int32).sum(axis=1), err_msg=f"seed {seed}")
@@ -128,7 +128,7 @@ def test_activation_quantization_error_is_within_its_bound(bits, group_size):
     x = (rng.standard_normal(weight.shape[1]) * rng.uniform(1e-3, 1e3)).astype(np.float32)
     out = weight.matmul(x[None, :])[0]
     w = weight.dequantize().astype(np.float64)  # [N, K]
-    _, x_scales = kernels.quantize_activation_numpy(x)
+    _, x_scales = kernels.quantize_rows_numpy(x.reshape(-1, 32))
     bound = np.abs(w) @ np.repeat(x_scales.astype(np.float64) / 2, 32)  # [N]
     exact = w @ x.astype(np.float64)
     slack = 1e-5 * np.abs(w) @ np.abs(x.astype(np.float64))  # float32 rounding of the sums

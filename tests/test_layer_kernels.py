@@ -53,27 +53,6 @@ def test_qk_norm_rope_store(heads, kv_heads, d, rotate):
     assert np.isnan(caches[0][3]).all()  # other rows untouched
 
 
-@pytest.mark.parametrize("heads, kv_heads, d, capacity, first, n, modulo", [
-    (8, 2, 16, 300, 0, 257, 300),   # growable: rows are positions
-    (6, 3, 10, 7, 11, 7, 7),        # ring: positions 11..17 in slots pos % 7
-    (6, 3, 10, 7, 12, 5, 7),        # ring not yet full of visible keys: slots 5, 6, 0, 1, 2
-    (4, 4, 64, 33, 0, 1, 33),       # a single key
-])
-def test_attention_decode(heads, kv_heads, d, capacity, first, n, modulo):
-    rng, seed = fresh_rng()
-    q = rng.standard_normal((heads, d)).astype(np.float32)
-    keys = (rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32)
-    values = rng.standard_normal((capacity, kv_heads, d)).astype(np.float32)
-    out, expected = np.full((heads, d), np.nan, np.float32), np.full((heads, d), np.nan, np.float32)
-    scores = np.full((heads, capacity), np.nan, np.float32)
-    serial = np.full((heads, d), np.nan, np.float32)
-    lk.attention_decode(q, keys, None, values, None, first, n, modulo, scores, out)
-    lk.attention_decode_serial(q, keys, None, values, None, first, n, modulo, scores, serial)
-    lk.attention_decode_numpy(q, keys, values, first, n, modulo, scores, expected)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_allclose(serial, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-
-
 @pytest.mark.parametrize("heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window", [
     (8, 2, 16, 37, 0, 0, 37, 0),      # a fresh prompt: queries and keys are the same positions
     (6, 3, 10, 9, 20, 0, 29, 0),      # a prompt continued after 20 cached tokens

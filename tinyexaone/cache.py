@@ -4,7 +4,7 @@ Each layer cache stores keys and values as `Rows` of its cache type and counts `
 number of tokens seen (the next absolute position). The types (`CODE_DTYPES`): "f16", the
 default, float16 kept as its uint16 bits; "f32", float32; "q8", int8 codes with one float32
 scale per row (per token and KV head, one head_dim vector: scale = max|x| / 127, code =
-rint(x * 127 / max|x|), see `layer_kernels.quantize_rows_numpy`). The attention kernels read
+rint(x * 127 / max|x|), see `kernels.quantize_rows_numpy`). The attention kernels read
 every type in place. `extend(k_new, v_new)` stores T new float32 tokens [T, kv_heads, head_dim]
 and returns the keys and values the new queries attend over, as `Rows` [S, ...] with
 contiguous buffers whose first row is absolute position `length_before + T - S` (the new

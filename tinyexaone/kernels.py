@@ -10,7 +10,7 @@ One definition serves int4 and int8 (the code array's dtype picks the unpacking,
 integer_dot.py), decode and prefill alike:
 - `quantize_activations(x, x_codes, x_sums, x_scales)`: x [T, 32 B] float32 -> int8 codes per
   32-element block with a float32 scale (max|x| / 127, round to nearest:
-  `quantize_activation_numpy` is the exact rule) and each block's code sum, as llama.cpp
+  `quantize_rows_numpy` on rows of 32 is the exact rule) and each block's code sum, as llama.cpp
   quantizes its activations to q8. The rounding adds at most scale / 2 per element, about 0.5%
   rms of the output, far below int4's weight error and about int8's (tests/test_quantized.py).
 - `matmul(codes, scale_bits, x_codes, x_sums, x_scales, out, n_chunks)`: out [T, N] = x W^T.
@@ -72,64 +72,68 @@ def half_bits_to_float_numpy(bits: np.ndarray) -> np.ndarray:
     return bits.view(np.float16).astype(np.float32)
 
 
-def quantize_activation_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x [32 B] float32 -> (codes [B, 32] int8 in [-127, 127], scales [B] float32) with
-    x ~= codes * scale per 32-element block: scale = max|x| / 127, codes = rint(x * (127 / max|x|)).
-    A block holding NaN or infinity gets scale NaN (and codes 0), so the result stays non-finite.
-    The Numba kernels quantize with exactly these float32 operations (`_quantize_block`)."""
-    blocks = x.reshape(-1, 32).astype(np.float32)  # [B, 32]
+def quantize_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [..., d] float32 -> (codes [..., d] int8, scales [...] float32), one symmetric scale per
+    row (llama.cpp's q8_0 rule): scale = max|x| / 127 and code = rint(x * (127 / max|x|)),
+    rounding half to even, so |code| <= 127 and x ~= code * scale. A zero row gets scale 0 and
+    codes 0; a row holding NaN or infinity gets scale NaN and codes 0 (it stays non-finite).
+    `quantize_row` does exactly these float32 operations. The matrix inputs are quantized per
+    32-element block (rows of 32), the q8 KV cache per head row (layer_kernels.py)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        peak = np.abs(blocks).max(axis=1)  # [B]
-        finite = np.isfinite(blocks).all(axis=1)
+        peak = np.abs(x).max(axis=-1)  # [...]
+        finite = np.isfinite(x).all(axis=-1)
         scales = np.where(finite, peak / np.float32(127.0), np.float32(np.nan)).astype(np.float32)
         inverse = np.where(finite & (peak > 0), np.float32(127.0) / peak, np.float32(0.0)).astype(np.float32)
-        codes = np.rint(np.where(finite[:, None], blocks, 0) * inverse[:, None]).astype(np.int8)
+        codes = np.rint(np.where(finite[..., None], x, np.float32(0.0)) * inverse[..., None]).astype(np.int8)
     return codes, scales
 
 
-@njit(nogil=True, cache=True)
-def _quantize_block(x, first, codes):
-    """x[first : first + 32] as int8 codes [32]; returns (scale, code sum):
-    `quantize_activation_numpy` for one block, same float32 operations (no fast-math: the
-    rounding must match bit for bit)."""
+@njit(nogil=True, cache=True, fastmath=False)
+def quantize_row(x, codes):
+    """x [d] float32 -> codes [d] int8, returning the row's scale: `quantize_rows_numpy` for one
+    row, the same float32 operations. fastmath=False is explicit because a callee without the
+    option inherits its first caller's fast-math (Numba's ConfigStack), and `arcp` would turn
+    peak / 127 into peak * (1 / 127), one ulp off; the rounding must match bit for bit."""
     peak = np.float32(0.0)
     finite = True
-    for e in range(32):
-        value = x[first + e]
-        if not np.isfinite(value):
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
             finite = False
-        elif abs(value) > peak:
-            peak = abs(value)
+        elif abs(x[i]) > peak:
+            peak = abs(x[i])
     if not finite:
         codes[:] = 0
-        return np.float32(np.nan), 0
+        return np.float32(np.nan)
     inverse = np.float32(127.0) / peak if peak > 0 else np.float32(0.0)
-    total = 0
-    for e in range(32):
-        code = np.int8(np.rint(x[first + e] * inverse))
-        codes[e] = code
-        total += np.int32(code)
-    return peak / np.float32(127.0), total
+    for i in range(x.shape[0]):
+        codes[i] = np.int8(np.rint(x[i] * inverse))
+    return peak / np.float32(127.0)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _quantize_row(x, x_codes, x_sums, x_scales, t):
+def _quantize_token(x, x_codes, x_sums, x_scales, t):
+    """Row t of x as 32-element blocks: codes, scales and code sums."""
     for b in range(x_scales.shape[1]):
-        x_scales[t, b], x_sums[t, b] = _quantize_block(x[t], 32 * b, x_codes[t, b])
+        codes = x_codes[t, b]
+        x_scales[t, b] = quantize_row(x[t, 32 * b:32 * b + 32], codes)
+        total = 0
+        for e in range(32):
+            total += np.int32(codes[e])
+        x_sums[t, b] = total
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def quantize_activations(x, x_codes, x_sums, x_scales):
     """x [T, 32 B] float32 -> x_codes [T, B, 32] int8, x_sums [T, B] int32, x_scales [T, B] float32."""
     for t in prange(x.shape[0]):
-        _quantize_row(x, x_codes, x_sums, x_scales, t)
+        _quantize_token(x, x_codes, x_sums, x_scales, t)
 
 
 @njit(nogil=True, cache=True)
 def quantize_activations_serial(x, x_codes, x_sums, x_scales):
     """`quantize_activations` on the calling thread."""
     for t in range(x.shape[0]):
-        _quantize_row(x, x_codes, x_sums, x_scales, t)
+        _quantize_token(x, x_codes, x_sums, x_scales, t)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -207,13 +211,13 @@ def matmul_fused(codes, scale_bits, x_codes, x_sums, x_scales, outs, n_chunks):
 def matmul_numpy(w_codes: np.ndarray, w_scales: np.ndarray, x: np.ndarray) -> np.ndarray:
     """NumPy twin of `matmul`: x [T, K] float32 -> x W^T [T, N] float32 for integer codes
     w_codes [N, K] and float32 scales w_scales [N, G] (quantized.unpack_codes / unpack_scales),
-    x quantized per block by `quantize_activation_numpy`."""
+    x quantized per 32-element block by `quantize_rows_numpy`."""
     n_out = w_codes.shape[0]
     blocks = w_codes.reshape(n_out, -1, 32).astype(np.int64)  # [N, B, 32]
     scales = np.repeat(w_scales.astype(np.float32), blocks.shape[1] // w_scales.shape[1], axis=1)  # [N, B]
     out = np.empty((x.shape[0], n_out), np.float32)
     for t in range(x.shape[0]):
-        x_codes, x_scales = quantize_activation_numpy(x[t])  # [B, 32], [B]
+        x_codes, x_scales = quantize_rows_numpy(x[t].reshape(-1, 32))  # [B, 32], [B]
         block_sums = np.einsum("nbe,be->nb", blocks, x_codes.astype(np.int64))  # [N, B], exact
         terms = block_sums.astype(np.float32) * (scales * x_scales)  # [N, B] float32
         out[t] = terms.sum(axis=1, dtype=np.float64).astype(np.float32)

@@ -8,7 +8,7 @@ The KV cache buffers are (codes [capacity, KV, d], scales [capacity, KV] or None
 three types (cache.py names them): float32 codes and no scales ("f32"); float16 bits as uint16
 codes and no scales ("f16"; Numba has no float16 type, so `float_to_half` / `half_to_float`
 convert with LLVM's fptrunc / fpext); int8 codes with one float32 scale per row, value = code *
-scale ("q8"; `quantize_rows_numpy` states the rounding). Each kernel is written once: Numba
+scale ("q8"; `kernels.quantize_rows_numpy` states the rounding). Each kernel is written once: Numba
 specialises it per type through `_element`, `_row_scale` and `_store_row`. Twins:
 `encode_rows_numpy` and `decode_rows_numpy`.
 
@@ -42,7 +42,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .kernels import FASTMATH, half_to_float
+from .kernels import FASTMATH, half_to_float, quantize_row, quantize_rows_numpy
 
 
 # --- the KV cache's element types ---------------------------------------------------------------
@@ -60,43 +60,6 @@ def float_to_half(typingctx, value):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
     return types.uint16(types.float32), codegen
-
-
-def quantize_rows_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x [..., d] float32 -> (codes [..., d] int8, scales [...] float32), one symmetric scale per
-    row (llama.cpp's q8_0 rule over a whole row): scale = max|x| / 127 and code = rint(x * (127 /
-    max|x|)), rounding half to even, so |code| <= 127 and x ~= code * scale. A zero row gets scale
-    0 and codes 0; a row holding NaN or infinity gets scale NaN and codes 0 (it stays non-finite).
-    `_quantize_row` does exactly these float32 operations."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        peak = np.abs(x).max(axis=-1)  # [...]
-        finite = np.isfinite(x).all(axis=-1)
-        scales = np.where(finite, peak / np.float32(127.0), np.float32(np.nan)).astype(np.float32)
-        inverse = np.where(finite & (peak > 0), np.float32(127.0) / peak, np.float32(0.0)).astype(np.float32)
-        codes = np.rint(np.where(finite[..., None], x, np.float32(0.0)) * inverse[..., None]).astype(np.int8)
-    return codes, scales
-
-
-@njit(nogil=True, cache=True, fastmath=False)
-def _quantize_row(x, codes):
-    """x [d] float32 -> codes [d] int8, returning the row's scale: `quantize_rows_numpy` for one
-    row, the same float32 operations. fastmath=False is explicit because a callee without the
-    option inherits its first caller's fast-math (Numba's ConfigStack), and `arcp` would turn
-    peak / 127 into peak * (1 / 127), one ulp off; the rounding must match bit for bit."""
-    peak = np.float32(0.0)
-    finite = True
-    for i in range(x.shape[0]):
-        if not np.isfinite(x[i]):
-            finite = False
-        elif abs(x[i]) > peak:
-            peak = abs(x[i])
-    if not finite:
-        codes[:] = 0
-        return np.float32(np.nan)
-    inverse = np.float32(127.0) / peak if peak > 0 else np.float32(0.0)
-    for i in range(x.shape[0]):
-        codes[i] = np.int8(np.rint(x[i] * inverse))
-    return peak / np.float32(127.0)
 
 
 def encode_rows_numpy(x: np.ndarray, code_dtype) -> tuple[np.ndarray, np.ndarray | None]:
@@ -154,7 +117,7 @@ def _store_row(x, codes, scales, s, g):
 def _store_row_of(x, codes, scales, s, g):
     if codes.dtype == types.int8:
         def store(x, codes, scales, s, g):
-            scales[s, g] = _quantize_row(x, codes[s, g])
+            scales[s, g] = quantize_row(x, codes[s, g])
     elif codes.dtype == types.uint16:
         def store(x, codes, scales, s, g):
             for i in range(x.shape[0]):
