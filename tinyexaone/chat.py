@@ -5,7 +5,7 @@ cached_ids, token)` renders the model's chat template when it is made (so a bad 
 fails before anything streams) and `events()` generates the reply: "reasoning" and "content"
 deltas, "tool_call" and "tool_call_error" entries, and a final "done" carrying the OpenAI-shaped
 assistant message {"role", "content", "reasoning_content", "tool_calls", "tool_call_errors"},
-finish_reason, usage, stats and tokens. Malformed or unknown tool calls land in
+finish_reason, usage, stats, tokens and logprobs (generation.py; None when off). Malformed or unknown tool calls land in
 "tool_call_errors", never in an exception. String tool-call arguments in the history (OpenAI
 style) are rendered as the objects they encode, the way the model wrote them.
 `reasoning_budget=N` forces "\n</think>\n\n" after N reasoning tokens so the model moves on to
@@ -48,6 +48,7 @@ class ChatResponse:
     usage: dict  # prompt_tokens, completion_tokens, total_tokens
     stats: dict
     tokens: list[int]  # generated (and forced) token ids, as in GenerationResult
+    logprobs: list | None = None  # aligned with tokens when the logprobs option is on, as in GenerationResult
 
 
 def arguments_as_objects(messages) -> list:
@@ -166,7 +167,7 @@ class ChatTurn:
         usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["generated_tokens"],
                  "total_tokens": stats["prompt_tokens"] + stats["generated_tokens"]}
         return {"type": "done", "message": self.message, "finish_reason": finish, "usage": usage, "stats": stats,
-                "tokens": list(run.tokens)}
+                "tokens": list(run.tokens), "logprobs": None if run.logprobs is None else list(run.logprobs)}
 
 
 class ChatStream:
@@ -196,7 +197,8 @@ def collect(events) -> ChatResponse:
     for event in events:
         if event["type"] == "done":
             done = event
-    return ChatResponse(done["message"], done["finish_reason"], done["usage"], done["stats"], done["tokens"])
+    return ChatResponse(done["message"], done["finish_reason"], done["usage"], done["stats"], done["tokens"],
+                        done["logprobs"])
 
 
 def as_messages(message) -> list[dict]:

@@ -3,7 +3,12 @@
 `make_options(enable_thinking, **options)` checks the keyword options of every generation call
 once (names, and values against options.py's bounds) into `Options`; sampling defaults follow
 the model card and differ with reasoning on and off; `cache_type` ("f16" by default, "f32",
-"q8") is the type of the KV cache a run makes (cache.py). `Run(model, tokenizer, cache,
+"q8") is the type of the KV cache a run makes (cache.py). `logprobs` (None = off, or n in
+0..20) makes a run record, per token, `run.logprobs` aligned with `run.tokens`: for a sampled
+token {"id", "logprob", "top": [(id, logprob), ...] (the n most likely, highest first)}, for a
+forced one None. They are the log-softmax of the model's logits (over the tokenizer's vocabulary)
+before the penalties, temperature and top-k/p/min-p filters, so they
+describe the model, not the sampler. `Run(model, tokenizer, cache,
 cached_ids, prompt_ids, options, token)` is one generation: iterating it prefills the prompt
 through a `Decoder` (which keeps the longest common prefix of what the cache already holds and
 computes only the rest, in chunks of PREFILL_CHUNK), then samples one token, feeds it, and
@@ -38,7 +43,7 @@ from .cache import DEFAULT_CACHE_TYPE
 from .errors import ContextOverflowError, TinyExaoneError
 from .options import check_option
 from .parsing import partial_marker_length
-from .sampling import NON_REASONING_DEFAULTS, REASONING_DEFAULTS, Sampler, SamplingParams
+from .sampling import NON_REASONING_DEFAULTS, REASONING_DEFAULTS, Sampler, SamplingParams, token_logprobs
 from .tokenizer import token_id_list
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: bounds the [T, vocab] logits of a prefill step
@@ -46,7 +51,7 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                     "repetition_penalty", "seed")
 OTHER_OPTIONS = ("max_new_tokens", "stop", "stop_token_ids", "reasoning_budget", "context_size", "cache_type",
-                 "cancel")
+                 "cancel", "logprobs")
 
 
 @dataclass
@@ -55,6 +60,7 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" | "length" | "cancelled"
     stats: dict
+    logprobs: list | None = None  # aligned with tokens when the logprobs option is on (see Run)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Options:
     context_size: int | None
     cache_type: str
     cancel: threading.Event | None
+    logprobs: int | None = None  # None = off; n = the chosen token's logprob and the n most likely
 
 
 def make_options(enable_thinking: bool = False, **options) -> Options:
@@ -98,8 +105,11 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
     cancel_event = options.get("cancel")
     if cancel_event is not None and not isinstance(cancel_event, threading.Event):
         raise TinyExaoneError(f"cancel must be a threading.Event, got {type(cancel_event).__name__}")
+    logprobs = options.get("logprobs")
+    if logprobs is not None:
+        check_option("logprobs", logprobs)
     return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget, context_size, cache_type,
-                   cancel_event)
+                   cancel_event, logprobs)
 
 
 # --- cancellation -------------------------------------------------------------------------------------
@@ -230,6 +240,7 @@ class Run:
         self.decoder = Decoder(model, cache, cached_ids, token)
         self.started = perf_counter() if started is None else started
         self.tokens: list[int] = []
+        self.logprobs: list[dict | None] | None = [] if options.logprobs is not None else None
         self.text_parts: list[str] = []
         self.finish_reason = None
         self.prefilled = 0  # prompt tokens actually computed (the rest came from the cache)
@@ -254,7 +265,7 @@ class Run:
             if self._forced:
                 forced, self._forced = self._forced, []
                 for token in forced:
-                    self.tokens.append(token)
+                    self._take(token, None)
                     yield token, self._text(stops.push(detok.add(token))), True
                 to_feed += forced
                 if stops.hit:
@@ -275,9 +286,10 @@ class Run:
                 if self.token.cancelled:
                     reason = "cancelled"
                     break
-            token = sampler.next_token(dec.logits[: tok.vocab_size], self.prompt_ids, self.tokens)
+            logits = dec.logits[: tok.vocab_size]  # [vocab]
+            token = sampler.next_token(logits, self.prompt_ids, self.tokens)
             self._times.setdefault("first_token", perf_counter())
-            self.tokens.append(token)
+            self._take(token, None if opts.logprobs is None else token_logprobs(logits, token, opts.logprobs))
             if token in eos:
                 reason = "stop"
                 break
@@ -290,6 +302,11 @@ class Run:
             yield None, self._text(stops.push(detok.flush()) + stops.flush()), False
         self.finish_reason = reason
         self._times["end"] = perf_counter()
+
+    def _take(self, token: int, logprobs: dict | None) -> None:
+        self.tokens.append(token)
+        if self.logprobs is not None:
+            self.logprobs.append(logprobs)
 
     def _text(self, piece: str) -> str:
         if piece:
@@ -317,7 +334,8 @@ class Run:
         }
 
     def result(self) -> GenerationResult:
-        return GenerationResult(self.text, list(self.tokens), self.finish_reason, self.stats())
+        return GenerationResult(self.text, list(self.tokens), self.finish_reason, self.stats(),
+                                None if self.logprobs is None else list(self.logprobs))
 
 
 # --- raw text ---------------------------------------------------------------------------------------------
@@ -357,6 +375,11 @@ class TextStream:
     @property
     def stats(self) -> dict:
         return self._run.stats()
+
+    @property
+    def logprobs(self) -> list | None:
+        """The run's logprobs so far (None when the option is off), one entry per token taken."""
+        return self._run.logprobs
 
     def cancel(self) -> None:
         self._run.token.cancel()

@@ -1,7 +1,7 @@
 """The bounds of every checked generation option, in one table used by the API and the CLI alike.
 
 `OPTION_BOUNDS` maps each option name (temperature, top_p, ..., max_new_tokens, context_size,
-threads, cache_type) to a `Bound`: int or float, an optional low end (open or closed) and high
+threads, logprobs, cache_type) to a `Bound`: int or float, an optional low end (open or closed) and high
 end; or to a `Choice` of strings (cache_type: "f32", "f16" or "q8"). `check_option(name, value,
 label)` returns the value when it is within its bound (a float option takes any finite int or
 float, an int option any int, never a bool; a choice exactly one of its strings) and otherwise
@@ -75,6 +75,7 @@ OPTION_BOUNDS = {
     "context_size": Bound(int, 1),
     "threads": Bound(int, 1),  # Numba threads (the CLI's --threads)
     "cache_type": Choice(("f32", "f16", "q8")),  # the KV cache's element type (cache.CODE_DTYPES)
+    "logprobs": Bound(int, 0, 20),  # alternatives listed per token (OpenAI's top_logprobs range)
 }
 
 

@@ -11,7 +11,9 @@ multiplies a negative one (CTRL / transformers); presence subtracts a constant f
 already generated, frequency subtracts its count times the penalty (OpenAI). The draw uses one
 `numpy.random.Generator` per generation, seeded from `seed`, so the same seed, prompt and
 settings give the same tokens. `SamplingParams` checks its values against options.py's bounds.
-Defaults follow the EXAONE 4.0 model card: temperature 0.5 and
+`token_logprobs(logits, token, n)` reports one step's log-probabilities: the log-softmax of the
+logits it is given (the caller passes them after any grammar mask and before this chain), for the
+chosen token and the n most likely ones. Defaults follow the EXAONE 4.0 model card: temperature 0.5 and
 top-p 0.95 without reasoning (the card asks for < 0.6), temperature 0.6 and top-p 0.95 with it.
 """
 
@@ -193,6 +195,23 @@ class Sampler:
             keep = keep[weights[keep] >= p.min_p * weights[keep].max()]
         keep = np.sort(keep)  # `draw` walks the survivors in id order
         return int(ids[keep[_draw_index(scaled[keep], self.rng)]])
+
+
+def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> dict:
+    """{"id": token, "logprob": float, "top": [(id, logprob), ...]} from the log-softmax of `logits`
+    [vocab] in float64: the chosen token's log-probability and the `top_n` most likely tokens,
+    highest first; tokens that cannot be drawn (-inf, e.g. masked) are never listed."""
+    scores = np.asarray(usable_logits(logits), dtype=np.float64)  # [vocab]
+    best = scores.max()
+    log_total = best + np.log(np.exp(scores - best).sum())
+    top = []
+    if top_n > 0:
+        count = min(top_n, scores.shape[0])
+        ids = np.argpartition(-scores, count - 1)[:count] if count < scores.shape[0] else np.arange(count)
+        ids = ids[np.isfinite(scores[ids])]
+        ids = ids[np.lexsort((ids, -scores[ids]))]  # most likely first (equal ones by id)
+        top = [(int(i), float(scores[i] - log_total)) for i in ids]
+    return {"id": int(token), "logprob": float(scores[token] - log_total), "top": top}
 
 
 def _draw_index(candidate_logits: np.ndarray, rng: np.random.Generator) -> int:
