@@ -152,7 +152,7 @@ def time_layers(model, context: int, n_tokens: int, cache_type: str) -> float:
     model._forward_hidden(np.arange(context), cache, 0)
     start = time.perf_counter()
     for i in range(n_tokens):  # the decode path: one token through the fused steps
-        model._decode_hidden(i % model.config.vocab_size, cache, cache.length)
+        model._decode_hidden(np.array([i % model.config.vocab_size]), [cache], [cache.length])
     return (time.perf_counter() - start) / n_tokens
 
 

@@ -19,7 +19,10 @@ silu(gate) * up through their Numba twins in layer_kernels.py (`attention` below
 form the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
 through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one launch each,
 QK-norm + RoPE + cache write in one call, attention straight over the cache rows, in-place
-residual norms) with its buffers kept in the cache; the tests hold both paths to transformers.
+residual norms); the tests hold both paths to transformers. `forward_batch(token_ids, caches)`
+decodes one token for each of several sequences in that same step: the matrices multiply all
+B tokens at once (each weight byte read once per step, not once per sequence), attention runs
+per sequence over its own cache; one-token `forward` is its B = 1 case.
 
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()` (keys and
 values in float16 by default, or "f32" / "q8"; the kernels read each type in place, and prefill
@@ -113,30 +116,52 @@ class Model:
             raise TinyExaoneError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
         return ids.astype(np.int64)
 
+    def _check_cache(self, cache) -> None:
+        if not isinstance(cache, KVCache) or cache.layout != self.cache_layout:
+            raise TinyExaoneError("the cache was not made for this model's shape; use this model's new_cache()")
+
     def forward(self, token_ids, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
         """Logits [T, vocab] float32 for T new tokens ([1, vocab] for the last one if `last_only`);
         extends `cache` when one is given."""
         ids = self._token_array(token_ids)
         cache = self.new_cache() if cache is None else cache
-        if not isinstance(cache, KVCache) or cache.layout != self.cache_layout:
-            raise TinyExaoneError("the cache was not made for this model's shape; use this model's new_cache()")
+        self._check_cache(cache)
         self.weights.check_files()
         cache.check_room(len(ids))
+        if len(ids) == 1:
+            return self.forward_batch(ids, [cache])
         start = cache.length
         try:
-            if len(ids) == 1:
-                hidden = self._decode_hidden(int(ids[0]), cache, start)
-            else:
-                hidden = self._forward_hidden(ids, cache, start)
+            hidden = self._forward_hidden(ids, cache, start)
         except BaseException:
-            if cache.can_trim(start):
-                cache.trim(start)
-            else:
-                cache.reset()
+            _roll_back(cache, start)
             raise
         if last_only:
             hidden = hidden[-1:]
         return self.weights.lm_head.matmul(hidden)  # [T or 1, vocab]
+
+    def forward_batch(self, token_ids, caches) -> np.ndarray:
+        """Logits [B, vocab] for one new token of each of B sequences: token_ids[b] continues
+        caches[b] (B distinct caches). The matrices read each weight once for all B tokens;
+        attention runs per sequence over its own cache. Row b equals forward([token_ids[b]], caches[b])
+        (bit for bit with quantized weights; float BLAS may round a B-row product differently)."""
+        ids = self._token_array(token_ids)
+        caches = list(caches)
+        if len(caches) != len(ids) or len({id(c) for c in caches}) != len(caches):
+            raise TinyExaoneError(f"forward_batch needs one distinct cache per token: {len(ids)} tokens, "
+                                  f"{len({id(c) for c in caches})} distinct caches of {len(caches)}")
+        for cache in caches:
+            self._check_cache(cache)
+            cache.check_room(1)
+        self.weights.check_files()
+        starts = [cache.length for cache in caches]
+        try:
+            hidden = self._decode_hidden(ids, caches, starts)
+        except BaseException:
+            for cache, start in zip(caches, starts):
+                _roll_back(cache, start)
+            raise
+        return self.weights.lm_head.matmul(hidden)  # [B, vocab]
 
     def _forward_hidden(self, ids: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         cfg, w = self.config, self.weights
@@ -175,32 +200,42 @@ class Model:
         silu_mul(gate, up, gate)  # silu(gate) * up in place, the Numba twin of `silu(gate) * up`
         return layer.down_proj.matmul(gate)  # [T, hidden]
 
-    def _decode_hidden(self, token_id: int, cache: KVCache, pos: int) -> np.ndarray:
-        """The final-normed hidden state [1, hidden] of one new token at position `pos`."""
+    def _decode_hidden(self, ids: np.ndarray, caches: list[KVCache], positions: list[int]) -> np.ndarray:
+        """The final-normed hidden states [B, hidden] of B new tokens, token b at positions[b] of caches[b]."""
         cfg, w = self.config, self.weights
         heads, kv_heads, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
-        cos, sin = cos_sin(self.inv_freq, np.array([pos]))  # [1, head_dim] each
-        h = w.embed_tokens.rows(np.array([token_id]))  # [1, hidden]
-        attended = cache.scratch("attended", (heads, d))  # [heads, d]
-        activated = cache.scratch("activated", (1, cfg.intermediate_size))  # [1, intermediate]
+        batch = len(ids)
+        cos, sin = cos_sin(self.inv_freq, np.asarray(positions))  # [B, head_dim] each
+        h = w.embed_tokens.rows(ids)  # [B, hidden]
+        attended = np.empty((batch, heads, d), np.float32)  # [B, heads, d]
+        activated = np.empty((batch, cfg.intermediate_size), np.float32)  # [B, intermediate]
         for i, layer in enumerate(w.layers):
-            q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # [1, heads*d], [1, kv*d] x2
-            q, k, v = q.reshape(heads, d), k.reshape(kv_heads, d), v.reshape(kv_heads, d)
-            layer_cache = cache.layers[i]
-            slot = layer_cache.append_slot()
-            keys, values = layer_cache.keys, layer_cache.values
-            buffers = keys.codes, keys.scales, values.codes, values.scales  # in the cache's type
-            qk_norm_rope_store(q, k, v, layer.q_norm, layer.k_norm, cos[0], sin[0], eps, cfg.layer_uses_rope(i),
-                               *buffers, slot)
-            first, n_keys, modulo = layer_cache.visible()
-            scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
-            if n_keys * heads * d < SERIAL_BELOW:
-                attention_decode_serial(q, *buffers, first, n_keys, modulo, scores, attended)
-            else:
-                with COMPUTE_LOCK:
-                    attention_decode(q, *buffers, first, n_keys, modulo, scores, attended)
-            add_rms_norm(h, layer.o_proj.matmul(attended.reshape(1, heads * d)), layer.post_attention_layernorm, eps)
-            gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [1, intermediate] each
+            q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # [B, heads*d], [B, kv*d] x2
+            q, k, v = q.reshape(batch, heads, d), k.reshape(batch, kv_heads, d), v.reshape(batch, kv_heads, d)
+            for b, cache in enumerate(caches):
+                layer_cache = cache.layers[i]
+                slot = layer_cache.append_slot()
+                keys, values = layer_cache.keys, layer_cache.values
+                buffers = keys.codes, keys.scales, values.codes, values.scales  # in the cache's type
+                qk_norm_rope_store(q[b], k[b], v[b], layer.q_norm, layer.k_norm, cos[b], sin[b], eps,
+                                   cfg.layer_uses_rope(i), *buffers, slot)
+                first, n_keys, modulo = layer_cache.visible()
+                scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
+                if n_keys * heads * d < SERIAL_BELOW:
+                    attention_decode_serial(q[b], *buffers, first, n_keys, modulo, scores, attended[b])
+                else:
+                    with COMPUTE_LOCK:
+                        attention_decode(q[b], *buffers, first, n_keys, modulo, scores, attended[b])
+            add_rms_norm(h, layer.o_proj.matmul(attended.reshape(batch, heads * d)), layer.post_attention_layernorm, eps)
+            gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [B, intermediate] each
             silu_mul(gate, up, activated)
             add_rms_norm(h, layer.down_proj.matmul(activated), layer.post_feedforward_layernorm, eps)
-        return rms_norm(h, w.norm, eps)  # [1, hidden]
+        return rms_norm(h, w.norm, eps)  # [B, hidden]
+
+
+def _roll_back(cache: KVCache, length: int) -> None:
+    """Undo a failed or interrupted forward pass: back to `length` tokens, or empty for a ring buffer."""
+    if cache.can_trim(length):
+        cache.trim(length)
+    else:
+        cache.reset()
