@@ -22,6 +22,7 @@ from .chat import chat
 from .generate import generate
 from .info import info
 from .quantize import quantize
+from .serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +36,7 @@ cli.add_command(chat)
 cli.add_command(generate)
 cli.add_command(info)
 cli.add_command(quantize)
+cli.add_command(serve)
 
 
 def _output_lost(exc: OSError) -> None:
