@@ -114,8 +114,9 @@ def open_source(path) -> DirectorySource | CompactSource:
     except OSError as exc:
         raise TinyExaoneError(f"{path}: cannot read ({exc.strerror})") from None
     if start[:4] == GGUF_MAGIC:
-        raise TinyExaoneError(f"{path}: GGUF files are not supported yet; convert the Hugging Face model with "
-                              f"`tinyexaone quantize`")
+        from .gguf_source import GgufSource  # imports gguf-py only when a GGUF file is opened
+
+        return GgufSource(path)
     if start[8:9] != b"{":  # a safetensors header's JSON begins right after its 8-byte length
         raise TinyExaoneError(f"{path}: not a model (neither a tinyexaone compact file nor a Hugging Face model "
                               f"directory)")
@@ -128,6 +129,8 @@ def open_model(path) -> tuple[Model, object]:
     source = open_source(path)
     weights = build_weights(source.config, source.matrix, source.norm)
     weights.mapped_files = source.mapped_files()  # made while the weights were built
+    if hasattr(source, "report_requantized"):
+        source.report_requantized()
     return Model(source.config, weights), source.tokenizer_loader()
 
 
