@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .batching import StepScheduler
 from .chat import ChatTurn
 from .errors import ContextOverflowError, TinyExaoneError
-from .generation import Run, make_options, prompt_ids
+from .generation import Run, RunRegistry, make_options, prompt_ids
 from .openai_api import ApiError, ChatRequest, CompletionRequest
 from .prefix_cache import PrefixCachePool
 
@@ -74,6 +74,12 @@ class FairQueue:
             self._free -= 1
             self._cond.notify_all()
 
+    @property
+    def free(self) -> int:
+        """Slots not held now."""
+        with self._cond:
+            return self._free
+
     def leave(self) -> None:
         with self._cond:
             self._free += 1
@@ -98,8 +104,8 @@ class Prepared:
 
 def _bad_request(exc: TinyExaoneError) -> ApiError:
     if isinstance(exc, ContextOverflowError):
-        return ApiError(400, f"the prompt needs {exc.needed} tokens, more than the context of {exc.limit} tokens: "
-                             f"{exc}", param="messages", code="context_length_exceeded")
+        message = str(exc) or f"the prompt needs {exc.needed} tokens, more than the context of {exc.limit} tokens"
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
     return ApiError(400, str(exc))
 
 
@@ -118,6 +124,7 @@ class Engine:
         self.scheduler = StepScheduler(model)
         self.pool = PrefixCachePool(lambda: model.new_cache(self.context_size, cache_type), prompt_cache_bytes)
         self.queue = FairQueue(parallel, max_waiting)
+        self.runs = RunRegistry()  # this engine's runs only: closing it stops no other user of the model
 
     # --- step 1: everything the client can get wrong -------------------------------------------------
 
@@ -135,6 +142,8 @@ class Engine:
             options = self._options(request, request.enable_thinking)
             turn = self._turn(request, options, self.chat_model.model.new_cache(self.context_size, self.cache_type), [],
                               None)
+            if len(turn.prompt_ids) > self.context_size:
+                raise ContextOverflowError("", len(turn.prompt_ids), self.context_size)
         except TinyExaoneError as exc:
             raise _bad_request(exc) from None
         return Prepared("chat", request, options, turn.prompt_ids, self.queue.enter())
@@ -148,13 +157,13 @@ class Engine:
             if any(not 0 <= i < self.chat_model.config.vocab_size for i in ids):
                 raise TinyExaoneError(f"prompt token ids must be in [0, {self.chat_model.config.vocab_size})")
             if len(ids) > self.context_size:
-                raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit", len(ids), self.context_size)
+                raise ContextOverflowError("", len(ids), self.context_size)
         except TinyExaoneError as exc:
             raise _bad_request(exc) from None
         return Prepared("completion", request, options, ids, self.queue.enter())
 
     def _turn(self, request: ChatRequest, options, cache, cached_ids, model) -> ChatTurn:
-        token = self.chat_model.runs.new_token()
+        token = self.runs.new_token()
         return ChatTurn(model or self.chat_model.model, self.tokenizer, request.messages, request.tools,
                         request.enable_thinking, options, request.template_kwargs, cache, cached_ids, token)
 
@@ -177,7 +186,7 @@ class Engine:
                         yield from prepared.turn.events()
                     else:
                         prepared.generation = run = Run(model, self.tokenizer, cache, cached_ids, prepared.prompt_ids,
-                                                        prepared.options, self.chat_model.runs.new_token())
+                                                        prepared.options, self.runs.new_token())
                         for _, text, _ in run:
                             if text:
                                 yield {"type": "text", "delta": text}
@@ -201,5 +210,5 @@ class Engine:
     def close(self) -> None:
         """Stop serving: every run is cancelled, queued requests and pending steps fail (503)."""
         self.queue.close()
-        self.chat_model.cancel()
+        self.runs.cancel_all()
         self.scheduler.close()
