@@ -1,10 +1,13 @@
-"""`tinyexaone quantize SRC OUT`: convert a Hugging Face model directory into one compact file.
+"""`tinyexaone quantize SRC OUT`: a Hugging Face model directory or a GGUF file into one compact file.
 
-A thin click wrapper around `tinyexaone.quant.convert.convert` (which streams, writes under a
-temporary name and renames only when complete). Prints a progress bar over tensors on stderr,
-then the file size, bits per weight, the worst per-tensor relative error and the time. An
-existing OUT without `--force`, or a SRC that is not a model, is a one-line error (exit 2);
-Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, leaving no output file.
+A thin click wrapper around `tinyexaone.quant.convert.convert` (Hugging Face directories) and
+`tinyexaone.quant.gguf_convert.convert_gguf` (GGUF files: Q8_0 / Q4_0 tensors keep their codes,
+other quantized types are requantized, each part keeping the file's precision unless its flag is
+given); both stream, write under a temporary name and rename only when complete. Prints a progress
+bar over tensors on stderr, then the file size, bits per weight, the worst per-tensor relative
+error (for a GGUF: the error added to the file's own weights, and how many matrices were copied
+exactly) and the time. An existing OUT without `--force`, or a SRC that is not a model, is a
+one-line error (exit 2); Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, leaving no output file.
 """
 
 from __future__ import annotations
@@ -14,25 +17,34 @@ from pathlib import Path
 
 import click
 
+from tinyexaone.gguf_source import is_gguf
 from tinyexaone.quant.convert import convert
+from tinyexaone.quant.gguf_convert import convert_gguf
 from tinyexaone.signals import Terminated
+
+DEFAULTS = {"bits": 4, "group_size": 32, "embedding_bits": 8}  # for a Hugging Face directory
 
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
-              help="Bits per weight of the layer matrices.")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True,
-              help="Weights sharing one scale.")
-@click.option("--embedding-bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
-              help="Bits of the embedding (also the output head) and of an untied lm_head.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None,
+              help="Bits per weight of the layer matrices [default: 4; a GGUF's own].")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
+              help="Weights sharing one scale [default: 32].")
+@click.option("--embedding-bits", type=click.Choice(["8", "4"]), default=None,
+              help="Bits of the embedding (also the output head) and of an untied lm_head [default: 8; a GGUF's own].")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def quantize(src: Path, out: Path, bits: str, group_size: str, embedding_bits: str, force: bool):
-    """Quantize the Hugging Face model directory SRC into the compact file OUT."""
+def quantize(src: Path, out: Path, bits: str | None, group_size: str | None, embedding_bits: str | None, force: bool):
+    """Quantize the Hugging Face model directory or GGUF file SRC into the compact file OUT."""
+    given = {name: int(value) for name, value in
+             (("bits", bits), ("group_size", group_size), ("embedding_bits", embedding_bits)) if value is not None}
+    from_gguf = is_gguf(src)
     try:
-        report = convert(src, out, bits=int(bits), group_size=int(group_size), embedding_bits=int(embedding_bits),
-                         force=force)
+        if from_gguf:
+            report = convert_gguf(src, out, force=force, **given)
+        else:
+            report = convert(src, out, force=force, **{**DEFAULTS, **given})
     except Terminated:
         click.echo("terminated; no output written", err=True)
         raise
@@ -42,6 +54,11 @@ def quantize(src: Path, out: Path, bits: str, group_size: str, embedding_bits: s
     click.echo(f"size        {report.file_bytes / 2**20:,.1f} MiB ({report.file_bytes:,} bytes)")
     click.echo(f"bits/weight {report.matrix_bits_per_weight:.3f} in quantized matrices (scales included), "
                f"{report.file_bits_per_weight:.3f} over the whole file")
-    click.echo(f"error       worst relative error {worst:.4f} ({worst_name}); "
-               f"median {statistics.median(errors.values()):.4f} over {len(errors)} matrices")
+    if from_gguf:
+        exact = sum(1 for error in errors.values() if error == 0.0)
+        click.echo(f"error       added to the GGUF's own weights: worst relative error {worst:.4f} ({worst_name}); "
+                   f"{exact} of {len(errors)} matrices copied exactly")
+    else:
+        click.echo(f"error       worst relative error {worst:.4f} ({worst_name}); "
+                   f"median {statistics.median(errors.values()):.4f} over {len(errors)} matrices")
     click.echo(f"time        {report.seconds:.1f} s")

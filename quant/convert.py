@@ -13,7 +13,8 @@ flushed to disk and renamed to OUT only when complete. Any exception, Ctrl-C (SI
 (turned into `SystemExit(143)` while converting in the main thread, see signals.py) removes the
 temporary file, so an interrupted run never leaves a file that looks valid; an OSError while
 writing (a full disk) becomes a one-line `TinyExaoneError`. An existing OUT is refused unless
-`force`. Tensor names and shapes come from the tensor table (tensors.py).
+`force`. Tensor names and shapes come from the tensor table (tensors.py). That writing half,
+`write_compact`, also writes the compact file of a GGUF source (gguf_convert.py).
 """
 
 from __future__ import annotations
@@ -207,11 +208,22 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = _embedded_texts(src)
     metadata["quantization"] = json.dumps(quantization, separators=(",", ":"))
-    names = [a for spec in quantization["tensors"].values() for a in spec["arrays"].values()]
     # source order, so the source files are read front to back
     order = sorted(plan, key=lambda name: (str(checkpoint.entries[name].file), checkpoint.entries[name].start))
-    report = ConversionReport(out)
 
+    def write_tensor(writer: CompactWriter, name: str, report: ConversionReport) -> None:
+        _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report)
+
+    return write_compact(out, metadata, quantization, order, write_tensor, started, show_progress)
+
+
+def write_compact(out: Path, metadata: dict[str, str], quantization: dict, order: list[str], write_tensor,
+                  started: float, show_progress: bool = True) -> ConversionReport:
+    """Write the compact file `out` (metadata texts, the `quantization` record's arrays), calling
+    `write_tensor(writer, name, report)` for each model tensor in `order`, under a temporary name
+    renamed to `out` only when complete (module doc)."""
+    names = [a for spec in quantization["tensors"].values() for a in spec["arrays"].values()]
+    report = ConversionReport(out)
     with sigterm_raises():
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -229,7 +241,7 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
                 )
                 with progress as tensors:
                     for name in tensors:
-                        _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report)
+                        write_tensor(writer, name, report)
                 writer.finish()
                 f.flush()
                 os.fsync(f.fileno())

@@ -10,7 +10,7 @@ types of its `get_vocab_base` (transformers' AutoTokenizer; added tokens as thei
 when special, USER_DEFINED otherwise) and gguf-py's `SpecialVocab` (merges, special ids, chat
 template). `gguf_from_hf(hf_dir, out, kind)` converts a saved Hugging Face model, its matrices
 encoded by `gguf.quants.quantize` (BF16, F16, F32, Q8_0, Q4_0; norms stay F32, as the converter
-keeps 1-D tensors). `random_blocks(kind, rows, cols, rng)` makes valid random K-quant data
+keeps 1-D tensors; `gguf_tensors` gives what it writes, for tests to alter). `random_blocks(kind, rows, cols, rng)` makes valid random K-quant data
 (random bytes with sane float16 block scales) for types gguf-py can only dequantize.
 """
 
@@ -81,10 +81,11 @@ def llama_vocab(tokenizer_dir: Path, vocab_size: int) -> tuple[list[str], list[i
 
 
 def write_gguf(out: Path, config: dict, tensors: dict, tokenizer_dir: Path | None = None,
-               pre_tokenizer: str = "exaone4") -> Path:
-    """Write the GGUF file `out` (module doc); `tensors` maps Hugging Face names to (GGML type, data)."""
+               pre_tokenizer: str = "exaone4", arch: str = "exaone4") -> Path:
+    """Write the GGUF file `out` (module doc); `tensors` maps Hugging Face names to (GGML type, data),
+    or GGUF names (used as they are) to such pairs."""
     n_layers = config["num_hidden_layers"]
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.EXAONE4])
+    writer = gguf.GGUFWriter(str(out), arch)
     writer.add_block_count(n_layers)
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -113,7 +114,7 @@ def write_gguf(out: Path, config: dict, tensors: dict, tokenizer_dir: Path | Non
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", np.array(factors, np.float32))
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.EXAONE4, n_layers)
     for name, (kind, data) in tensors.items():
-        gguf_name = name_map.get_name(name, try_suffixes=(".weight",))
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight",)) or name
         raw_dtype = None if kind in (TYPE.F32, TYPE.F16) else kind
         writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
@@ -140,15 +141,22 @@ def hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
     return {name: t.float().numpy() for name, t in load_file(str(Path(hf_dir) / "model.safetensors")).items()}
 
 
-def gguf_from_hf(hf_dir: Path, out: Path, kind, tokenizer: bool = True) -> Path:
-    """The GGUF of the Hugging Face model in `hf_dir`, its matrices encoded as `kind` (module doc)."""
+def gguf_tensors(hf_dir: Path, kind) -> tuple[dict, dict]:
+    """(config.json dict, tensors for `write_gguf`) of the Hugging Face model in `hf_dir`, its
+    matrices encoded as `kind`, the norms F32; a tied head is left out, as the converter does."""
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     tensors = {}
     for name, value in hf_tensors(hf_dir).items():
         if name == "lm_head.weight" and config.get("tie_word_embeddings"):
             continue
         tensors[name] = encode(value, kind if value.ndim == 2 else TYPE.F32)
-    return write_gguf(out, config, tensors, hf_dir if tokenizer else None)
+    return config, tensors
+
+
+def gguf_from_hf(hf_dir: Path, out: Path, kind, tokenizer: bool = True, **options) -> Path:
+    """The GGUF of the Hugging Face model in `hf_dir` (`gguf_tensors`); `options` go to `write_gguf`."""
+    config, tensors = gguf_tensors(hf_dir, kind)
+    return write_gguf(out, config, tensors, hf_dir if tokenizer else None, **options)
 
 
 def random_blocks(kind, rows: int, cols: int, rng, scale: float = 0.004) -> np.ndarray:

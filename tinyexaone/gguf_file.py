@@ -62,7 +62,7 @@ class _Cursor:
         """A u64 count of items, each at least `min_item_bytes` long, bounded by the bytes left."""
         value = self.unpack("<Q")
         if value > limit or value * min_item_bytes > len(self.data) - self.offset:
-            fail(self.path, f"corrupt GGUF file ({what} {value:,} does not fit the file)")
+            fail(self.path, f"truncated or corrupt GGUF file ({what} {value:,} does not fit the file)")
         return value
 
     def string(self, what: str) -> bytes:

@@ -266,9 +266,10 @@ def dequantized_rows(tensor: gguf.ReaderTensor, first: int, count: int) -> np.nd
     return np.asarray(gguf.quants.dequantize(rows, tensor.tensor_type), dtype=np.float32).reshape(count, -1)
 
 
-def requantize(tensor: gguf.ReaderTensor, bits: int, group_size: int) -> tuple[QuantizedWeight, float]:
-    """The matrix requantized from its dequantized values, slice by slice of whole row groups, and
-    the relative error that adds, ||W - Q(W)|| / ||W|| over the GGUF's own values W."""
+def requantized_parts(tensor: gguf.ReaderTensor, bits: int, group_size: int) -> tuple[dict[str, list], float]:
+    """The matrix requantized from its dequantized values, slice by slice of whole row groups: the
+    stored arrays as slices to stack, and the relative error that adds, ||W - Q(W)|| / ||W|| over
+    the GGUF's own values W."""
     n_rows, n_cols = int(tensor.shape[1]), int(tensor.shape[0])
     rows_per_slice = max(1, SLICE_ELEMENTS // n_cols // ROWS) * ROWS
     parts: dict[str, list[np.ndarray]] = {}
@@ -284,9 +285,14 @@ def requantize(tensor: gguf.ReaderTensor, bits: int, group_size: int) -> tuple[Q
         weight_sq += float(np.einsum("ij,ij->", w, w, dtype=np.float64))
         for key, array in quantized.arrays.items():
             parts.setdefault(key, []).append(array)
+    return parts, math.sqrt(error_sq / weight_sq) if weight_sq > 0 else 0.0
+
+
+def requantize(tensor: gguf.ReaderTensor, bits: int, group_size: int) -> tuple[QuantizedWeight, float]:
+    """`requantized_parts` as one weight, and its added relative error."""
+    parts, relative = requantized_parts(tensor, bits, group_size)
     arrays = {key: np.concatenate(slices) for key, slices in parts.items()}
-    relative = math.sqrt(error_sq / weight_sq) if weight_sq > 0 else 0.0
-    return QuantizedWeight.from_arrays(bits, group_size, (n_rows, n_cols), arrays), relative
+    return QuantizedWeight.from_arrays(bits, group_size, (int(tensor.shape[1]), int(tensor.shape[0])), arrays), relative
 
 
 class GgufSource:
@@ -359,10 +365,17 @@ class GgufSource:
     def mapped_files(self) -> list:
         return [self.gguf.mapped_file]
 
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.gguf.has(gguf.Keys.Tokenizer.MODEL)
+
     @cached_property
     def files(self) -> dict[str, str]:
         """config.json and the tokenizer files, as texts (what a compact file of this model embeds)."""
-        return {"config.json": json.dumps(self.config_json, separators=(",", ":")), **tokenizer_files(self.gguf)}
+        texts = {"config.json": json.dumps(self.config_json, separators=(",", ":"))}
+        return {**texts, **tokenizer_files(self.gguf)} if self.has_tokenizer else texts
 
     def tokenizer_loader(self):
+        if not self.has_tokenizer:
+            return None
         return lambda: tokenizer_from_files(self.files, f"{self.path} (GGUF metadata)")
