@@ -14,6 +14,10 @@ replies are printed, each ending with one newline (a failed turn prints an empty
 colours, banner, reasoning or stats; invalid UTF-8 is replaced (with a warning on stderr). Tool
 activity and per-turn errors go to stderr; the exit code is 1 when any turn failed, else 0.
 
+`--json-schema FILE` (or `--grammar FILE`, Lark or GBNF) constrains every answer (after any
+reasoning) to JSON matching the schema (or to the grammar); tool calls stay possible with
+`--tools`. A bad file or schema is an error (exit 2) before the chat starts.
+
 Everything printed that the model (or a tool, or a loaded file) wrote goes through
 `terminal.sanitize`, so escape sequences in it cannot take over the terminal.
 """
@@ -34,7 +38,8 @@ from tinyexaone.errors import ContextOverflowError, TinyExaoneError
 from tinyexaone.signals import install_sigterm_exit
 
 from .model_resolution import load_model
-from .options import MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options, valid_text
+from .options import (MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options,
+                      structured_output, structured_output_options, valid_text)
 from .terminal import ANSI_SEQUENCE, LineReader, Style, sanitize
 from .tools import load_tools
 
@@ -502,10 +507,11 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
 
 @click.command()
 @generation_options
+@structured_output_options
 @click.option("--tools", "tools_file", type=click.Path(path_type=Path), default=None, metavar="FILE.py",
               help="Python file whose public top-level functions the model may call.")
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set or output is not a terminal).")
-def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags):
+def chat(model, system, think, ctx_size, threads, tools_file, no_color, json_schema_file, grammar_file, **flags):
     """Chat with a model interactively (or one message per line through a pipe)."""
     install_sigterm_exit()
     system = valid_text(system, "--system")
@@ -514,9 +520,10 @@ def chat(model, system, think, ctx_size, threads, tools_file, no_color, **flags)
         sys.stdin.reconfigure(errors="replace")  # invalid UTF-8 typed or pasted becomes U+FFFD
     color = interactive and sys.stdout.isatty() and not no_color and not os.environ.get("NO_COLOR")
     toolbox = load_tools(tools_file) if tools_file is not None else None
+    structured = structured_output(json_schema_file, grammar_file, chat=True)
     threads_used = apply_threads(threads)
     loaded, resolved = load_model(model)
-    options = sampling_options(flags)
+    options = {**sampling_options(flags), **structured}
     session = loaded.chat_session(system=system, tools=toolbox.schemas if toolbox else None, enable_thinking=think,
                                   context_size=context_size(loaded, ctx_size), **options)
     app = ChatApp(session, toolbox, Style(color), interactive, loaded.config.max_position_embeddings)

@@ -6,7 +6,10 @@ so stdout carries only the answer. `--raw` feeds the prompt as plain text to con
 template; `--system`, `--think` and `--reasoning-budget` do not apply). `--prompt -` reads the
 prompt from stdin. The text goes to stdout (sanitised with `terminal.sanitize` when stdout is a
 terminal, byte-faithful otherwise) and one stats line to stderr. `--json` instead prints one JSON
-object: {"content", "reasoning_content", "tool_calls", "finish_reason", "stats"}. With
+object: {"content", "reasoning_content", "tool_calls", "finish_reason", "stats"}.
+`--json-schema FILE` makes the answer JSON matching that schema (the chat `response_format`;
+with `--raw` the whole continuation), `--grammar FILE` makes it match a Lark or GBNF grammar;
+a bad file or schema is an error (exit 2) before anything is generated. With
 `--temperature 0` (greedy) the output is the same on every run. A prompt that does not fit the
 context is an error (exit 2); a reply that fills the context says so on stderr.
 """
@@ -23,7 +26,8 @@ from tinyexaone.signals import install_sigterm_exit
 
 from .chat import format_stats
 from .model_resolution import load_model
-from .options import MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options, valid_text
+from .options import (MAX_INPUT_BYTES, apply_threads, context_size, generation_options, sampling_options,
+                      structured_output, structured_output_options, valid_text)
 from .terminal import sanitize
 
 
@@ -42,19 +46,21 @@ def _read_prompt(prompt: str | None) -> str:
 
 @click.command()
 @generation_options
+@structured_output_options
 @click.option("--prompt", "-p", metavar="TEXT", default=None, help="The prompt ('-' reads it from stdin).")
 @click.option("--raw", is_flag=True, help="Continue the prompt as plain text, without the chat template.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: content, reasoning_content, tool_calls, finish_reason, stats.")
-def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, **flags):
+def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, json_schema_file, grammar_file, **flags):
     """Generate one reply to --prompt and print it."""
     install_sigterm_exit()
     prompt, system = _read_prompt(valid_text(prompt, "--prompt")), valid_text(system, "--system")
     if raw and (system is not None or think or flags.get("reasoning_budget") is not None):
         raise TinyExaoneError("--system, --think and --reasoning-budget need the chat template; drop --raw")
+    structured = structured_output(json_schema_file, grammar_file, chat=not raw)
     apply_threads(threads)
     loaded, _ = load_model(model, chat_template=not raw)
-    options = sampling_options(flags)
+    options = {**sampling_options(flags), **structured}
     options["context_size"] = context_size(loaded, ctx_size)
     show = sanitize if sys.stdout.isatty() else (lambda text: text)
     try:

@@ -7,9 +7,15 @@ cli.main) instead of click's multi-line usage error. `sampling_options(params)` 
 parsed flags into keyword options of the generation API (flags left unset are omitted, so the
 API's model-card defaults apply, which differ with thinking on and off). `apply_threads(n)`
 maps --threads onto Numba. `CACHE_TYPE_FLAG` is --cache-type alone (bench takes it too).
+`structured_output_options` adds --json-schema FILE and --grammar FILE (Lark or GBNF), and
+`structured_output(json_schema, grammar, chat)` reads them (at most MAX_GRAMMAR_BYTES, UTF-8, the
+schema JSON) into the API's `response_format` (chat) or `grammar` (raw text) option.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
@@ -114,6 +120,47 @@ def generation_options(command):
 
 
 MAX_INPUT_BYTES = 64 << 20  # the most text one prompt, piped chat line or /load file may bring in
+MAX_GRAMMAR_BYTES = 8 << 20  # the largest --json-schema or --grammar file
+
+
+def structured_output_options(command):
+    """Add --json-schema FILE and --grammar FILE to a click command."""
+    command = click.option("--grammar", "grammar_file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                           help="Constrain the reply to a grammar (Lark, or GBNF as llama.cpp writes it).")(command)
+    return click.option("--json-schema", "json_schema_file", type=click.Path(path_type=Path), default=None,
+                        metavar="FILE", help="Constrain the reply to JSON matching this JSON schema.")(command)
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_GRAMMAR_BYTES + 1)
+    except OSError as exc:
+        raise TinyExaoneError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_GRAMMAR_BYTES:
+        raise TinyExaoneError(f"{flag} {path}: larger than {MAX_GRAMMAR_BYTES >> 20} MB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TinyExaoneError(f"{flag} {path}: not UTF-8 text") from None
+
+
+def structured_output(json_schema_file: Path | None, grammar_file: Path | None, chat: bool) -> dict:
+    """The API options for --json-schema / --grammar (none given: {})."""
+    if json_schema_file is not None and grammar_file is not None:
+        raise TinyExaoneError("give --json-schema or --grammar, not both")
+    if grammar_file is not None:
+        return {"grammar": _read_text(grammar_file, "--grammar")}
+    if json_schema_file is None:
+        return {}
+    try:
+        schema = json.loads(_read_text(json_schema_file, "--json-schema"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise TinyExaoneError(f"--json-schema {json_schema_file}: not valid JSON ({exc})") from None
+    if chat:
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": json_schema_file.stem,
+                                                                           "schema": schema}}}
+    return {"grammar": {"json_schema": schema}}
 
 
 def valid_text(value: str | None, flag: str) -> str | None:

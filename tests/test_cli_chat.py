@@ -282,7 +282,8 @@ def explode(reason: str) -> str:
 '''
 
 
-def test_tool_calls_are_shown_run_and_fed_back(tokenizer, tmp_path, capsys):
+def test_tool_calls_are_shown_run_and_fed_back(tokenizer, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tinyexaone.chat._has_llguidance", lambda: False)  # unconstrained calls, so "nosuch" comes out
     (tmp_path / "tools.py").write_text(TOOLS_SOURCE)
     toolbox = load_tools(tmp_path / "tools.py")
     model = ScriptedChatModel(tokenizer, [

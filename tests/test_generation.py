@@ -276,7 +276,14 @@ TOOL_REPLY = ('Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"
               '<tool_call>{"name": "launch", "arguments": {}}</tool_call>\n<tool_call>{"name": oops}</tool_call>')
 
 
-def test_chat_returns_openai_tool_calls_and_error_entries(tok):
+@pytest.fixture
+def unconstrained_calls(monkeypatch):
+    """Tool calls as without llguidance: no grammar keeps the model to the declared tools, so a
+    malformed or unknown call can come out and must land in tool_call_errors."""
+    monkeypatch.setattr(tinyexaone.chat, "_has_llguidance", lambda: False)
+
+
+def test_chat_returns_openai_tool_calls_and_error_entries(tok, unconstrained_calls):
     model = scripted_model(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
     response = model.chat([{"role": "user", "content": "Weather in Seoul?"}], tools=WEATHER, temperature=0)
     message = response.message
@@ -290,7 +297,7 @@ def test_chat_returns_openai_tool_calls_and_error_entries(tok):
     assert response.usage["total_tokens"] == response.usage["prompt_tokens"] + response.usage["completion_tokens"]
 
 
-def test_chat_stream_events(tok):
+def test_chat_stream_events(tok, unconstrained_calls):
     model = scripted_model(tok, scripted(tok, TOOL_REPLY, after=NO_THINK_PROMPT))
     events = list(model.chat([{"role": "user", "content": "Weather?"}], tools=WEATHER, stream=True, temperature=0))
     kinds = [e["type"] for e in events]

@@ -10,6 +10,7 @@ checked against its bound like every other.
 
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -18,6 +19,15 @@ from tinyexaone import TinyExaoneError
 from tinyexaone.sampling import token_logprobs
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "exaone4-demo"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_numba_thread():
+    """One Numba thread: on a busy machine parallel launches cost more than the demo model's small matrices."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

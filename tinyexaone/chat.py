@@ -5,14 +5,26 @@ cached_ids, token)` renders the model's chat template when it is made (so a bad 
 fails before anything streams) and `events()` generates the reply: "reasoning" and "content"
 deltas, "tool_call" and "tool_call_error" entries, and a final "done" carrying the OpenAI-shaped
 assistant message {"role", "content", "reasoning_content", "tool_calls", "tool_call_errors"},
-finish_reason, usage, stats, tokens and logprobs (generation.py; None when off). Malformed or unknown tool calls land in
-"tool_call_errors", never in an exception. String tool-call arguments in the history (OpenAI
-style) are rendered as the objects they encode, the way the model wrote them.
-`reasoning_budget=N` forces "\n</think>\n\n" after N reasoning tokens so the model moves on to
-its answer. Once `events()` ends -- finished, abandoned (closed) or interrupted
-(KeyboardInterrupt) -- the turn says what it left: `message` (what was generated so far; None
-only when it failed with an error), `cached_ids` (exactly what the cache holds) and
+finish_reason, usage, stats, tokens and logprobs (generation.py; None when off). Malformed or
+unknown tool calls land in "tool_call_errors", never in an exception. String tool-call
+arguments in the history (OpenAI style) are rendered as the objects they encode, the way the
+model wrote them. `reasoning_budget=N` forces "\n</think>\n\n" after N reasoning tokens so the
+model moves on to its answer. Once `events()` ends -- finished, abandoned (closed) or
+interrupted (KeyboardInterrupt) -- the turn says what it left: `message` (what was generated so
+far; None only when it failed with an error), `cached_ids` (exactly what the cache holds) and
 `prefilled`.
+
+Constraints (`ReplyConstraints`, compiled by grammar.py when the turn is made; they apply to the
+answer, after the reasoning, which stays free): `response_format` or `grammar` makes the answer
+follow it; `tool_choice` "required" makes the answer one or more tool calls, a named function
+exactly one call of it, each `<tool_call>{"name", "arguments"}</tool_call>` of a declared tool
+with arguments valid for its `parameters`; "none" forbids the `<tool_call>` token; "auto" (the
+default) leaves text free and, once the model opens `<tool_call>`, holds the call's body to the
+declared tools until `</tool_call>` (a lazy grammar, as llama-server's; without llguidance
+installed calls stay unconstrained), or with a response_format lets the answer be either the
+format or tool calls. With thinking on, the answer's constraint starts after `</think>` and the
+template's "\n\n" (forced if the model does not write it), and until then end-of-turn and
+`<tool_call>` are kept out of the reasoning.
 
 `ChatSession` keeps one KV cache (of `context_size` tokens and `cache_type`) across turns. Each
 turn re-renders the whole conversation, keeps the longest common token prefix with what the
@@ -25,6 +37,7 @@ streamed turn: an iterator of events with `cancel()`, which stops that turn only
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from time import perf_counter
@@ -32,10 +45,12 @@ from time import perf_counter
 from .cache import DEFAULT_CACHE_TYPE
 from .errors import TinyExaoneError
 from .generation import CancelToken, Options, Run, make_options
-from .parsing import OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
+from .grammar import CALL_OPEN, Constraint, TokenBan, llguidance, tool_call_grammar, tool_parameters
+from .parsing import THINK_CLOSE, OutputSplitter, parse_tool_call, starts_in_reasoning, tool_names
 from .prompt import chat_prompt
 
 REASONING_END = "\n</think>\n\n"  # what the template writes after reasoning; forced by reasoning_budget
+ANSWER_SEPARATOR = "\n\n"  # what the template writes between </think> and the answer
 RESERVED_TEMPLATE_KWARGS = ("enable_thinking", "tools", "messages", "add_generation_prompt", "max_tokens", "tokenize",
                             "special_tokens_in_content")
 ROLES = ("system", "user", "assistant", "tool")
@@ -49,6 +64,50 @@ class ChatResponse:
     stats: dict
     tokens: list[int]  # generated (and forced) token ids, as in GenerationResult
     logprobs: list | None = None  # aligned with tokens when the logprobs option is on, as in GenerationResult
+
+
+class ReplyConstraints:
+    """What constrains one reply, from the options and the declared tools (see the module
+    docstring): a grammar for the whole answer (`answer`), or a ban of the `<tool_call>` token
+    (`ban`, tool_choice "none"), and/or the grammar of a call's body once the model opens one
+    (`call_body`, tool_choice "auto"). While the model reasons before a constrained answer,
+    `reasoning_ban` keeps end-of-turn and `<tool_call>` out, so the reasoning cannot end the
+    reply or swallow the call. Everything is compiled and checked when it is made."""
+
+    def __init__(self, tokenizer, tools, options: Options):
+        choice = options.tool_choice or "auto"
+        answer_format = options.grammar or options.response_format
+        specs = tool_parameters(tools) if tools else {}
+        self.answer, self.ban, self.call_body = None, None, None
+        self.reasoning_ban = TokenBan([*tokenizer.eos_token_ids, *options.stop_token_ids,
+                                       *[i for i in [tokenizer.added_tokens.get(CALL_OPEN)] if i is not None]])
+        if choice == "required" or choice.startswith("function:"):
+            if not specs:
+                raise TinyExaoneError(f"tool_choice {choice.split(':')[0]!r} needs declared tools")
+            if choice != "required":
+                name = choice.split(":", 1)[1]
+                if name not in specs:
+                    raise TinyExaoneError(f"tool_choice names {name!r:.40}, which is not a declared tool "
+                                          f"(declared: {', '.join(sorted(specs))})")
+                specs = {name: specs[name]}
+            self.answer = tool_call_grammar(tokenizer, specs, several=choice == "required")
+        elif choice == "none" or not specs:
+            self.answer = answer_format
+            call_open = tokenizer.added_tokens.get(CALL_OPEN)
+            if answer_format is None and specs and call_open is not None:
+                self.ban = TokenBan([call_open])
+        elif answer_format is not None:
+            self.answer = tool_call_grammar(tokenizer, specs, alternative=answer_format)
+        elif _has_llguidance():  # without it, tool calls in "auto" stay unconstrained, as they were before
+            self.call_body = tool_call_grammar(tokenizer, specs, lazy=True)
+
+
+def _has_llguidance() -> bool:
+    try:
+        llguidance()
+    except TinyExaoneError:
+        return False
+    return True
 
 
 def arguments_as_objects(messages) -> list:
@@ -93,7 +152,10 @@ class ChatTurn:
         self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
         self.cache, self.history = cache, list(messages)
         self.known_tools = tool_names(tools)
-        self.splitter = OutputSplitter(starts_in_reasoning(self.prompt))
+        self.constraints = ReplyConstraints(tokenizer, tools, options)
+        self.answer_started = False  # whether the answer's constraint (if any) has been set
+        self.started_in_reasoning = starts_in_reasoning(self.prompt)
+        self.splitter = OutputSplitter(self.started_in_reasoning)
         self.parts = {"reasoning": [], "content": []}
         self.calls, self.errors = [], []
         self.reasoning_tokens, self.budget_spent = 0, False
@@ -111,7 +173,8 @@ class ChatTurn:
 
     def events(self):
         """Generate the reply, yielding event dicts; the last one is "done"."""
-        self.run = Run(self.model, self.tokenizer, self.cache, self._cached_at_start, self.prompt_ids, self.options,
+        unconstrained = dataclasses.replace(self.options, grammar=None)  # the answer's grammar is set by _steer
+        self.run = Run(self.model, self.tokenizer, self.cache, self._cached_at_start, self.prompt_ids, unconstrained,
                        self.token, self.started)
         try:
             yield from self._generate()
@@ -121,12 +184,15 @@ class ChatTurn:
 
     def _generate(self):
         self._close_reasoning_if_over_budget()
+        self._steer(self.splitter.state)
         for token, text, forced in self.run:
-            if token is not None and not forced and self.splitter.state == "reasoning":
+            state_before = self.splitter.state
+            if token is not None and not forced and state_before == "reasoning":
                 self.reasoning_tokens += 1
             for kind, value in self.splitter.feed(text):
                 yield self._event(kind, value)
             self._close_reasoning_if_over_budget()
+            self._steer(state_before)
         for kind, value in self.splitter.finish():
             yield self._event(kind, value)
         self.message = self._message()
@@ -138,6 +204,44 @@ class ChatTurn:
                 and self.reasoning_tokens >= budget):
             self.run.force(self.tokenizer.encode(REASONING_END, add_special_tokens=False))
             self.budget_spent = True
+
+    def _steer(self, state_before: str) -> None:
+        """Set or release the run's constraint: the answer's once the reasoning is over (after the
+        template's "\n\n", forced if the model has not written it), a call body's from the moment
+        the model opens `<tool_call>` until `</tool_call>`."""
+        run, state, plan = self.run, self.splitter.state, self.constraints
+        if state == "reasoning" and plan.answer is not None and run.constraint is None:
+            run.constrain(plan.reasoning_ban)  # the answer must come: no end of turn, no call inside the reasoning
+        if run.forcing or state == "reasoning":
+            return
+        if not self.answer_started:
+            if plan.answer is not None and self.started_in_reasoning:
+                after = run.text[run.text.rfind(THINK_CLOSE) + len(THINK_CLOSE):]
+                written = len(after) - len(after.lstrip("\n"))
+                if written < len(ANSWER_SEPARATOR) and not after.strip():
+                    run.force(self.tokenizer.encode(ANSWER_SEPARATOR[written:], add_special_tokens=False))
+                    return
+                self._constrain_answer(after.lstrip())
+            elif plan.answer is not None:
+                self._constrain_answer("")
+            elif plan.ban is not None:
+                run.constrain(plan.ban)
+            self.answer_started = True
+        if plan.call_body is None:
+            return
+        if state == "tool_call" and state_before != "tool_call":
+            body = Constraint(self.tokenizer, plan.call_body)
+            if body.consume_text(run.text[run.text.rfind(CALL_OPEN) + len(CALL_OPEN):]):
+                run.constrain(body)  # (a call whose start the grammar rejects stays as it is: a tool_call_error)
+        elif run.constraint is not None and (state != "tool_call" or run.constraint.finished):
+            run.constrain(None)
+
+    def _constrain_answer(self, written: str) -> None:
+        constraint = Constraint(self.tokenizer, self.constraints.answer)
+        if not constraint.consume_text(written):
+            raise TinyExaoneError(f"the model began its answer with text the {self.constraints.answer.what} rejects: "
+                                  f"{written[:40]!r}")
+        self.run.constrain(constraint)
 
     def _event(self, kind: str, value: str) -> dict:
         if kind in self.parts:

@@ -67,8 +67,9 @@ class ChatModel:
         """Continue raw text (or token ids), yielding text chunks; `.result` at the end."""
         tokenizer = self.require_tokenizer()
         opts = make_options(False, **options)
-        if opts.reasoning_budget is not None:
-            raise TinyExaoneError("reasoning_budget applies to chat(), not to raw-text generation")
+        for name in ("reasoning_budget", "response_format", "tool_choice"):
+            if getattr(opts, name) is not None:
+                raise TinyExaoneError(f"{name} applies to chat(), not to raw-text generation")
         cache = self.model.new_cache(opts.context_size, opts.cache_type)
         if isinstance(prompt, str):
             tokenizer.check_fits(prompt, cache.max_tokens)
@@ -76,7 +77,9 @@ class ChatModel:
         return TextStream(run)
 
     def generate(self, prompt, **options) -> GenerationResult:
-        """Continue raw text (no chat template); see generation.py for the options."""
+        """Continue raw text (no chat template); see generation.py for the options. `grammar=`
+        (Lark text, or {"lark" | "gbnf" | "regex" | "json_schema": ...}; grammar.py) constrains
+        the whole continuation, which then ends when the grammar is complete."""
         chunks = self.stream(prompt, **options)
         for _ in chunks:
             pass
@@ -85,7 +88,10 @@ class ChatModel:
     def chat(self, messages, tools=None, enable_thinking: bool = False, stream: bool = False,
              template_kwargs: dict | None = None, special_tokens_in_content: bool = False, **options):
         """One assistant reply to `messages` -> ChatResponse, or a ChatStream of events if `stream`.
-        Special-token text inside system, user and tool messages is plain text unless
+        `response_format` ({"type": "json_schema", "json_schema": {"name", "schema"}} or
+        {"type": "json_object"}) or `grammar` constrains the answer (after the reasoning), and
+        `tool_choice` ("auto", "none", "required" or {"type": "function", "function": {"name"}})
+        the tool calls; see chat.py. Special-token text inside system, user and tool messages is plain text unless
         `special_tokens_in_content` (transformers' behaviour; see prompt.py)."""
         opts = make_options(enable_thinking, **options)
         token = self.runs.new_token(opts.cancel)

@@ -3,19 +3,24 @@
 `make_options(enable_thinking, **options)` checks the keyword options of every generation call
 once (names, and values against options.py's bounds) into `Options`; sampling defaults follow
 the model card and differ with reasoning on and off; `cache_type` ("f16" by default, "f32",
-"q8") is the type of the KV cache a run makes (cache.py). `logprobs` (None = off, or n in
-0..20) makes a run record, per token, `run.logprobs` aligned with `run.tokens`: for a sampled
-token {"id", "logprob", "top": [(id, logprob), ...] (the n most likely, highest first)}, for a
-forced one None. They are the log-softmax of the model's logits (over the tokenizer's vocabulary)
-before the penalties, temperature and top-k/p/min-p filters, so they
-describe the model, not the sampler. `Run(model, tokenizer, cache,
-cached_ids, prompt_ids, options, token)` is one generation: iterating it prefills the prompt
-through a `Decoder` (which keeps the longest common prefix of what the cache already holds and
-computes only the rest, in chunks of PREFILL_CHUNK), then samples one token, feeds it, and
-repeats, yielding (token_id | None, text, forced) per step. It stops on an end-of-sequence id
+"q8") is the type of the KV cache a run makes (cache.py); `grammar`, `response_format` and
+`tool_choice` are checked by grammar.py (an invalid grammar or schema fails here, before any
+generation). `logprobs` (None = off, or n in 0..20) makes a run record `run.logprobs`, aligned
+with `run.tokens`: for a sampled token {"id", "logprob", "top": [(id, logprob), ...] (the n most
+likely, highest first)}, for a forced one None. They are the log-softmax of the model's logits
+(over the tokenizer's vocabulary) after any grammar mask and before the penalties, temperature
+and top-k/p/min-p filters, so they describe the model, not the sampler.
+
+`Run(model, tokenizer, cache, cached_ids, prompt_ids, options, token, constraint=None)` is one
+generation (constrained from its first token by `options.grammar` unless a constraint is given;
+chat.py passes its options without it and steers the constraint itself): iterating it prefills the prompt through a `Decoder` (which keeps the longest common
+prefix of what the cache already holds and computes only the rest, in chunks of PREFILL_CHUNK),
+then samples one token (under the constraint's mask, if one is set), feeds it, and repeats,
+yielding (token_id | None, text, forced) per step. It stops on an end-of-sequence id
 (generation_config.json and the tokenizer's eos, plus `stop_token_ids`), a stop string (the
 text is cut before it), `max_new_tokens`, a full context ("length"), or cancellation
-("cancelled"). A prompt longer than the context raises `ContextOverflowError`; nothing is
+("cancelled"); a grammar that cannot be completed within `max_new_tokens` ends with "length"
+and the text so far. A prompt longer than the context raises `ContextOverflowError`; nothing is
 truncated silently. `tokens` lists every token the model produced or was forced to take,
 including the end-of-sequence token that stopped it; `text` never contains that token.
 
@@ -41,6 +46,7 @@ import numpy as np
 
 from .cache import DEFAULT_CACHE_TYPE
 from .errors import ContextOverflowError, TinyExaoneError
+from .grammar import Constraint, Grammar, grammar_option, response_format_option, tool_choice_option
 from .options import check_option
 from .parsing import partial_marker_length
 from .sampling import NON_REASONING_DEFAULTS, REASONING_DEFAULTS, Sampler, SamplingParams, token_logprobs
@@ -51,7 +57,7 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                     "repetition_penalty", "seed")
 OTHER_OPTIONS = ("max_new_tokens", "stop", "stop_token_ids", "reasoning_budget", "context_size", "cache_type",
-                 "cancel", "logprobs")
+                 "cancel", "logprobs", "grammar", "response_format", "tool_choice")
 
 
 @dataclass
@@ -74,6 +80,9 @@ class Options:
     cache_type: str
     cancel: threading.Event | None
     logprobs: int | None = None  # None = off; n = the chosen token's logprob and the n most likely
+    grammar: Grammar | None = None  # the `grammar` option, checked (grammar.py)
+    response_format: Grammar | None = None  # chat's `response_format`; None for text
+    tool_choice: str | None = None  # chat's: "auto", "none", "required" or "function:NAME"; None = not given
 
 
 def make_options(enable_thinking: bool = False, **options) -> Options:
@@ -108,8 +117,12 @@ def make_options(enable_thinking: bool = False, **options) -> Options:
     logprobs = options.get("logprobs")
     if logprobs is not None:
         check_option("logprobs", logprobs)
+    grammar = grammar_option(options.get("grammar"))
+    response_format = response_format_option(options.get("response_format"))
+    if grammar is not None and response_format is not None:
+        raise TinyExaoneError("give either grammar or a JSON response_format, not both")
     return Options(SamplingParams(**sampling), max_new, stop, frozenset(stop_ids), budget, context_size, cache_type,
-                   cancel_event, logprobs)
+                   cancel_event, logprobs, grammar, response_format, tool_choice_option(options.get("tool_choice")))
 
 
 # --- cancellation -------------------------------------------------------------------------------------
@@ -228,11 +241,14 @@ class StopStrings:
 
 
 class Run:
-    """One generation. Iterating it prefills, then yields (token_id | None, text, forced) per step;
-    `force(ids)` (called between steps) makes the model take those tokens next."""
+    """One generation. Iterating it prefills, then yields (token_id | None, text, forced) per step.
+    Between steps, `force(ids)` makes the model take those tokens next (as they are: no
+    constraint sees them), and `constrain(c)` sets the constraint (grammar.Constraint or TokenBan,
+    None for none) that masks the logits of every token sampled from then on and consumes it;
+    `forcing` tells whether forced tokens are still queued."""
 
     def __init__(self, model, tokenizer, cache, cached_ids, prompt_ids, options: Options, token: CancelToken,
-                 started: float | None = None):
+                 started: float | None = None, constraint=None):
         self.model, self.tokenizer, self.options, self.token = model, tokenizer, options, token
         self.prompt_ids = [int(i) for i in prompt_ids]
         if not self.prompt_ids:
@@ -247,9 +263,19 @@ class Run:
         self.context_full = False
         self._forced: list[int] = []
         self._times = {}
+        if constraint is None and options.grammar is not None:
+            constraint = Constraint(tokenizer, options.grammar)
+        self.constraint = constraint
 
     def force(self, ids) -> None:
         self._forced.extend(int(i) for i in ids)
+
+    @property
+    def forcing(self) -> bool:
+        return bool(self._forced)
+
+    def constrain(self, constraint) -> None:
+        self.constraint = constraint
 
     def __iter__(self):
         opts, tok, dec = self.options, self.tokenizer, self.decoder
@@ -263,11 +289,11 @@ class Run:
         to_feed: list[int] = []  # sampled or forced tokens the cache has not seen yet
         while True:
             if self._forced:
-                forced, self._forced = self._forced, []
-                for token in forced:
+                while self._forced:  # one at a time: `forcing` stays true until the last is yielded
+                    token = self._forced.pop(0)
                     self._take(token, None)
+                    to_feed.append(token)
                     yield token, self._text(stops.push(detok.add(token))), True
-                to_feed += forced
                 if stops.hit:
                     reason = "stop"
                     break
@@ -287,7 +313,12 @@ class Run:
                     reason = "cancelled"
                     break
             logits = dec.logits[: tok.vocab_size]  # [vocab]
+            constraint = self.constraint
+            if constraint is not None:
+                logits = constraint.mask(logits)
             token = sampler.next_token(logits, self.prompt_ids, self.tokens)
+            if constraint is not None and token not in eos:
+                constraint.consume(token)
             self._times.setdefault("first_token", perf_counter())
             self._take(token, None if opts.logprobs is None else token_logprobs(logits, token, opts.logprobs))
             if token in eos:
