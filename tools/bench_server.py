@@ -1,0 +1,100 @@
+"""Total decode speed of `tinyexaone serve` with 1, 2, 4 ... concurrent streams (not a test).
+
+Usage: python tools/bench_server.py MODEL [--streams 1,2,4] [--tokens 64] [--threads N] [--rounds 2]
+                                     [--tokenizer DIR]
+
+MODEL is any model path `tinyexaone` takes (e.g. the synthetic 1.2B file `tinyexaone bench
+--synthetic 1.2b` writes into its cache folder); a model without a tokenizer (the synthetic
+files) gets the one in --tokenizer (default: the real EXAONE 4.0 tokenizer in tests/fixtures). A server runs in this process on a free
+127.0.0.1 port; for each stream count, that many clients at once each stream one
+/v1/completions request of --tokens tokens (greedy, distinct short prompts, so no prefix is
+shared), over plain HTTP. It prints, per count, the total tokens/s over the whole wall time
+(prefill included) and the decode tokens/s (tokens after each stream's first, over the time
+from the first stream's first token to the last stream's end), and their ratio to one stream.
+The rounds alternate stream counts, so a drifting machine affects every count alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import numba
+
+import tinyexaone
+from tinyexaone.chat_model import ChatModel
+from tinyexaone.engine import Engine
+from tinyexaone.server import Server
+
+
+def one_stream(address, prompt: str, tokens: int, out: dict) -> None:
+    connection = http.client.HTTPConnection(*address, timeout=600)
+    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True})
+    connection.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    first, count = None, 0
+    for line in response:
+        if line.startswith(b"data: {"):
+            event = json.loads(line[6:])
+            if event.get("choices") and event["choices"][0]["text"]:
+                count += 1
+                first = first or time.perf_counter()
+    out.update(first=first, end=time.perf_counter(), events=count)
+
+
+def measure(address, streams: int, tokens: int, salt: int) -> tuple[float, float, int]:
+    results = [{} for _ in range(streams)]
+    threads = [threading.Thread(target=one_stream, args=(address, f"Story {salt}-{i}: once upon a time", tokens,
+                                                         results[i])) for i in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end = max(r["end"] for r in results)
+    generated = sum(r["events"] for r in results)
+    first = min(r["first"] for r in results if r["first"])
+    decode = sum(max(0, r["events"] - 1) for r in results) / (end - first)
+    return generated / (end - start), decode, generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--streams", default="1,2,4")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
+                                                   "exaone-4.0-1.2b"))
+    args = parser.parse_args()
+    numba.set_num_threads(args.threads)
+    counts = [int(n) for n in args.streams.split(",")]
+    chat_model = tinyexaone.load(args.model)
+    if chat_model.tokenizer is None:
+        chat_model = ChatModel(chat_model.model, tinyexaone.load_tokenizer(args.tokenizer))
+    engine = Engine(chat_model, "bench", parallel=max(counts), prompt_cache_bytes=0)
+    server = Server(engine, "127.0.0.1", 0, log=lambda line: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = server.server_address[:2]
+    measure(address, 1, 4, -1)  # compile and warm up
+    rates = {n: [] for n in counts}
+    for r in range(args.rounds):
+        for n in counts:
+            rates[n].append(measure(address, n, args.tokens, r * 100 + n))
+    server.shutdown_cleanly()
+    print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds")
+    print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'tokens':>7}")
+    base = max(d for _, d, _ in rates[counts[0]]) if counts[0] == 1 else None
+    for n in counts:
+        total, decode, generated = max(rates[n], key=lambda x: x[1])
+        ratio = f"{decode / base:.2f}x" if base else "-"
+        print(f"{n:>7} {total:>12.1f} {decode:>13.1f} {ratio:>12} {generated:>7}")
+
+
+if __name__ == "__main__":
+    main()
