@@ -5,7 +5,9 @@ turns (it drops old reasoning, for one), so reuse is matched by tokens, not by m
 `PrefixCachePool(new_cache, max_bytes, max_entries)` holds idle caches with the token ids each
 holds. `take(prompt_ids)` removes and returns the idle cache sharing the longest token prefix
 with the prompt, with its ids (the generation's Decoder keeps that prefix and trims the rest),
-or a fresh cache and [] when none shares one; a taken cache belongs to one generation until
+or a fresh cache and [] when none shares at least half of what it holds: a conversation that
+shares only a system prompt with another does not take (and cut short) the other's cache, so
+clients that alternate keep their own; a taken cache belongs to one generation until
 `put(cache, ids)` returns it. Idle caches are evicted least recently used first while the pool
 holds more than `max_entries` caches or more than `max_bytes` of keys and values (each cache's
 real `nbytes`); a cache larger than `max_bytes` on its own is not kept. Thread-safe.
@@ -31,12 +33,12 @@ class PrefixCachePool:
 
     def take(self, prompt_ids) -> tuple[object, list[int]]:
         """The idle cache with the longest common token prefix with prompt_ids (taken out of the
-        pool), and the ids it holds; a new cache and [] when no idle cache shares a first token."""
+        pool), and the ids it holds; a new cache and [] when no idle cache shares half its ids."""
         with self._lock:
             best, best_length = None, 0
             for key, (_, ids) in self._idle.items():
                 length = common_prefix_length(ids, prompt_ids)
-                if length > best_length:
+                if length > best_length and 2 * length >= len(ids):
                     best, best_length = key, length
             if best is not None:
                 return self._idle.pop(best)
