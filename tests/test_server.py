@@ -6,7 +6,8 @@ one test starts the real command in a subprocess. Covered: chat with and without
 on and off, stop strings, seed determinism, logprobs against the model's own log-softmax,
 /v1/models, /health and the page, the error shapes (bad JSON, unknown model, n=2, an over-long
 prompt, unknown fields, too large a body, a missing or wrong key), prefix reuse across turns
-(cached_tokens), two clients at once (their decode steps batched), a disconnect that ends
+(cached_tokens), two clients at once (their decode steps batched), response_format and
+tool_choice enforced through the grammar extra, a disconnect that ends
 the generation, and a shutdown that ends an open stream with an error event.
 """
 
@@ -452,3 +453,41 @@ def test_the_serve_command(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# --- structured output through the server -------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Seoul", "Busan"]},
+                                           "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+          "required": ["city", "days"], "additionalProperties": False}
+
+
+def test_response_format_json_schema(client):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    for stream in (False, True):
+        kwargs = dict(model=MODEL_ID, messages=ask("Plan a trip."), temperature=0, max_tokens=60,
+                      response_format={"type": "json_schema", "json_schema": {"name": "trip", "schema": SCHEMA}})
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+                           if c.choices)
+        else:
+            text = client.chat.completions.create(**kwargs).choices[0].message.content
+        jsonschema.validate(json.loads(text), SCHEMA)
+    with pytest.raises(openai.BadRequestError):  # an invalid schema is refused before anything runs
+        client.chat.completions.create(model=MODEL_ID, messages=ask("hi"), response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "minProperties": "two"}}})
+
+
+def test_tool_choice_required_and_named(client):
+    pytest.importorskip("llguidance")
+    for choice, name in (("required", None), ({"type": "function", "function": {"name": "get_weather"}}, "get_weather")):
+        reply = client.chat.completions.create(model=MODEL_ID, messages=ask("Hello!"), tools=TOOLS, temperature=0,
+                                               tool_choice=choice, max_tokens=80)
+        calls = reply.choices[0].message.tool_calls
+        assert calls and reply.choices[0].finish_reason == "tool_calls"
+        assert calls[0].function.name in {"add", "get_weather"} and (name is None or calls[0].function.name == name)
+        json.loads(calls[0].function.arguments)
+    none = client.chat.completions.create(model=MODEL_ID, messages=ask("What is 318 + 527?"), tools=TOOLS,
+                                          temperature=0, tool_choice="none")
+    assert not none.choices[0].message.tool_calls and none.choices[0].finish_reason != "tool_calls"
