@@ -13,8 +13,9 @@ exception is a 500 whose message names only its type). Security: the default hos
 constant time, else 401); bodies over `MAX_BODY_BYTES` are refused with 413 before they are
 read; there is no CORS header unless `cors` names an origin; no request names a file. A client
 that disconnects is noticed before the next forward pass (a readable socket with nothing to
-read), which ends its generation. `shutdown()` stops accepting, cancels every generation (each
-open stream gets a final error event), and waits for the handlers.
+read), which ends its generation; a client that stalls for `Handler.timeout` seconds in the
+middle of a read or write is dropped. `shutdown_cleanly()` stops accepting, cancels every
+generation (each open stream gets a final error event) and stops the engine.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = f"tinyexaone/{__version__}"
+    timeout = 120  # seconds a socket read or write may block: a stalled client frees its thread
     server: Server
 
     # --- plumbing --------------------------------------------------------------------------------------
