@@ -21,6 +21,7 @@ from .bench import bench
 from .chat import chat
 from .generate import generate
 from .info import info
+from .pull import pull
 from .quantize import quantize
 from .serve import serve
 
@@ -35,6 +36,7 @@ cli.add_command(bench)
 cli.add_command(chat)
 cli.add_command(generate)
 cli.add_command(info)
+cli.add_command(pull)
 cli.add_command(quantize)
 cli.add_command(serve)
 

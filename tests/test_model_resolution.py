@@ -74,12 +74,15 @@ def test_default_cache_location_is_under_home(tiny_dir, clean_env, tmp_path):
     assert resolve_model(REPO).path.name == "r1"
 
 
-def test_repo_errors_name_the_cache_and_never_download(clean_env, tmp_path):
+def test_repo_errors_name_the_cache_when_offline(clean_env, tmp_path):
+    """Offline, a repo id not (completely) in the cache is one line naming the cache; downloading
+    is tested against a fake Hub in test_hub.py."""
     clean_env.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(TinyExaoneError, match=r"no such model in the Hugging Face cache .*hub.*never downloads"):
+    clean_env.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TinyExaoneError, match=r"not complete in the Hugging Face cache .*hub, and HF_HUB_OFFLINE"):
         resolve_model(REPO)
     (tmp_path / "hub" / "models--LGAI-EXAONE--tiny-test" / "snapshots" / "x").mkdir(parents=True)
-    with pytest.raises(TinyExaoneError, match="holds no complete snapshot"):
+    with pytest.raises(TinyExaoneError, match=r"not complete in the Hugging Face cache .*tinyexaone pull"):
         resolve_model(REPO)
 
 

@@ -1,17 +1,22 @@
 """Opening a model: the one loader, for every kind of model file.
 
 `load(path) -> ChatModel` and `open_model(path) -> (Model, tokenizer_loader)`. A path is a
-Hugging Face model directory (config.json plus model.safetensors or its shards) or a compact
-file written by `tinyexaone quantize`. Each kind is a source with a config and two ways to turn
-a `TensorSpec` of the tensor table (tensors.py) into a weight: a matrix (`MatrixWeight`) or a
-norm vector. `build_weights` asks the source for every tensor of the table, so both kinds fill
-`ModelWeights` the same way. Every header is read and validated once, before any weight byte is
-read: the directory's safetensors headers are checked against the table, the compact header
-against the table and its own checksums (compact.py). Matrices stay in the file's memory map:
-F32 as zero-copy float32 views, BF16 as `Bf16Weight` over the mapped bits, F16 widened up
-front, compact arrays as `QuantizedWeight` views. The tokenizer comes from the directory's
-files or the compact file's embedded texts, built on first use. A wrong or damaged model fails
-fast with one `TinyExaoneError` line naming the problem.
+Hugging Face model directory (config.json plus model.safetensors or its shards), a compact file
+written by `tinyexaone quantize`, or a GGUF file of architecture exaone4 (gguf_source.py); a
+name that is no existing path but reads as a Hub reference (`ORG/NAME[:TAG][@REVISION]`, or with
+`revision=`) is taken from the Hugging Face cache, or downloaded into it (hub.py). Each kind is a
+source with a config and two ways to turn a `TensorSpec` of the tensor table (tensors.py) into a
+weight: a matrix (`MatrixWeight`) or a norm vector. `build_weights` asks the source for every
+tensor of the table, so every kind fills `ModelWeights` the same way. Every header is read and
+validated once, before any weight byte is read: the directory's safetensors headers are checked
+against the table, the compact header against the table and its own checksums (compact.py), the
+GGUF header with every size bounded (gguf_file.py). Matrices stay in the file's memory map where
+their layout allows: F32 as zero-copy float32 views, BF16 as `Bf16Weight` over the mapped bits,
+F16 widened up front, compact arrays as `QuantizedWeight` views; a GGUF's quantized tensors are
+moved into our layout in memory (gguf_source.py says how, and logs what it requantized). The
+tokenizer comes from the directory's files, the compact file's embedded texts or the GGUF
+metadata, built on first use. A wrong or damaged model fails fast with one `TinyExaoneError`
+line naming the problem.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .checkpoint import check_tensors, open_checkpoint
 from .compact import QUANTIZED_SCHEMES, CompactFile, open_compact
 from .config import Exaone4Config, load_config
 from .errors import TinyExaoneError
+from .gguf_source import GgufSource
 from .model import Model
 from .quantized import QuantizedWeight, from_version_1
 from .safetensors_file import fail
@@ -100,7 +106,7 @@ class CompactSource:
         return lambda: tokenizer_from_files(files, f"{self.compact.path} (embedded files)")
 
 
-def open_source(path) -> DirectorySource | CompactSource:
+def open_source(path) -> DirectorySource | CompactSource | GgufSource:
     path = Path(path)
     if not path.exists():
         raise TinyExaoneError(f"{path}: no such file or directory")
@@ -114,8 +120,6 @@ def open_source(path) -> DirectorySource | CompactSource:
     except OSError as exc:
         raise TinyExaoneError(f"{path}: cannot read ({exc.strerror})") from None
     if start[:4] == GGUF_MAGIC:
-        from .gguf_source import GgufSource  # imports gguf-py only when a GGUF file is opened
-
         return GgufSource(path)
     if start[8:9] != b"{":  # a safetensors header's JSON begins right after its 8-byte length
         raise TinyExaoneError(f"{path}: not a model (neither a tinyexaone compact file nor a Hugging Face model "
@@ -123,18 +127,31 @@ def open_source(path) -> DirectorySource | CompactSource:
     return CompactSource(path)
 
 
-def open_model(path) -> tuple[Model, object]:
+def model_path(spec, revision: str | None = None) -> Path:
+    """The local path of `spec`: itself when it exists (or is no Hub reference), else the cached
+    or downloaded model the reference names (hub.py)."""
+    path = Path(spec)
+    if path.exists() or not isinstance(spec, str):
+        return path
+    from . import hub
+
+    reference = hub.parse_reference(spec, revision)
+    return hub.resolve(reference).path if reference is not None else path
+
+
+def open_model(path, revision: str | None = None) -> tuple[Model, object]:
     """(Model, tokenizer_loader) for the model at `path`; tokenizer_loader() builds its tokenizer,
     and is None when the model has none."""
-    source = open_source(path)
+    source = open_source(model_path(path, revision))
     weights = build_weights(source.config, source.matrix, source.norm)
     weights.mapped_files = source.mapped_files()  # made while the weights were built
-    if hasattr(source, "report_requantized"):
+    if isinstance(source, GgufSource):
         source.report_requantized()
     return Model(source.config, weights), source.tokenizer_loader()
 
 
-def load(path) -> ChatModel:
-    """Load an EXAONE 4 model from a Hugging Face model directory or a compact file."""
-    model, tokenizer_loader = open_model(path)
+def load(path, revision: str | None = None) -> ChatModel:
+    """Load an EXAONE 4 model from a Hugging Face model directory, a compact file, a GGUF file or
+    a Hub reference (`revision`: its branch, tag or commit)."""
+    model, tokenizer_loader = open_model(path, revision)
     return ChatModel(model, tokenizer_loader=tokenizer_loader)
