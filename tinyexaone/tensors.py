@@ -6,7 +6,8 @@ each as a `TensorSpec`: its Hugging Face name, shape ([out, in] for matrices), w
 matrix or a norm vector, and the `LayerWeights` / `ModelWeights` field it becomes. Every
 source (Hugging Face directory, compact file) and every writer (quantizer, synthetic
 generators) takes names and shapes from here, and `build_weights` fills `ModelWeights` from
-any source through two callables, so no other module spells a tensor name.
+any source through two callables, so no other module spells a tensor name (a GGUF file's names
+are these mapped by gguf-py's own name map, in gguf_source.gguf_names).
 `check_tensor_shapes` names the first missing, misshaped or unexpected tensor.
 """
 
