@@ -109,5 +109,8 @@ def test_command_line(demo, tmp_path):
     assert again.returncode == 2 and b"already exists" in again.stderr
     same = cli("quantize", path, path, "--force", cwd=tmp_path)
     assert same.returncode == 2 and b"is the source GGUF file" in same.stderr
-    generated = cli("generate", "--model", tmp_path / "m.tx", "--prompt", "Hello", "--max-tokens", "3", cwd=tmp_path)
-    assert generated.returncode == 0, generated.stderr
+    greedy = ["--prompt", "Hello", "--max-tokens", "4", "--temperature", "0"]
+    from_compact = cli("generate", "--model", tmp_path / "m.tx", *greedy, cwd=tmp_path)
+    from_gguf = cli("generate", "--model", path, *greedy, cwd=tmp_path)
+    assert from_compact.returncode == from_gguf.returncode == 0, from_gguf.stderr
+    assert from_compact.stdout == from_gguf.stdout and from_gguf.stdout.strip()  # the same model, greedy

@@ -69,8 +69,10 @@ logger = logging.getLogger("tinyexaone")
 def is_gguf(path) -> bool:
     """Whether `path` is a regular file that starts with the GGUF magic."""
     try:
+        if not Path(path).is_file():  # never opened otherwise: a FIFO would block
+            return False
         with open(path, "rb") as f:
-            return Path(path).is_file() and f.read(4) == b"GGUF"
+            return f.read(4) == b"GGUF"
     except OSError:
         return False
 
@@ -344,7 +346,10 @@ class GgufSource:
         if kind in EXACT:
             bits, arrays = exact_arrays(tensor)
             return QuantizedWeight.from_arrays(bits, GROUP, spec.shape, arrays)
-        weight, error = requantize(tensor, REQUANTIZE_BITS, GROUP)
+        try:
+            weight, error = requantize(tensor, REQUANTIZE_BITS, GROUP)
+        except TinyExaoneError as exc:
+            fail(self.path, str(exc))
         self.requantized[tensor.name] = error
         return weight
 

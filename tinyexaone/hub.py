@@ -23,6 +23,7 @@ cached, disk full) is one `TinyExaoneError` line saying what is missing and how 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -42,6 +43,7 @@ WEIGHTS = "model.safetensors"
 GGUF_PREFERENCE = ("Q8_0", "Q4_0", "Q4_K_M")
 SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$")
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def _hub_error(exc: Exception, reference: HubReference, what: str) -> TinyExaone
     if isinstance(exc, errors.HfHubHTTPError):
         status = exc.response.status_code if getattr(exc, "response", None) is not None else "an error"
         return TinyExaoneError(f"{repo}: {where} answered {status} while {what}")
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
         return TinyExaoneError(f"{repo}: cannot write to the Hugging Face cache {hub_cache_dir()} while {what} "
                                f"({exc.strerror})")
     reason = " ".join(str(exc).split())[:160] or type(exc).__name__
