@@ -4,7 +4,9 @@ For a Hugging Face model directory: the config summary (sizes, layer kinds, RoPE
 the tensor count and the checkpoint size, after validating every tensor against the config.
 For a compact file: the same config summary, the compact format version, the quantization
 scheme, the tensor count, the file size and the embedded tokenizer files, after validating the
-whole header (checksum included). Reads no weight data, except with `--verify`, which checks a
+whole header (checksum included). For a GGUF file: the config summary read from its metadata,
+the tensor types (and which the loader copies exactly or requantizes), the parameter count,
+the file size and whether it carries a tokenizer and chat template. Reads no weight data, except with `--verify`, which checks a
 compact file's data against its SHA-256 (and names the damaged tensor on a mismatch).
 """
 
@@ -20,9 +22,10 @@ from tinyexaone.checkpoint import check_tensors, open_checkpoint
 from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.config import Exaone4Config, load_config
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.gguf_source import EXACT, GgufSource, is_gguf
 from tinyexaone.integer_dot import kernel_paths
 from tinyexaone.safetensors_file import DTYPES
-from tinyexaone.tensors import EMBEDDING
+from tinyexaone.tensors import EMBEDDING, model_tensors
 
 
 def _describe_config(config: Exaone4Config) -> None:
@@ -87,14 +90,37 @@ def _describe_compact(path: Path, verify: bool) -> None:
         click.echo(f"verified    data SHA-256 {digest[:16]}... matches")
 
 
+def _describe_gguf(path: Path) -> None:
+    source = GgufSource(path)
+    tensors = list(source.gguf.tensors.values())
+    kinds = Counter(t.tensor_type.name for t in tensors)
+    params = sum(math.prod(int(d) for d in t.shape) for t in tensors)
+    matrix_kinds = {source.tensor(spec).tensor_type for spec in model_tensors(source.config).values() if spec.is_matrix}
+    exact = sorted(k.name for k in matrix_kinds if k in EXACT)
+    other = sorted(k.name for k in matrix_kinds if k not in EXACT and k.name not in ("F32", "F16", "BF16"))
+    click.echo(f"model       {path}  (GGUF, architecture exaone4)")
+    _describe_config(source.config)
+    click.echo(f"tensors     {len(tensors)} ({', '.join(f'{n} {k}' for k, n in kinds.items())}), {params:,} parameters")
+    loads = [f"{', '.join(exact)} as int8/int4 g32 bit for bit"] if exact else []
+    loads += [f"{', '.join(other)} requantized to int8 g32"] if other else []
+    click.echo(f"loads       {'; '.join(loads) if loads else 'as float weights'}")
+    click.echo(f"file        {path.stat().st_size / 2**20:,.1f} MiB ({path.stat().st_size:,} bytes)")
+    click.echo(f"tokenizer   {'embedded' if source.has_tokenizer else 'none'}, chat template "
+               f"{'embedded' if source.gguf.has('tokenizer.chat_template') else 'none'}")
+
+
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--verify", is_flag=True, help="Check a compact file's data checksum (reads the whole file).")
 def info(path: Path, verify: bool):
-    """Describe the model at PATH (a Hugging Face model directory or a compact file)."""
+    """Describe the model at PATH (a Hugging Face model directory, a compact file or a GGUF file)."""
     if not path.exists():
         raise TinyExaoneError(f"{path}: no such file or directory")
-    if path.is_file():
+    if path.is_file() and is_gguf(path):
+        _describe_gguf(path)
+        if verify:
+            click.echo("verified    nothing: a GGUF file carries no checksums")
+    elif path.is_file():
         _describe_compact(path, verify)
     else:
         _describe_directory(path)
