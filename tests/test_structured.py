@@ -316,3 +316,15 @@ def test_a_grammar_that_rejects_every_token_is_an_error_not_a_hang(demo):
 
 def test_option_parsers_return_none_for_plain_text():
     assert grammar_option(None) is None and response_format_option({"type": "text"}) is None
+
+
+def test_without_llguidance_the_error_names_the_extra_and_tools_still_work(exaone, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "llguidance", None)  # import llguidance now fails
+    model = scripted_model(exaone, scripted(exaone, "Hi there.", after="\n</think>\n\n"))
+    for options in (dict(response_format={"type": "json_object"}), dict(grammar="start: /a/"),
+                    dict(tools=TOOLS, tool_choice="required")):
+        with pytest.raises(TinyExaoneError, match=re.escape("pip install 'tinyexaone[grammar]'")):
+            model.chat([{"role": "user", "content": "hi"}], **options)
+    for choice in ("auto", "none"):  # unconstrained calls, and the <tool_call> ban, need no llguidance
+        reply = model.chat([{"role": "user", "content": "hi"}], tools=TOOLS, tool_choice=choice, temperature=0)
+        assert reply.message["content"] == "Hi there."
