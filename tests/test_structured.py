@@ -328,3 +328,17 @@ def test_without_llguidance_the_error_names_the_extra_and_tools_still_work(exaon
     for choice in ("auto", "none"):  # unconstrained calls, and the <tool_call> ban, need no llguidance
         reply = model.chat([{"role": "user", "content": "hi"}], tools=TOOLS, tool_choice=choice, temperature=0)
         assert reply.message["content"] == "Hi there."
+
+
+def test_the_forced_call_format_is_what_the_template_writes(exaone):
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "서울", "unit": "celsius"}}},
+             {"type": "function", "function": {"name": "multiply", "arguments": {"a": 6, "b": 7}}}]
+    rendered = exaone.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "",
+                                           "tool_calls": calls}], tools=TOOLS, add_generation_prompt=False)
+    reply = rendered[rendered.rindex("[|assistant|]"):]  # (the system turn shows the format with placeholders)
+    written = reply[reply.index("<tool_call>"): reply.rindex("</tool_call>") + len("</tool_call>")]
+    constraint = Constraint(exaone, tool_call_grammar(exaone, tool_parameters(TOOLS)))
+    assert constraint.consume_text(written)  # byte for byte the template's calls, and nothing else
+    assert exaone.added_tokens["[|endofturn|]"] in allowed_ids(constraint, exaone.vocab_size)
+    assert not Constraint(exaone, tool_call_grammar(exaone, tool_parameters(TOOLS))).consume_text(
+        written.replace('", "arguments"', '","arguments"'))
