@@ -491,3 +491,15 @@ def test_tool_choice_required_and_named(client):
     none = client.chat.completions.create(model=MODEL_ID, messages=ask("What is 318 + 527?"), tools=TOOLS,
                                           temperature=0, tool_choice="none")
     assert not none.choices[0].message.tool_calls and none.choices[0].finish_reason != "tool_calls"
+
+
+def test_completions_with_response_format_and_a_gbnf_grammar(client, server):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    reply = client.completions.create(model=MODEL_ID, prompt="Trip plan as JSON: ", max_tokens=60, temperature=0,
+                                      extra_body={"response_format": {"type": "json_schema",
+                                                                      "json_schema": {"name": "t", "schema": SCHEMA}}})
+    jsonschema.validate(json.loads(reply.choices[0].text), SCHEMA)
+    status, body = raw_request(server, "POST", "/v1/chat/completions", {
+        "messages": ask("Answer yes or no."), "grammar": 'root ::= "yes" | "no"', "temperature": 0})
+    assert status == 200 and body["choices"][0]["message"]["content"] in ("yes", "no")

@@ -130,10 +130,11 @@ class Engine:
 
     def _options(self, request, enable_thinking: bool) -> object:
         extra = {}
-        if request.response_format is not None:
-            extra["response_format"] = request.response_format
-        if isinstance(request, ChatRequest) and request.tools and request.tool_choice != "auto":
-            extra["tool_choice"] = request.tool_choice
+        if isinstance(request, ChatRequest):
+            if request.response_format is not None:
+                extra["response_format"] = request.response_format
+            if request.tools and request.tool_choice != "auto":
+                extra["tool_choice"] = request.tool_choice
         options = {"max_new_tokens": self.context_size, **request.options, **extra}
         return make_options(enable_thinking, context_size=self.context_size, cache_type=self.cache_type, **options)
 

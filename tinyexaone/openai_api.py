@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 REASONING_FORMATS = ("reasoning_content", "reasoning", "none")
 HARMLESS_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prediction",
@@ -30,10 +30,10 @@ SAMPLING_FIELDS = ("temperature", "top_p", "min_p", "top_k", "presence_penalty",
 CHAT_FIELDS = frozenset(SAMPLING_FIELDS) | {
     "model", "messages", "tools", "tool_choice", "max_tokens", "max_completion_tokens", "stop", "stream",
     "stream_options", "logprobs", "top_logprobs", "response_format", "chat_template_kwargs", "reasoning_effort",
-    "reasoning_budget", "n"}
+    "reasoning_budget", "n", "grammar"}
 COMPLETION_FIELDS = frozenset(SAMPLING_FIELDS) | {
     "model", "prompt", "max_tokens", "stop", "stream", "stream_options", "logprobs", "n", "echo", "best_of",
-    "suffix", "response_format"}
+    "suffix", "response_format", "grammar"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 16
 
@@ -71,12 +71,10 @@ class ChatRequest:
 @dataclass
 class CompletionRequest:
     prompt: object  # str or list of token ids
-    options: dict
-    response_format: dict | None
+    options: dict  # a response_format or grammar is already in it, as the `grammar` option
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # the legacy API's count of alternatives
-    extra: dict = field(default_factory=dict)
 
 
 def _object(body) -> dict:
@@ -163,6 +161,27 @@ def _response_format(body: dict) -> dict | None:
         raise ApiError(400, "response_format must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}",
                        param="response_format")
     return None if value["type"] == "text" else value
+
+
+def _grammar(body: dict, options: dict) -> None:
+    """llama-server's `grammar` field: GBNF text, constraining the whole output."""
+    grammar = _typed(body, "grammar", (str,), "GBNF grammar text")
+    if grammar:
+        options["grammar"] = {"gbnf": grammar}
+
+
+def _completion_format(response_format: dict | None, options: dict) -> None:
+    """response_format of a raw completion, as the grammar of the whole continuation."""
+    if response_format is None:
+        return
+    if response_format["type"] == "json_object":
+        options["grammar"] = {"json_schema": {"type": "object"}}
+        return
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or "schema" not in spec:
+        raise ApiError(400, 'response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}',
+                       param="response_format")
+    options["grammar"] = {"json_schema": spec["schema"]}
 
 
 def _content_text(content, where: str):
@@ -272,6 +291,7 @@ def parse_chat_request(body, model_id: str) -> ChatRequest:
     budget = _typed(body, "reasoning_budget", (int,), "a non-negative integer")
     if budget is not None and budget >= 0:  # llama-server: -1 means no budget
         options["reasoning_budget"] = budget
+    _grammar(body, options)
     return ChatRequest(messages, tools, tool_choice, thinking, template_kwargs, options, _response_format(body),
                        stream, include_usage, logprobs)
 
@@ -304,7 +324,9 @@ def parse_completion_request(body, model_id: str) -> CompletionRequest:
         options["stop"] = stop
     if logprobs is not None:
         options["logprobs"] = logprobs
-    return CompletionRequest(prompt, options, _response_format(body), stream, include_usage, logprobs)
+    _grammar(body, options)
+    _completion_format(_response_format(body), options)
+    return CompletionRequest(prompt, options, stream, include_usage, logprobs)
 
 
 # --- responses ----------------------------------------------------------------------------------------
