@@ -3,7 +3,9 @@
 A thin click wrapper around `tinyexaone.quant.convert.convert` (Hugging Face directories) and
 `tinyexaone.quant.gguf_convert.convert_gguf` (GGUF files: Q8_0 / Q4_0 tensors keep their codes,
 other quantized types are requantized, each part keeping the file's precision unless its flag is
-given); both stream, write under a temporary name and rename only when complete. Prints a progress
+given); both stream, write under a temporary name and rename only when complete. For a Hugging
+Face directory `--recipe` (mixed by default) and `--calibration FILE` choose the int4 recipe and
+the activation weighting of the scale fit (convert.py); a GGUF source takes neither. Prints a progress
 bar over tensors on stderr, then the file size, bits per weight, the worst per-tensor relative
 error (for a GGUF: the error added to the file's own weights, and how many matrices were copied
 exactly) and the time. An existing OUT without `--force`, or a SRC that is not a model, is a
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from tinyexaone.errors import TinyExaoneError
 from tinyexaone.gguf_source import is_gguf
 from tinyexaone.quant.convert import convert
 from tinyexaone.quant.gguf_convert import convert_gguf
@@ -34,17 +37,27 @@ DEFAULTS = {"bits": 4, "group_size": 32, "embedding_bits": 8}  # for a Hugging F
               help="Weights sharing one scale [default: 32].")
 @click.option("--embedding-bits", type=click.Choice(["8", "4"]), default=None,
               help="Bits of the embedding (also the output head) and of an untied lm_head [default: 8; a GGUF's own].")
+@click.option("--recipe", type=click.Choice(["mixed", "uniform"]), default="mixed", show_default=True,
+              help="int4 only. mixed: the first two layers' attention in int8, the MLP in groups of 64 "
+                   "(docs/quantization.md); uniform: every layer matrix at --bits and --group-size.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="UTF-8 text whose activations weight each input column's error in the scale fit "
+                   "(Hugging Face sources; the first 4,096 tokens).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def quantize(src: Path, out: Path, bits: str | None, group_size: str | None, embedding_bits: str | None, force: bool):
+def quantize(src: Path, out: Path, bits: str | None, group_size: str | None, embedding_bits: str | None,
+             recipe: str, calibration: Path | None, force: bool):
     """Quantize the Hugging Face model directory or GGUF file SRC into the compact file OUT."""
     given = {name: int(value) for name, value in
              (("bits", bits), ("group_size", group_size), ("embedding_bits", embedding_bits)) if value is not None}
     from_gguf = is_gguf(src)
     try:
         if from_gguf:
+            if calibration is not None:
+                raise TinyExaoneError("--calibration needs a Hugging Face model directory, not a GGUF file")
             report = convert_gguf(src, out, force=force, **given)
         else:
-            report = convert(src, out, force=force, **{**DEFAULTS, **given})
+            report = convert(src, out, force=force, mixed=recipe == "mixed", calibration=calibration,
+                             **{**DEFAULTS, **given})
     except Terminated:
         click.echo("terminated; no output written", err=True)
         raise

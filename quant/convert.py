@@ -1,12 +1,16 @@
 """Streaming conversion of a Hugging Face EXAONE 4 checkpoint into one compact file.
 
-`convert(src, out, bits=, group_size=, embedding_bits=, force=)` validates SRC like the loader
-does (config, every tensor's name, dtype and shape), then quantizes one tensor at a time: the
-matrices to int`bits` with `group_size` (the embedding, and an untied lm_head, to
-int`embedding_bits`, with group 128 when that is int8), the norms kept float32; a tied head is stored once, as the embedding. Each matrix
-is read from the source file in row slices of about `SLICE_ELEMENTS` weights and quantized
-slice by slice (the group-wise layout stacks rows, so the slices' arrays are written one after
-another), so peak memory stays near one slice plus one quantized tensor, never the model.
+`convert(src, out, bits=, group_size=, embedding_bits=, mixed=, calibration=, force=)` validates
+SRC like the loader does (config, every tensor's name, dtype and shape), then quantizes one tensor
+at a time: the matrices to int`bits` with `group_size` (the embedding, and an untied lm_head, to
+int`embedding_bits`, with group 128 when that is int8), the norms kept float32; a tied head is
+stored once, as the embedding. With `mixed` (int4 only; the command line's default) the layer
+matrices follow the mixed recipe below instead of one scheme. With `calibration` (a UTF-8 text
+file) each matrix's scale fit weights its input columns by their activations' mean square
+(calibration.py). Each matrix is read from the source file in row slices of about
+`SLICE_ELEMENTS` weights and quantized slice by slice (the group-wise layout stacks rows, so the
+slices' arrays are written one after another), so peak memory stays near one slice plus one
+quantized tensor, never the model.
 
 The output is written to a hidden temporary file in OUT's directory (`.<name>.<random>.tmp`),
 flushed to disk and renamed to OUT only when complete. Any exception, Ctrl-C (SIGINT) or SIGTERM
@@ -41,7 +45,9 @@ from tinyexaone.safetensors_file import DTYPES, TensorEntry, widen_bf16
 from tinyexaone.signals import sigterm_raises
 from tinyexaone.tensors import EMBEDDING, LM_HEAD, model_tensors
 
-SLICE_ELEMENTS = 1 << 22  # weights per quantized row slice (quantize works in float64: ~32 MB)
+from .calibration import column_importance
+
+SLICE_ELEMENTS = 1 << 22  # weights per quantized row slice (~16 MB of float32)
 HEAD_NAMES = (EMBEDDING, LM_HEAD)
 
 
@@ -88,8 +94,10 @@ def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
     return widen_bf16(raw) if entry.dtype == "BF16" else raw.astype(np.float32)
 
 
-def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[dict[str, list[np.ndarray]], float]:
-    """The stored arrays of `entry`, as row-slice parts per array name, and its relative error."""
+def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int,
+                     weights: np.ndarray | None = None) -> tuple[dict[str, list[np.ndarray]], float]:
+    """The stored arrays of `entry`, as row-slice parts per array name, and its relative error;
+    `weights` [in] weight each input column's error in the scale fit (calibration)."""
     out_dim, in_dim = entry.shape
     rows_per_slice = max(1, SLICE_ELEMENTS // in_dim // ROWS) * ROWS  # whole row groups: slices stack
     parts: dict[str, list[np.ndarray]] = {}
@@ -98,7 +106,7 @@ def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int) -> tuple[di
         rows = min(rows_per_slice, out_dim - first)
         w = _read_float32(entry, first * in_dim, rows * in_dim).reshape(rows, in_dim)  # [rows, in]
         try:
-            qw = quantize(w, bits, group_size)
+            qw = quantize(w, bits, group_size, weights)
         except TinyExaoneError as exc:
             raise TinyExaoneError(f"tensor '{entry.name}': {exc}") from None
         diff = qw.dequantize() - w  # [rows, in]
@@ -116,22 +124,46 @@ def embedding_group_for(embedding_bits: int, group_size: int) -> int:
     return 128 if embedding_bits == 8 else group_size
 
 
-def _plan(config, bits: int, group_size: int, embedding_bits: int) -> dict[str, tuple[int, int] | None]:
-    """Model tensor -> (bits, group size), or None when kept float32; checks every matrix fits its group."""
+# The mixed int4 recipe (`mixed=True`, the command line's default), measured in docs/quantization.md:
+# the attention of the first two layers in int8, the MLP's gate/up (and down after layer 1) in
+# groups of 64 to pay for it; everything else as uniform int4.
+INT8_ATTENTION_LAYERS = 2
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+COARSE_FROM_LAYER = {"gate_proj": 0, "up_proj": 0, "down_proj": 2}  # matrix: first layer in coarse groups
+COARSE_GROUP = 64
+
+
+def _mixed_scheme(spec, group_size: int) -> tuple[int, int]:
+    """(bits, group size) of a layer matrix in the mixed int4 recipe."""
+    if spec.layer < INT8_ATTENTION_LAYERS and spec.field in ATTENTION:
+        return 8, 128
+    if spec.layer >= COARSE_FROM_LAYER.get(spec.field, spec.layer + 1):
+        return 4, max(group_size, COARSE_GROUP)
+    return 4, group_size
+
+
+def _plan(config, bits: int, group_size: int, embedding_bits: int,
+          mixed: bool = False) -> dict[str, tuple[int, int] | None]:
+    """Model tensor -> (bits, group size), or None when kept float32; checks every matrix fits its
+    group. `mixed` (int4 only) applies the mixed recipe to the layer matrices."""
     plan = {}
     for name, spec in model_tensors(config).items():
         shape = spec.shape
         if not spec.is_matrix:
             plan[name] = None
             continue
-        head = name in HEAD_NAMES
-        group = embedding_group_for(embedding_bits, group_size) if head else group_size
-        if head and shape[1] % group:
-            group = group_size  # a hidden size that 128 does not divide
-        plan[name] = (embedding_bits if head else bits, group)
-        if shape[1] % group:
+        if name in HEAD_NAMES:
+            scheme = (embedding_bits, embedding_group_for(embedding_bits, group_size))
+        elif mixed and bits == 4:
+            scheme = _mixed_scheme(spec, group_size)
+        else:
+            scheme = (bits, group_size)
+        if shape[1] % scheme[1]:
+            scheme = (scheme[0], group_size)  # an input size that the larger group does not divide
+        plan[name] = scheme
+        if shape[1] % group_size:
             raise TinyExaoneError(
-                f"tensor '{name}' has {shape[1]} input columns, not a multiple of the group size {group}"
+                f"tensor '{name}' has {shape[1]} input columns, not a multiple of the group size {group_size}"
                 f" (choose a group size that divides it)"
             )
     return plan
@@ -192,8 +224,8 @@ def _check_paths(src: Path, out: Path, force: bool) -> None:
         raise TinyExaoneError(f"{out.parent}: no such directory for OUT")
 
 
-def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: int = 8, force: bool = False,
-            show_progress: bool = True) -> ConversionReport:
+def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: int = 8, mixed: bool = False,
+            calibration=None, force: bool = False, show_progress: bool = True) -> ConversionReport:
     """Quantize the model directory `src` into the compact file `out`; see the module docstring."""
     started = time.monotonic()
     src, out = Path(src), Path(out)
@@ -203,7 +235,8 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     config = load_config(src)
     checkpoint = open_checkpoint(src)
     check_tensors(config, checkpoint)
-    plan = _plan(config, bits, group_size, embedding_bits)
+    plan = _plan(config, bits, group_size, embedding_bits, mixed)
+    importance = column_importance(src, calibration) if calibration is not None else {}
     shapes = {name: spec.shape for name, spec in model_tensors(config).items()}
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = _embedded_texts(src)
@@ -212,7 +245,7 @@ def convert(src, out, *, bits: int = 4, group_size: int = 32, embedding_bits: in
     order = sorted(plan, key=lambda name: (str(checkpoint.entries[name].file), checkpoint.entries[name].start))
 
     def write_tensor(writer: CompactWriter, name: str, report: ConversionReport) -> None:
-        _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report)
+        _convert_tensor(writer, checkpoint.entries[name], plan[name], quantization, report, importance.get(name))
 
     return write_compact(out, metadata, quantization, order, write_tensor, started, show_progress)
 
@@ -258,14 +291,14 @@ def write_compact(out: Path, metadata: dict[str, str], quantization: dict, order
 
 
 def _convert_tensor(writer: CompactWriter, entry: TensorEntry, scheme: tuple[int, int] | None, quantization: dict,
-                    report: ConversionReport) -> None:
+                    report: ConversionReport, weights: np.ndarray | None = None) -> None:
     spec = quantization["tensors"][entry.name]
     params = math.prod(entry.shape)
     report.total_params += params
     if scheme is None:
         writer.add(spec["arrays"]["weight"], _read_float32(entry, 0, params).reshape(entry.shape))
         return
-    parts, relative = _quantize_matrix(entry, *scheme)
+    parts, relative = _quantize_matrix(entry, *scheme, weights)
     if set(parts) != set(spec["arrays"]):
         raise RuntimeError(f"quantize() returned arrays {sorted(parts)}, expected {sorted(spec['arrays'])}")
     for key, slices in parts.items():

@@ -283,3 +283,132 @@ def test_force_never_overwrites_a_source_file(synthetic_src, tmp_path, capsys, h
     code, _, err = run_cli(capsys, "quantize", src, out, "--force")
     assert code == 2 and "is one of the source model's files" in err and err.count("\n") == 1
     assert (src / victim).read_bytes() == before
+
+
+# --- the mixed int4 recipe and calibration --------------------------------------------------------------------
+
+DEMO = ROOT / "models" / "exaone4-demo"
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def mixed_rule(name: str) -> tuple[str, int]:
+    """The mixed recipe as docs/quantization.md states it, for a model of input sizes 128/256."""
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return "int8", 128
+    layer, kind = int(name.split(".")[2]), name.split(".")[-2]
+    if layer < 2 and kind in ATTENTION:
+        return "int8", 128
+    if kind in ("gate_proj", "up_proj") or (kind == "down_proj" and layer >= 2):
+        return "int4", 64
+    return "int4", 32
+
+
+def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
+    src = synthetic.write_synthetic_checkpoint(tmp_path / "src", dict(SYNTHETIC, num_hidden_layers=3,
+                                                                     layer_types=["full_attention"] * 3), seed=5)
+    for args, mixed in (((), True), (("--recipe", "uniform"), False)):
+        out = tmp_path / f"{mixed}.tx"
+        code, _, _ = run_cli(capsys, "quantize", src, out, *args)
+        assert code == 0
+        quant = open_compact(out).quantization
+        for name, spec in quant["tensors"].items():
+            if spec["scheme"] != "float32":
+                head = name in ("model.embed_tokens.weight", "lm_head.weight")
+                expected = mixed_rule(name) if mixed or head else ("int4", 32)
+                assert (spec["scheme"], spec["group_size"]) == expected, name
+    # the API keeps one scheme unless asked
+    whole = convert(src, tmp_path / "api.tx", show_progress=False)
+    assert {s["group_size"] for n, s in open_compact(whole.out).quantization["tensors"].items()
+            if s["scheme"] == "int4"} == {32}
+
+
+def test_mixed_recipe_falls_back_to_the_group_size_where_a_larger_group_does_not_divide(tmp_path):
+    """The demo model's hidden size 192: int8 g128 becomes int8 g32 for the first layers' attention."""
+    report = convert(DEMO, tmp_path / "demo.tx", mixed=True, show_progress=False)
+    tensors = open_compact(report.out).quantization["tensors"]
+    assert (tensors["model.layers.0.self_attn.q_proj.weight"]["scheme"],
+            tensors["model.layers.0.self_attn.q_proj.weight"]["group_size"]) == ("int8", 32)
+    assert tensors["model.layers.3.mlp.gate_proj.weight"]["group_size"] == 64  # 192 = 3 x 64
+
+
+def test_calibration_weights_are_the_mean_square_of_each_input_column(tmp_path):
+    """Layer 0's q/k/v read the embedding rows themselves (EXAONE 4 has no norm before attention), so
+    their importance is the mean square of the text's embedding rows; the file then holds exactly
+    what quantize() with those column weights produces."""
+    from tinyexaone.checkpoint import open_checkpoint
+    from tinyexaone.quant.calibration import CALIBRATION_TOKENS, column_importance
+    from tinyexaone.quantized import quantize
+
+    text = tmp_path / "calibration.txt"
+    text.write_text("What is 12 + 30? 12 + 30 = 42. 안녕하세요! ¿Cuánto es 7 + 8?\n" * 20, encoding="utf-8")
+    importance = column_importance(DEMO, text)
+    ids = tinyexaone.load(DEMO).tokenizer.encode(text.read_text(encoding="utf-8"), add_special_tokens=False)
+    rows = open_checkpoint(DEMO).float32("model.embed_tokens.weight")[ids[:CALIBRATION_TOKENS]]  # [T, hidden]
+    for kind in ("q_proj", "k_proj", "v_proj"):
+        np.testing.assert_allclose(importance[f"model.layers.0.self_attn.{kind}.weight"], (rows * rows).mean(axis=0),
+                                   rtol=1e-5)
+    matrices = {name for name, spec in model_tensors_of(DEMO).items() if spec.is_matrix}
+    assert set(importance) == matrices  # the tied embedding gets the head's input importance
+    assert all(np.isfinite(v).all() and (v >= 0).all() and v.any() for v in importance.values())
+    out = tmp_path / "calibrated.tx"
+    convert(DEMO, out, calibration=text, show_progress=False)
+    name = "model.layers.1.mlp.down_proj.weight"
+    expected = quantize(open_checkpoint(DEMO).float32(name), 4, 32, importance[name])
+    stored = tinyexaone.load(out).model.weights.layers[1].down_proj
+    for key, array in expected.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[key], array)
+    plain = quantize(open_checkpoint(DEMO).float32(name), 4, 32)
+    assert not np.array_equal(plain.arrays["scales"], expected.arrays["scales"])  # the weights changed something
+
+
+def model_tensors_of(directory):
+    from tinyexaone.config import load_config
+    from tinyexaone.tensors import model_tensors
+
+    return model_tensors(load_config(directory))
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "blank", "not_utf8", "directory", "one_token", "too_large",
+                                  "no_tokenizer", "gguf_source"])
+def test_bad_calibration_is_a_one_line_error(tmp_path, capsys, monkeypatch, kind):
+    from tinyexaone.quant import calibration
+
+    src, text = DEMO, tmp_path / "calibration.txt"
+    messages = {"missing": "no such calibration text file", "empty": "calibration text is empty",
+                "blank": "calibration text is empty", "not_utf8": "not UTF-8", "directory": "must be a file",
+                "one_token": "at least 2 are needed", "too_large": "over the 64 accepted",
+                "no_tokenizer": "has no tokenizer.json", "gguf_source": "needs a Hugging Face model directory"}
+    if kind == "empty":
+        text.write_bytes(b"")
+    elif kind == "blank":
+        text.write_text(" \n\t\n")
+    elif kind == "not_utf8":
+        text.write_bytes(b"caf\xe9 au lait")
+    elif kind == "directory":
+        text.mkdir()
+    elif kind == "one_token":
+        text.write_text("7")
+    elif kind == "too_large":
+        monkeypatch.setattr(calibration, "MAX_TEXT_BYTES", 64)
+        text.write_text("x" * 65)
+    elif kind == "no_tokenizer":
+        src = synthetic.write_synthetic_checkpoint(tmp_path / "src", SYNTHETIC, seed=1)
+        text.write_text("some calibration text")
+    elif kind == "gguf_source":
+        src = tmp_path / "model.gguf"
+        src.write_bytes(b"GGUF" + bytes(60))
+        text.write_text("some calibration text")
+    out = tmp_path / "model.tx"
+    code, _, err = run_cli(capsys, "quantize", src, out, "--calibration", text)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and messages[kind] in err, err
+    assert not out.exists() and temp_files(tmp_path) == []
+
+
+def test_quantize_with_calibration_on_the_command_line(tmp_path, capsys):
+    text = tmp_path / "calibration.txt"
+    text.write_text("Hello! What is 3 + 4? 3 + 4 = 7.\n" * 10)
+    out = tmp_path / "model.tx"
+    code, stdout, _ = run_cli(capsys, "quantize", DEMO, out, "--calibration", text)
+    assert code == 0 and "worst relative error" in stdout
+    logits = tinyexaone.load(out).forward([1, 2, 3])
+    assert np.isfinite(logits).all()

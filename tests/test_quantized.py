@@ -1,8 +1,10 @@
-"""The quantizer and QuantizedWeight (quantized.py): error bounds, validation, a quantized model.
+"""The quantizer and QuantizedWeight (quantized.py, scale_fit.py): the scale fit, validation, a quantized model.
 
-The round trip is checked against the scheme's theoretical bound (|w - dequantized| <= |scale|/2
-per group), `from_arrays` against every way stored arrays can be wrong, and a tiny random
-EXAONE model with every matrix quantized against the same model in float32.
+The scale fit (Numba) is held to its plain NumPy statement `fit_scales_numpy` and, from scratch
+here, to the plain absmax rule: its codes are absmax's, its squared error never more (plain and
+column-weighted, fresh seeds, odd sizes); `from_arrays` is checked against every way stored arrays
+can be wrong, and a tiny random EXAONE model with every matrix quantized against the same model in
+float32.
 """
 
 import numpy as np
@@ -12,6 +14,7 @@ from reference_models import LAYOUTS, build_reference_model
 import tinyexaone
 from tinyexaone import TinyExaoneError
 from tinyexaone.quantized import QuantizedWeight, expected_arrays, from_version_1, quantize, unpack_codes, unpack_scales
+from tinyexaone.scale_fit import fit_scales, fit_scales_numpy
 
 SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
 
@@ -21,24 +24,98 @@ def fresh_rng():
     return seed, np.random.default_rng(seed)
 
 
+def absmax_scales_and_codes(matrix, bits, group_size):
+    """The plain absmax rule, written out group by group: the smallest float16 scale, signed towards
+    the wide end, for which every element rounds with error <= |s| / 2; its codes."""
+    qn = 2 ** (bits - 1)
+    rows, cols = matrix.shape
+    scales, codes = np.zeros((rows, cols // group_size)), np.zeros((rows, cols))
+    for n in range(rows):
+        for j in range(cols // group_size):
+            x = matrix[n, j * group_size : (j + 1) * group_size].astype(np.float64)
+            low_end = max(-x.min() / (qn + 0.5), x.max() / (qn - 0.5))  # low towards -qn: s > 0
+            high_end = max(x.max() / (qn + 0.5), -x.min() / (qn - 0.5))  # high towards -qn: s < 0
+            sign, need = (-1, high_end) if high_end < low_end else (1, low_end)
+            s = np.float16(need)
+            while float(s) < need:
+                s = np.nextafter(s, np.float16(np.inf))
+            s = sign * float(s)
+            scales[n, j] = s
+            if s:
+                codes[n, j * group_size : (j + 1) * group_size] = np.clip(np.rint(x / s), -qn, qn - 1)
+    return scales, codes
+
+
+def grouped_error(matrix, scales, codes, group_size, weights=None):
+    """Squared error per group [N, G] of codes * scales against matrix, columns weighted."""
+    weights = np.ones(matrix.shape[1]) if weights is None else weights
+    diff = codes * np.repeat(scales, group_size, axis=1) - matrix.astype(np.float64)
+    return (weights * diff * diff).reshape(matrix.shape[0], -1, group_size).sum(axis=2)
+
+
+def random_matrix(rng, group_size):
+    """Odd row counts, heavy or light tails, a random scale, an all-zero group and mirrored extremes."""
+    shape = (int(rng.integers(1, 40)) * 2 + 1, group_size * int(rng.integers(1, 6)))
+    kind = rng.integers(3)
+    matrix = [rng.standard_normal(shape), rng.standard_t(3, shape), rng.laplace(size=shape)][kind]
+    matrix = (matrix * 10.0 ** rng.uniform(-5, 2)).astype(np.float32)
+    matrix[0, :group_size] = 0.0
+    matrix[1, :group_size] = -matrix[1, :group_size]
+    matrix[1, 1] = -matrix[1, 0]
+    return matrix
+
+
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
-def test_round_trip_error_within_half_a_scale_step(bits, group_size):
+def test_scale_fit_matches_its_numpy_reference(bits, group_size):
     seed, rng = fresh_rng()
-    n_rows, n_cols = int(rng.integers(1, 60)), group_size * int(rng.integers(1, 6))
-    matrix = (rng.standard_normal((n_rows, n_cols)) * rng.uniform(1e-3, 1.0)).astype(np.float32)
-    matrix[0, :group_size] = 0.0  # an all-zero group
-    if n_rows > 1:
-        matrix[1, :group_size] = -matrix[1, :group_size]  # and a group with mirrored extremes
-        matrix[1, 1] = -matrix[1, 0]
-    weight = quantize(matrix, bits, group_size)
-    error = np.abs(weight.dequantize() - matrix).reshape(n_rows, -1, group_size).max(axis=2)  # [N, G]
-    scales = unpack_scales(weight.arrays["scales"], np.arange(n_rows)).astype(np.float32)  # [N, G]
-    half_step = np.abs(scales) / 2
-    # float32 products round by at most an ulp of |w|: allow that beyond the exact bound
-    slack = 2 * np.finfo(np.float32).eps * np.abs(matrix).reshape(n_rows, -1, group_size).max(axis=2)
-    worst = float(np.max(error - half_step - slack))
-    assert worst <= 0, f"seed {seed}: error exceeds |scale|/2 by {worst}"
-    assert not scales[0, 0], f"seed {seed}: an all-zero group needs scale 0"
+    matrix = random_matrix(rng, group_size)
+    for weights in (None, rng.random(matrix.shape[1]) ** 4):
+        scales, codes = fit_scales(matrix, bits, group_size, weights)
+        ref_scales, ref_codes = fit_scales_numpy(matrix, bits, group_size, weights)
+        np.testing.assert_array_equal(codes, ref_codes, err_msg=f"seed {seed}")
+        differ = scales != ref_scales  # only where E(s) and E(s0) tie to rounding (sums in another order)
+        if differ.any():
+            ours = grouped_error(matrix, scales.astype(np.float64), codes, group_size, weights)[differ]
+            ref = grouped_error(matrix, ref_scales.astype(np.float64), codes, group_size, weights)[differ]
+            np.testing.assert_allclose(ours, ref, rtol=1e-9, err_msg=f"seed {seed}")
+        assert differ.mean() < 0.01, f"seed {seed}: {differ.sum()} of {differ.size} scales differ"
+
+
+@pytest.mark.parametrize("bits,group_size", SCHEMES)
+def test_scale_fit_keeps_absmax_codes_and_never_adds_error(bits, group_size):
+    """Against the absmax rule written out here: the same codes, never more squared error per group
+    (plain or column-weighted; float32 rounding of the sums allowed), and an all-zero group has
+    scale 0 and codes 0."""
+    seed, rng = fresh_rng()
+    for _ in range(3):
+        matrix = random_matrix(rng, group_size)
+        absmax_scales, absmax_codes = absmax_scales_and_codes(matrix, bits, group_size)
+        for weights in (None, rng.random(matrix.shape[1]) ** 4):
+            weight = quantize(matrix, bits, group_size, weights)
+            rows = np.arange(matrix.shape[0])
+            codes = unpack_codes(weight.arrays["quants" if bits == 8 else "nibbles"], rows)
+            scales = unpack_scales(weight.arrays["scales"], rows).astype(np.float64)
+            np.testing.assert_array_equal(codes, absmax_codes, err_msg=f"seed {seed}")
+            ours = grouped_error(matrix, scales, codes, group_size, weights)
+            plain = grouped_error(matrix, absmax_scales, absmax_codes, group_size, weights)
+            assert np.all(ours <= plain * (1 + 1e-12)), f"seed {seed}: more error than absmax"
+            assert scales[0, 0] == 0 and not codes[0, :group_size].any()
+
+
+def test_scale_fit_lowers_the_weight_error_of_gaussian_int4():
+    """The least-squares scale of the absmax codes: 0.0850 -> 0.0830 relative error at int4 g32."""
+    matrix = np.random.default_rng(0).standard_normal((512, 2048)).astype(np.float32)
+    absmax_scales, absmax_codes = absmax_scales_and_codes(matrix[:64], 4, 32)
+    plain = np.sqrt(grouped_error(matrix[:64], absmax_scales, absmax_codes, 32).sum() / (matrix[:64].astype(np.float64) ** 2).sum())
+    fitted = np.linalg.norm(quantize(matrix[:64], 4, 32).dequantize() - matrix[:64]) / np.linalg.norm(matrix[:64])
+    assert fitted < plain - 0.001, (fitted, plain)
+
+
+def test_column_weights_are_checked():
+    matrix = np.ones((2, 64), np.float32)
+    for bad in (np.ones(63), np.full(64, -1.0), np.full(64, np.nan)):
+        with pytest.raises(TinyExaoneError, match="column weights must be 64 finite non-negative"):
+            quantize(matrix, 4, 32, bad)
 
 
 @pytest.mark.parametrize("bits,group_size", SCHEMES)
@@ -119,6 +196,8 @@ def test_quantize_rejects_bad_input():
         quantize(np.full((2, 32), np.nan, np.float32), 8, 32)
     with pytest.raises(TinyExaoneError, match="too large for float16"):
         quantize(np.full((2, 32), 1e9, np.float32), 8, 32)
+    with pytest.raises(TinyExaoneError, match="too large for float16"):
+        quantize(np.full((2, 32), 5e5, np.float32), 4, 32)
     with pytest.raises(TinyExaoneError, match="2-D shape"):
         quantize(np.zeros(64, np.float32), 8, 32)
 
@@ -202,12 +281,13 @@ def _cosine(a, b):
 
 # int4 g32 cannot reach the issue's cosine 0.99 on this random model: over 20 input seeds its
 # logits cosine is 0.934-0.960 (affine int4 measured 0.958 on one), because 4-bit codes leave an
-# 8.4% rms weight error that the random 3-layer model amplifies; int8 gives 0.9995-0.9998. The
+# 8.4% rms weight error that the random 3-layer model amplifies; int8 gives 0.9993-0.9996. The
 # argmax agreement is decided by near-ties of random logits: over 20 sequences of 200 it is
-# 93-98.5% (mean 96.4%), so it is measured on 5 fixed sequences of 200 (1000 positions), for
-# prefill (blocked kernel, float32 activations) and for decode (matvec kernels, activations
-# quantized to int8 per 32-element block: measured 95.8% and 95.3%).
-@pytest.mark.parametrize("bits,min_cosine,min_argmax", [(8, 0.999, 0.95), (4, 0.93, None)])
+# 91.5-97% (mean 94.5%, the same with the plain absmax scale as with the fitted one), so it is
+# measured on 5 fixed sequences of 200 (1000 positions), for prefill (blocked kernel) and for
+# decode (matvec kernels), activations quantized to int8 per 32-element block in both: measured
+# 94.0% for prefill (95.3% with the absmax scale: these 1000 positions alone move by a point).
+@pytest.mark.parametrize("bits,min_cosine,min_argmax", [(8, 0.999, 0.92), (4, 0.93, None)])
 def test_quantized_model_logits_close_to_float32(float_model, bits, min_cosine, min_argmax):
     """Cosine of all 200 x vocab logits, embedding/head int8; prefill (blocked kernel) and decode (matvec)."""
     model = _quantized_model(float_model, bits, 32, embedding_bits=8)

@@ -2,16 +2,18 @@
 
 A `QuantizedWeight` stands in for `DenseWeight`: it has `shape` ([out, in]), `matmul(x)`
 (x [T, in] float32 -> x @ W^T [T, out] float32) and `rows(ids)` (dequantized W[ids]).
-`quantize(matrix, bits, group_size)` is the reference quantizer; `from_arrays` rebuilds a weight
-from stored arrays (possibly read-only memory maps, never copied or written) after validating
-them, because the Numba kernels trust their inputs.
+`quantize(matrix, bits, group_size, weights=None)` is the quantizer; `from_arrays` rebuilds a
+weight from stored arrays (possibly read-only memory maps, never copied or written) after
+validating them, because the Numba kernels trust their inputs.
 
 Scheme (both widths): symmetric, one float16 scale per group of `group_size` consecutive input
 elements of a row: w[n, k] ~= q[n, k] * scale[n, k // group_size], with q in [-8, 7] (int4) or
-[-128, 127] (int8). The scale is signed: its sign is chosen so that the row-group's largest-
-magnitude element lands on the wider negative end (-8 / -128), and its magnitude is the smallest
-float16 (rounded away from zero) for which every element of the group quantizes with error at
-most |scale| / 2 (round to nearest, ties to even, then clip). An all-zero group has scale 0.
+[-128, 127] (int8). The codes are the absmax codes: q = clip(rint(w / s0)) (ties to even) for
+the signed absmax scale s0, whose sign puts the group's largest-magnitude element towards the
+wider negative end (-8 / -128) and whose magnitude is the smallest float16 for which every
+element rounds with error at most |s0| / 2; the stored scale is the float16 least-squares scale
+of those codes (weighted per input column by `weights` when given: calibration), or s0 where that
+is not more accurate (scale_fit.py). An all-zero group has scale 0.
 
 Layout (compact format version 2). Let N = out, K = in (a multiple of group_size, itself 32, 64
 or 128), B = K / 32 blocks of 32 consecutive elements per row (element k of a row is element
@@ -53,11 +55,11 @@ import numpy as np
 from . import kernels
 from .integer_dot import ROWS
 from .errors import TinyExaoneError
+from .scale_fit import fit_scales
 
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 8)
-FLOAT16_MAX = 65504.0
 
 
 def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
@@ -88,39 +90,16 @@ def expected_arrays(bits: int, group_size: int, shape, version: int = 2) -> dict
             "scales": (np.dtype(np.float16), (row_groups, n_groups, ROWS))}
 
 
-def _group_scales(groups: np.ndarray, bits: int) -> np.ndarray:
-    """Signed float16 scales [N, G] for groups [N, G, group_size] (float64); see the module doc."""
-    q_neg = 2.0 ** (bits - 1)  # 8 or 128: the wide end of the code range
-    low, high = groups.min(axis=-1), groups.max(axis=-1)  # [N, G]
-    # positive scale: low maps towards -q_neg; negative: high does. Each must keep every w/s in
-    # [-q_neg - 0.5, q_neg - 0.5], the range that rounds-and-clips with error <= |s| / 2.
-    positive = np.maximum(-low / (q_neg + 0.5), high / (q_neg - 0.5))
-    negative = np.maximum(high / (q_neg + 0.5), -low / (q_neg - 0.5))
-    scales = np.where(negative < positive, -negative, positive)
-    if np.abs(scales).max(initial=0.0) > FLOAT16_MAX:
-        raise TinyExaoneError("weights are too large for float16 quantization scales (|w| > 500000)")
-    stored = scales.astype(np.float16)
-    short = np.abs(stored.astype(np.float64)) < np.abs(scales)  # rounded towards zero: widen by one ulp
-    stored[short] = np.nextafter(stored[short], np.copysign(np.float16(np.inf), scales[short]).astype(np.float16))
-    return stored
-
-
-def quantize(matrix: np.ndarray, bits: int, group_size: int) -> "QuantizedWeight":
-    """Quantize a float matrix [out, in] to the symmetric group-wise format (NumPy reference)."""
+def quantize(matrix: np.ndarray, bits: int, group_size: int, weights: np.ndarray | None = None) -> "QuantizedWeight":
+    """Quantize a float matrix [out, in] to the symmetric group-wise format; `weights` [in] (>= 0)
+    weight each input column's squared error in the scale fit (the mean square of its
+    activations, from calibration text)."""
     matrix = np.asarray(matrix)
     out_dim, in_dim = _check_format(bits, group_size, matrix.shape)
     if not np.issubdtype(matrix.dtype, np.floating):
         raise TinyExaoneError(f"can only quantize a float matrix, got {matrix.dtype}")
-    w = matrix.astype(np.float64).reshape(out_dim, in_dim // group_size, group_size)  # [N, G, gs]
-    if not np.isfinite(w).all():
-        raise TinyExaoneError("cannot quantize a matrix with NaN or infinite values")
-    scales = _group_scales(w, bits)  # [N, G] float16
-    s = scales.astype(np.float64)[:, :, None]
-    q_neg = 2 ** (bits - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s != 0, np.rint(w / s), 0.0)
-    q = np.clip(q, -q_neg, q_neg - 1).astype(np.int16).reshape(out_dim, in_dim)  # [N, K]
-    return QuantizedWeight(bits, group_size, (out_dim, in_dim), _pack(q, bits, scales))
+    scales, codes = fit_scales(matrix, bits, group_size, weights)  # [N, G] float16, [N, K] int8
+    return QuantizedWeight(bits, group_size, (out_dim, in_dim), _pack(codes.astype(np.int16), bits, scales))
 
 
 def _pack(q: np.ndarray, bits: int, scales: np.ndarray) -> dict[str, np.ndarray]:
