@@ -38,7 +38,7 @@ DEFAULTS = {"bits": 4, "group_size": 32, "embedding_bits": 8}  # for a Hugging F
 @click.option("--embedding-bits", type=click.Choice(["8", "4"]), default=None,
               help="Bits of the embedding (also the output head) and of an untied lm_head [default: 8; a GGUF's own].")
 @click.option("--recipe", type=click.Choice(["mixed", "uniform"]), default="mixed", show_default=True,
-              help="int4 only. mixed: the first two layers' attention in int8, the MLP in groups of 64 "
+              help="int4 only. mixed: the first three layers' attention in int8, the MLP in groups of 64 "
                    "(docs/quantization.md); uniform: every layer matrix at --bits and --group-size.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="UTF-8 text whose activations weight each input column's error in the scale fit "

@@ -125,9 +125,9 @@ def embedding_group_for(embedding_bits: int, group_size: int) -> int:
 
 
 # The mixed int4 recipe (`mixed=True`, the command line's default), measured in docs/quantization.md:
-# the attention of the first two layers in int8, the MLP's gate/up (and down after layer 1) in
+# the attention of the first three layers in int8, the MLP's gate/up (and down after layer 1) in
 # groups of 64 to pay for it; everything else as uniform int4.
-INT8_ATTENTION_LAYERS = 2
+INT8_ATTENTION_LAYERS = 3
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 COARSE_FROM_LAYER = {"gate_proj": 0, "up_proj": 0, "down_proj": 2}  # matrix: first layer in coarse groups
 COARSE_GROUP = 64

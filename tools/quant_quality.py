@@ -1,35 +1,40 @@
 """How far quantized files drift from their float checkpoint: output KL, top-1 agreement, weight error.
 
     python tools/quant_quality.py compare FLOAT_DIR FILE [FILE ...] [--positions N] [--rows N] [--no-kl]
-    python tools/quant_quality.py heavy OUT_DIR --like HF_DIR [--df 4] [--outlier-scale 8] [--seed 0]
+                                          [--show NAME ...]
+    python tools/quant_quality.py heavy OUT_DIR --like HF_DIR [--shape small|1.2b] [--df 4]
+                                        [--outlier-scale 8] [--embedding-outliers 1] [--logit-std 4.5] [--seed 0]
     python tools/quant_quality.py text OUT.txt [--seed N] [--count N]
 
 `compare` loads FLOAT_DIR (a Hugging Face directory) with tinyexaone's float path and, for each
 FILE, builds the same model from that file's weights: a tinyexaone compact file (.tx) twice, once
 through the runtime's integer kernels as `tinyexaone.load` runs it ("kernels"), once dequantized
 into the float path ("weights"); a llama.cpp GGUF (any type gguf-py can dequantize, e.g. Q4_0,
-Q4_K_M) dequantized with the `gguf` package's `gguf.quants` into the float path. Over a fixed text
-set (the demo model's held-out conversations, `--positions` tokens in windows of 256) it prints
-the mean KL(float || quantized) of the next-token distributions and the top-1 agreement, then each
-file's size and relative weight error ||W - Q(W)||_F / ||W||_F per kind of matrix (mean over the
-layers; `--rows N` measures only the first N rows of each matrix, for big checkpoints) and for the
-matrices it lists by name, with each file's storage type per matrix.
+Q4_K_M) dequantized with gguf-py's `gguf.quants` into the float path. Over a fixed text (the demo
+model's held-out conversations, seed 777, `--positions` tokens in windows of 256) it prints the
+mean KL(float || quantized) of the next-token distributions and the top-1 agreement, each file's
+size and relative weight error ||W - Q(W)||_F / ||W||_F per kind of matrix (the mean over layers)
+and over all layer matrices together (`--rows N`: the first N rows of each matrix only, for big
+checkpoints), then the matrices named by `--show` one by one, and each file's storage types.
+One file's float copy is held at a time (5 GB at the 1.2B shape).
 
-`heavy` writes a float32 checkpoint of a small shape that llama.cpp's K-quants accept (rows that
-are multiples of 256: 4 layers, hidden 512, MLP 1536, 8 query and 2 KV heads of 64) with
-HF_DIR's config fields and tokenizer files: every matrix, the embedding included, is Student-t
-with `--df` degrees of freedom scaled to standard deviation 0.02, with 8 random input columns per
-matrix multiplied by `--outlier-scale` (the shape of real LLM weights); norms are 1.
+`heavy` writes a float32 checkpoint with HF_DIR's config fields and tokenizer files, tied, all
+layers global, of a shape llama.cpp's K-quants accept (rows that are multiples of 256): `small`
+(4 layers, hidden 512, MLP 1536, 8 query and 2 KV heads of 64) or `1.2b` (EXAONE-4.0-1.2B's).
+Every matrix is Student-t with `--df` degrees of freedom scaled to standard deviation 0.02, with
+8 random input columns per layer matrix multiplied by `--outlier-scale` (by
+`--embedding-outliers` in the embedding); the norms are 1 but the final one, set so that the
+logits have a standard deviation of about `--logit-std`. It streams, so the 1.2B shape (5.1 GB)
+needs little memory.
 
 `text` writes conversations of the demo model's corpus generator (a seed other than the held-out
 set's) to a file, for `tinyexaone quantize --calibration`.
-
-Needs the `gguf` package for GGUF files (`pip install gguf`).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import shutil
@@ -123,10 +128,8 @@ def compact_matrices(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str],
 
 def gguf_matrices(path: Path, config) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The matrices of a llama.cpp GGUF dequantized with gguf-py, by Hugging Face name, and their types."""
-    try:
-        import gguf
-    except ImportError:
-        sys.exit("error: reading GGUF files needs the gguf package (pip install gguf)")
+    import gguf
+
     from tinyexaone.tensors import model_tensors
 
     reader = gguf.GGUFReader(str(path))
@@ -165,10 +168,12 @@ def drift(reference: list[np.ndarray], model, windows) -> tuple[float, float]:
     return float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
 
 
-def relative_error(reference: np.ndarray, approx: np.ndarray, rows: int | None) -> float:
+def squared_error(reference: np.ndarray, approx: np.ndarray, rows: int | None) -> tuple[float, float]:
+    """(||W - Q(W)||^2, ||W||^2) over the first `rows` rows (all when None)."""
     ref = np.asarray(reference[:rows], np.float64)
     diff = np.asarray(approx[:rows], np.float64) - ref
-    return float(np.sqrt((diff * diff).sum() / (ref * ref).sum()))
+    return float((diff * diff).sum()), float((ref * ref).sum())
+
 
 
 def _kind(name: str) -> str:
@@ -192,7 +197,7 @@ def compare(float_dir: Path, files: list[Path], positions: int, rows: int | None
               f"windows of {WINDOW}")
     rows_note = f"first {rows} rows" if rows else "all rows"
     print(f"| file | path | size (MB) | mean KL | top-1 | weight error ({rows_note}): "
-          + " | ".join(("embedding",) + MATRIX_KINDS) + " |")
+          + " | ".join(("embedding",) + MATRIX_KINDS + ("all layer matrices",)) + " |")
     details = []
     for path in files:
         if path.suffix == ".gguf":
@@ -201,17 +206,20 @@ def compare(float_dir: Path, files: list[Path], positions: int, rows: int | None
         else:
             matrices, types, kernel_model = compact_matrices(path)
             paths = {"kernels": kernel_model, "weights": _with_matrices(model, matrices)}
-        errors = {}
-        for name in checkpoint_matrices:
-            errors[name] = relative_error(_float_matrix(model, specs[name]), matrices[name], rows)
+        sums = {name: squared_error(_float_matrix(model, specs[name]), matrices[name], rows) for name in checkpoint_matrices}
+        errors = {name: float(np.sqrt(error / norm)) for name, (error, norm) in sums.items()}
         by_kind = {}
         for name, error in errors.items():
             by_kind.setdefault(_kind(name), []).append(error)
+        layer_sums = np.array([sums[name] for name in sums if specs[name].layer is not None])  # [matrices, 2]
         kinds = " | ".join(f"{np.mean(by_kind[k]):.4f}" for k in ("embedding",) + MATRIX_KINDS)
+        kinds += f" | {np.sqrt(layer_sums[:, 0].sum() / layer_sums[:, 1].sum()):.4f}"
         for label, quantized in paths.items():
             kl_text = "%.4f | %.3f" % drift(reference, quantized, windows) if kl else "- | -"
             print(f"| {path.name} | {label} | {path.stat().st_size / 1e6:.1f} | {kl_text} | {kinds} |", flush=True)
         details.append((path.name, errors, types))
+        del matrices, paths  # one file's float copy at a time (5 GB at the 1.2B shape)
+        gc.collect()
     for name in show:
         print(f"{name}: " + ", ".join(f"{file} {types[name]} {errors[name]:.4f}" for file, errors, types in details))
     for file, errors, types in details:
