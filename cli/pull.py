@@ -5,7 +5,7 @@ which files are fetched and how the cache, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFL
 It brings the cache up to date for the revision (files already there are not fetched again, a cut
 download resumes) and prints where the model is. With `--quantize`, it also writes the compact
 file of that commit next to the cache, `<repo cache>/tinyexaone/<commit>[-<gguf name>]-int<bits>.tx`
-(Hugging Face weights: int<bits> g32 layers, int8 embedding; a GGUF: its layers at int<bits>,
+(Hugging Face weights: as `tinyexaone quantize` writes them by default, int4 in its mixed recipe; a GGUF: its layers at int<bits>,
 Q8_0/Q4_0 copied where they fit, see quant/gguf_convert.py), or reuses it when it is already
 there, and prints its path. Errors are one line (exit 2).
 """
@@ -52,7 +52,7 @@ def pull(repo: str, revision: str | None, bits: str | None):
         if found.path.suffix == ".gguf":
             report = convert_gguf(found.path, out, bits=int(bits))
         else:
-            report = convert(found.path, out, bits=int(bits), group_size=32, embedding_bits=8)
+            report = convert(found.path, out, bits=int(bits), group_size=32, embedding_bits=8, mixed=True)
         click.echo(f"compact     {out} ({report.file_bytes / 2**20:,.1f} MiB, worst relative error "
                    f"{report.worst_error[1]:.4f})")
     click.echo(f"run it      tinyexaone chat --model {out}")
