@@ -41,6 +41,15 @@ from .openai_api import (
 MAX_BODY_BYTES = 8 << 20
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", code="shutting_down")
+
+
+def usage_of(stats: dict) -> dict:
+    """OpenAI's usage object from a run's stats (cached = prompt tokens the cache already held)."""
+    return usage(stats["prompt_tokens"], stats["generated_tokens"], stats["prompt_tokens"] - stats["prefilled_tokens"])
+
+
 def _peer_gone(connection: socket.socket) -> bool:
     """True when the client closed its side: the socket reads as ready but holds no data."""
     try:
@@ -206,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)", code="invalid_api_key")
         body = self._body()
         if self.server.closing:
-            raise ApiError(503, "the server is shutting down", code="shutting_down")
+            raise shutting_down()
         engine = self.server.engine
         if path.endswith("/chat/completions"):
             prepared = engine.prepare_chat(parse_chat_request(body, engine.model_id))
@@ -243,21 +252,22 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._chat_stream(prepared, events, completion_id, created)
         except TinyExaoneError as exc:
-            if self.server.closing:
-                raise ApiError(503, "the server is shutting down", code="shutting_down") from None
-            raise ApiError(400, str(exc)) from None
+            raise self._generation_error(exc) from None
         finally:
             events.close()
 
+    def _generation_error(self, exc: TinyExaoneError) -> ApiError:
+        """What a failed generation answers: 503 when the server is stopping, else the error as a 400."""
+        return shutting_down() if self.server.closing else ApiError(400, str(exc))
+
     def _chat_response(self, prepared, completion_id, created, done) -> dict:
         if done["finish_reason"] == "cancelled" and self.server.closing:
-            raise ApiError(503, "the server is shutting down", code="shutting_down")
+            raise shutting_down()
         logprobs, _ = self._new_logprobs(prepared, 0)
         message = assistant_message(done["message"], self.server.reasoning_format)
         stats = done["stats"]
         return chat_completion(completion_id, created, self.server.engine.model_id, message, done["finish_reason"],
-                               usage(stats["prompt_tokens"], stats["generated_tokens"],
-                                     stats["prompt_tokens"] - stats["prefilled_tokens"]), logprobs)
+                               usage_of(stats), logprobs)
 
     def _chat_stream(self, prepared, events, completion_id, created) -> None:
         model_id, reasoning_format = self.server.engine.model_id, self.server.reasoning_format
@@ -297,13 +307,12 @@ class Handler(BaseHTTPRequestHandler):
         else:
             return
         if event["finish_reason"] == "cancelled" and self.server.closing:
-            raise ApiError(503, "the server is shutting down", code="shutting_down")
+            raise shutting_down()
         self._event(chunk({}, event["finish_reason"]))
         if prepared.request.include_usage:
             stats = event["stats"]
             self._event(usage_chunk(completion_id, created, model_id,
-                                    usage(stats["prompt_tokens"], stats["generated_tokens"],
-                                          stats["prompt_tokens"] - stats["prefilled_tokens"]),
+                                    usage_of(stats),
                                     "chat.completion.chunk"))
         self._event("[DONE]")
 
@@ -335,10 +344,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 return
             if event["finish_reason"] == "cancelled" and self.server.closing:
-                raise ApiError(503, "the server is shutting down", code="shutting_down")
+                raise shutting_down()
             stats = event["stats"]
-            usage_ = usage(stats["prompt_tokens"], stats["generated_tokens"],
-                           stats["prompt_tokens"] - stats["prefilled_tokens"])
+            usage_ = usage_of(stats)
             if not request.stream:
                 logprobs = None
                 if request.logprobs is not None:
@@ -354,9 +362,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._event(usage_chunk(completion_id, created, model_id, usage_, "text_completion"))
             self._event("[DONE]")
         except TinyExaoneError as exc:
-            if self.server.closing:
-                raise ApiError(503, "the server is shutting down", code="shutting_down") from None
-            raise ApiError(400, str(exc)) from None
+            raise self._generation_error(exc) from None
         finally:
             events.close()
 
