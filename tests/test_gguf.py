@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import tinyexaone
-from cli_models import shipped_model
 from gguf_models import TYPE, encode, gguf_from_hf, hf_tensors, random_blocks, write_gguf
 from reference_models import LAYOUTS, build_reference_model, reference_logits
 from tinyexaone.bf16 import Bf16Weight
@@ -42,14 +41,6 @@ def cosine(a, b):
 
 def logits(model, ids):
     return model.forward(ids, model.new_cache(cache_type="f32"))
-
-
-@pytest.fixture(scope="module")
-def demo():
-    path = shipped_model()
-    if path is None:
-        pytest.skip("the demo model is not in this checkout")
-    return path
 
 
 @pytest.fixture(scope="module")

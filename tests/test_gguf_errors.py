@@ -19,14 +19,6 @@ from tinyexaone.errors import TinyExaoneError
 
 
 @pytest.fixture(scope="module")
-def demo():
-    path = shipped_model()
-    if path is None:
-        pytest.skip("the demo model is not in this checkout")
-    return path
-
-
-@pytest.fixture(scope="module")
 def parts(demo):
     return gguf_tensors(demo, TYPE.Q8_0)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinyexaone
-from cli_models import cli, shipped_model
+from cli_models import cli
 from gguf_models import TYPE, encode, gguf_from_hf, random_blocks, write_gguf
 from test_gguf import KQUANT_CONFIG, KQUANT_TYPES
 from tinyexaone.compact import open_compact
@@ -21,14 +21,6 @@ from tinyexaone.quant.gguf_convert import convert_gguf
 from tinyexaone.tensors import model_tensors
 
 IDS = [1, 40, 20, 290, 33, 120, 7, 15, 260]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    path = shipped_model()
-    if path is None:
-        pytest.skip("the demo model is not in this checkout")
-    return path
 
 
 def stored_arrays(path):
