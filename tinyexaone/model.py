@@ -207,8 +207,9 @@ class Model:
         batch = len(ids)
         cos, sin = cos_sin(self.inv_freq, np.asarray(positions))  # [B, head_dim] each
         h = w.embed_tokens.rows(ids)  # [B, hidden]
-        attended = np.empty((batch, heads, d), np.float32)  # [B, heads, d]
-        activated = np.empty((batch, cfg.intermediate_size), np.float32)  # [B, intermediate]
+        # work buffers kept with the first sequence, one pair per batch size: no allocation per token
+        attended = caches[0].scratch(f"attended-{batch}", (batch, heads, d))  # [B, heads, d]
+        activated = caches[0].scratch(f"activated-{batch}", (batch, cfg.intermediate_size))  # [B, intermediate]
         for i, layer in enumerate(w.layers):
             q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # [B, heads*d], [B, kv*d] x2
             q, k, v = q.reshape(batch, heads, d), k.reshape(batch, kv_heads, d), v.reshape(batch, kv_heads, d)
