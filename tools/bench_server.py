@@ -12,6 +12,8 @@ shared), over plain HTTP. It prints, per count, the total tokens/s over the whol
 (prefill included) and the decode tokens/s (tokens after each stream's first, over the time
 from the first stream's first token to the last stream's end), and their ratio to one stream.
 The rounds alternate stream counts, so a drifting machine affects every count alike.
+`--step-only` times `Model.forward_batch` itself instead (one decode step of N sequences after
+8 prompt tokens each, 10 steps), with no server: the ceiling batching can give.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import numba
+import numpy as np
 
 import tinyexaone
 from tinyexaone.chat_model import ChatModel
@@ -62,6 +65,18 @@ def measure(address, streams: int, tokens: int, salt: int) -> tuple[float, float
     return generated / (end - start), decode, generated
 
 
+def time_steps(model, batch: int, steps: int = 10) -> float:
+    """Seconds per `forward_batch` step of `batch` sequences."""
+    caches = [model.new_cache() for _ in range(batch)]
+    for b, cache in enumerate(caches):
+        model.forward(np.arange(8) + b, cache)
+    model.forward_batch(np.arange(batch), caches)  # compile and warm up
+    start = time.perf_counter()
+    for i in range(steps):
+        model.forward_batch(np.arange(batch) + i, caches)
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -69,12 +84,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--step-only", action="store_true", help="time Model.forward_batch alone, no server")
     parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
                                                    "exaone-4.0-1.2b"))
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     counts = [int(n) for n in args.streams.split(",")]
     chat_model = tinyexaone.load(args.model)
+    if args.step_only:
+        seconds = {n: min(time_steps(chat_model.model, n) for _ in range(args.rounds)) for n in counts}
+        print(f"model {args.model}, threads {args.threads}, Model.forward_batch alone")
+        for n in counts:
+            print(f"{n:>7} sequences {seconds[n] * 1000:8.1f} ms/step {n / seconds[n]:8.1f} tok/s "
+                  f"{seconds[counts[0]] / seconds[n] * n / counts[0]:6.2f}x")
+        return
     if chat_model.tokenizer is None:
         chat_model = ChatModel(chat_model.model, tinyexaone.load_tokenizer(args.tokenizer))
     engine = Engine(chat_model, "bench", parallel=max(counts), prompt_cache_bytes=0)
