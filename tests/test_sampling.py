@@ -183,3 +183,45 @@ def test_subnormal_options_are_refused(option):
     for value in (1e-320, 1e-310, 5e-7):
         with pytest.raises(TinyExaoneError, match=option):
             SamplingParams(**{option: value})
+
+
+def full_sort_draw(logits, params, u):
+    """The module docstring's chain stated with full stable sorts (ties in id order), on the
+    uniform number u of the draw."""
+    scores = np.asarray(logits, dtype=np.float64)
+    candidate = scores >= scores.max() - 40.0 * params.temperature
+    scaled = scores / params.temperature
+    weights = np.where(candidate, np.exp(scaled - scaled.max()), 0.0)
+    if 0 < params.top_k < candidate.sum():
+        kth = np.sort(weights[candidate])[::-1][params.top_k - 1]
+        weights[weights < kth] = 0.0
+    if params.top_p < 1.0:
+        order = np.argsort(-weights, kind="stable")
+        mass_before = np.cumsum(weights[order]) - weights[order]
+        weights[order[mass_before >= params.top_p * weights.sum()]] = 0.0
+    if params.min_p > 0.0:
+        weights[weights < params.min_p * weights.max()] = 0.0
+    cumulative = np.cumsum(weights)
+    index = int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))
+    return min(index, int(np.flatnonzero(weights)[-1]))
+
+
+@pytest.mark.parametrize("vocab", [7, 5003, 102400])
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.5, top_p=0.95), dict(temperature=0.7, top_k=40, top_p=0.9), dict(temperature=1.0, top_k=3),
+    dict(temperature=0.6, top_p=0.5, min_p=0.2), dict(temperature=2.0, top_p=0.999),
+])
+def test_sampler_cuts_ties_in_id_order_on_flat_and_tied_logits(vocab, settings):
+    """Flat logits (every token a candidate) and logits on a few levels (ties at every cut): the
+    binned kernel gives the token of the full-sort statement above, draw by draw."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    params = SamplingParams(seed=seed, **settings)
+    sampler, reference_rng = Sampler(params), np.random.default_rng(seed)
+    for step in range(12):
+        if step % 2:
+            logits = rng.integers(-4, 4, vocab) * rng.choice([0.25, 1.0, 3.0])  # few levels: ties
+        else:
+            logits = rng.standard_normal(vocab) * rng.uniform(0.05, 0.5)  # flat: all candidates
+        expected = full_sort_draw(logits.astype(np.float32), params, reference_rng.random())
+        assert sampler.next_token(logits.astype(np.float32), [], []) == expected, f"seed {seed}, step {step}"

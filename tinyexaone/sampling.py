@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .errors import TinyExaoneError
 from .options import check_option
@@ -130,20 +131,76 @@ class SamplingParams:
                 check_option(name, getattr(self, name))
 
 
-def _nucleus(weights: np.ndarray, p: float) -> np.ndarray:
-    """Ids of the smallest most-likely set of unnormalised `weights` holding mass >= p (top_p_filter's rule)."""
-    vocab = weights.shape[0]
-    total = weights.sum()
-    k = 64  # sort only the k most likely, growing k until they hold mass p (a full sort is slow)
-    while True:
-        k = min(k, vocab)
-        top = np.argpartition(-weights, k - 1)[:k] if k < vocab else np.arange(vocab)
-        top = top[np.argsort(-weights[top], kind="stable")]  # most likely first
-        if k == vocab or weights[top].sum() >= p * total:
-            break
-        k *= 4
-    mass_before = (np.cumsum(weights[top]) - weights[top]) / total
-    return top[mass_before < p]
+BUCKETS = 1024  # bins of log-probability over the NEGLIGIBLE range, for the top-k and top-p cuts
+
+
+@njit(nogil=True, cache=True)
+def _cut_bucket(amounts, target):
+    """The first bin at which the running total of amounts [BUCKETS] reaches target (or BUCKETS),
+    and the total of the bins before it."""
+    running = 0.0
+    for c in range(amounts.shape[0]):
+        if running + amounts[c] >= target:
+            return c, running
+        running += amounts[c]
+    return amounts.shape[0], running
+
+
+@njit(nogil=True, cache=True)
+def _in_bucket(weights, bins, c):
+    """Indices of the surviving candidates in bin c, most likely first, ties in id order."""
+    members = np.flatnonzero((bins == c) & (weights > 0.0))
+    return members[np.argsort(-weights[members], kind="mergesort")]
+
+
+@njit(nogil=True, cache=True)
+def _sample(ids, scaled, weights, top_k, top_p, min_p, u):
+    """The token drawn by the chain of the module docstring from the candidates ids [m]
+    (ascending), their logits after temperature scaled [m] and weights [m] = exp(scaled -
+    max(scaled)) (overwritten: 0 = filtered out); u is the uniform number in [0, 1) of the draw.
+    Candidates are binned by log-probability (BUCKETS bins over [-NEGLIGIBLE, 0]); a top-k or
+    top-p cut falls in one bin, and only that bin is sorted."""
+    top = scaled.max()
+    bins = np.minimum((top - scaled) * (BUCKETS / NEGLIGIBLE), BUCKETS - 1).astype(np.int64)  # [m], 0 = best
+    if 0 < top_k < ids.shape[0]:  # keep the k largest and any tied with the k-th
+        counts = np.zeros(BUCKETS)
+        for j in range(ids.shape[0]):
+            counts[bins[j]] += 1.0
+        c, above = _cut_bucket(counts, top_k)
+        members = _in_bucket(weights, bins, c)
+        kth = weights[members[top_k - int(above) - 1]]
+        for j in range(ids.shape[0]):
+            if bins[j] > c or (bins[j] == c and weights[j] < kth):
+                weights[j] = 0.0
+    if top_p < 1.0:  # the smallest most-likely set with mass >= top_p
+        masses = np.zeros(BUCKETS)
+        for j in range(ids.shape[0]):
+            masses[bins[j]] += weights[j]
+        target = top_p * masses.sum()
+        c, mass = _cut_bucket(masses, target)
+        if c < BUCKETS:
+            for j in _in_bucket(weights, bins, c):
+                if mass < target:
+                    mass += weights[j]
+                else:
+                    weights[j] = 0.0
+            for j in range(ids.shape[0]):
+                if bins[j] > c:
+                    weights[j] = 0.0
+    if min_p > 0.0:
+        cut = min_p * weights.max()
+        for j in range(ids.shape[0]):
+            if weights[j] < cut:
+                weights[j] = 0.0
+    threshold = u * weights.sum()  # the draw walks the survivors in id order
+    running, last = 0.0, 0
+    for j in range(ids.shape[0]):
+        if weights[j] > 0.0:
+            running += weights[j]
+            last = j
+            if running > threshold:
+                return ids[j]
+    return ids[last]
 
 
 def usable_logits(logits: np.ndarray) -> np.ndarray:
@@ -165,9 +222,12 @@ class Sampler:
     """Applies SamplingParams to successive logits vectors of one generation.
 
     `next_token` gives the token of the filter chain in the module docstring (penalties,
-    temperature, top-k, top-p, min-p, `draw`), but after the penalties it works only on the
-    candidates within e^-40 of the best token instead of building a new full-vocabulary vector
-    per filter (the others' total probability is below what a float64 draw can resolve).
+    temperature, top-k, top-p, min-p, `draw`, with the same one uniform number per draw), but
+    after the penalties one Numba kernel (`_sample`, which releases the GIL) does the rest in
+    linear time: only the tokens within e^-40 of the best one are candidates (the others' total
+    probability is below what a float64 draw can resolve), top-k and top-p find their cut by
+    quickselect instead of sorting (tokens tied at a cut are taken in id order), and no
+    full-vocabulary vector is built per filter. The filter functions above are its NumPy twin.
     """
 
     def __init__(self, params: SamplingParams):
@@ -182,19 +242,11 @@ class Sampler:
         scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
         if p.temperature == 0:
             return int(np.argmax(scores))
-        # Tokens more than NEGLIGIBLE below the best (after temperature) have probability
-        # < e^-40 relative to it: below float64 resolution of the draw, so only the rest is kept.
-        ids = np.flatnonzero(scores >= scores.max() - NEGLIGIBLE * p.temperature)  # candidate ids
-        scaled = apply_temperature(np.asarray(scores)[ids], p.temperature)  # [candidates] float64
-        weights = np.exp(scaled - scaled.max())  # unnormalised probabilities
-        if 0 < p.top_k < len(ids):
-            kth = np.partition(weights, len(ids) - p.top_k)[len(ids) - p.top_k]
-            weights[weights < kth] = 0.0
-        keep = _nucleus(weights, p.top_p) if p.top_p < 1.0 else np.flatnonzero(weights)
-        if p.min_p > 0.0:
-            keep = keep[weights[keep] >= p.min_p * weights[keep].max()]
-        keep = np.sort(keep)  # `draw` walks the survivors in id order
-        return int(ids[keep[_draw_index(scaled[keep], self.rng)]])
+        # below NEGLIGIBLE under the best, a token's probability is under e^-40 of the best one's
+        ids = np.flatnonzero(scores >= scores.max() - NEGLIGIBLE * p.temperature)  # candidate ids, ascending
+        scaled = apply_temperature(np.asarray(scores)[ids], p.temperature)  # [m] float64
+        weights = np.exp(scaled - scaled.max())  # [m] unnormalised probabilities (NumPy's vector exp)
+        return int(_sample(ids, scaled, weights, p.top_k, p.top_p, p.min_p, self.rng.random()))
 
 
 def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> dict:
