@@ -1,14 +1,14 @@
 """Total decode speed of `tinyexaone serve` with 1, 2, 4 ... concurrent streams (not a test).
 
 Usage: python tools/bench_server.py MODEL [--streams 1,2,4] [--tokens 64] [--threads N] [--rounds 2]
-                                     [--tokenizer DIR]
+                                     [--temperature 0] [--tokenizer DIR]
 
 MODEL is any model path `tinyexaone` takes (e.g. the synthetic 1.2B file `tinyexaone bench
 --synthetic 1.2b` writes into its cache folder); a model without a tokenizer (the synthetic
 files) gets the one in --tokenizer (default: the real EXAONE 4.0 tokenizer in tests/fixtures). A server runs in this process on a free
 127.0.0.1 port; for each stream count, that many clients at once each stream one
-/v1/completions request of --tokens tokens (greedy, distinct short prompts, so no prefix is
-shared), over plain HTTP. It prints, per count, the total tokens/s over the whole wall time
+/v1/completions request of --tokens tokens (greedy, or sampled at --temperature with top-p 0.95;
+distinct short prompts, so no prefix is shared), over plain HTTP. It prints, per count, the total tokens/s over the whole wall time
 (prefill included) and the decode tokens/s (tokens after each stream's first, over the time
 from the first stream's first token to the last stream's end), and their ratio to one stream.
 The rounds alternate stream counts, so a drifting machine affects every count alike.
@@ -34,9 +34,10 @@ from tinyexaone.engine import Engine
 from tinyexaone.server import Server
 
 
-def one_stream(address, prompt: str, tokens: int, out: dict) -> None:
+def one_stream(address, prompt: str, tokens: int, temperature: float, out: dict) -> None:
     connection = http.client.HTTPConnection(*address, timeout=600)
-    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True})
+    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "top_p": 0.95,
+                       "stream": True})
     connection.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     first, count = None, 0
@@ -49,10 +50,10 @@ def one_stream(address, prompt: str, tokens: int, out: dict) -> None:
     out.update(first=first, end=time.perf_counter(), events=count)
 
 
-def measure(address, streams: int, tokens: int, salt: int) -> tuple[float, float, int]:
+def measure(address, streams: int, tokens: int, salt: int, temperature: float = 0.0) -> tuple[float, float, int]:
     results = [{} for _ in range(streams)]
     threads = [threading.Thread(target=one_stream, args=(address, f"Story {salt}-{i}: once upon a time", tokens,
-                                                         results[i])) for i in range(streams)]
+                                                         temperature, results[i])) for i in range(streams)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sampled with top-p 0.95")
     parser.add_argument("--step-only", action="store_true", help="time Model.forward_batch alone, no server")
     parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
                                                    "exaone-4.0-1.2b"))
@@ -104,13 +106,14 @@ def main() -> None:
     server = Server(engine, "127.0.0.1", 0, log=lambda line: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = server.server_address[:2]
-    measure(address, 1, 4, -1)  # compile and warm up
+    measure(address, 1, 4, -1, args.temperature)  # compile and warm up
     rates = {n: [] for n in counts}
     for r in range(args.rounds):
         for n in counts:
-            rates[n].append(measure(address, n, args.tokens, r * 100 + n))
+            rates[n].append(measure(address, n, args.tokens, r * 100 + n, args.temperature))
     server.shutdown_cleanly()
-    print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds")
+    print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds, "
+          f"temperature {args.temperature}")
     print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'tokens':>7}")
     base = max(d for _, d, _ in rates[counts[0]]) if counts[0] == 1 else None
     for n in counts:
