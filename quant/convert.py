@@ -5,7 +5,7 @@ SRC like the loader does (config, every tensor's name, dtype and shape), then qu
 at a time: the matrices to int`bits` with `group_size` (the embedding, and an untied lm_head, to
 int`embedding_bits`, with group 128 when that is int8), the norms kept float32; a tied head is
 stored once, as the embedding. With `mixed` (int4 only; the command line's default) the layer
-matrices follow the mixed recipe below instead of one scheme. With `calibration` (a UTF-8 text
+matrices follow the mixed recipe below instead of one scheme (int4k included). With `calibration` (a UTF-8 text
 file) each matrix's scale fit weights its input columns by their activations' mean square
 (calibration.py). Each matrix is read from the source file in row slices of about
 `SLICE_ELEMENTS` weights and quantized slice by slice (the group-wise layout stacks rows, so the
@@ -37,10 +37,11 @@ import click
 import numpy as np
 
 from tinyexaone.checkpoint import check_tensors, open_checkpoint
-from tinyexaone.compact import EMBEDDED_FILES, CompactWriter
+from tinyexaone.compact import EMBEDDED_FILES, CompactWriter, needed_version
 from tinyexaone.config import load_config
 from tinyexaone.errors import TinyExaoneError
-from tinyexaone.quantized import ROWS, expected_arrays, quantize
+from tinyexaone.affine_fit import SUPER_BLOCK
+from tinyexaone.quantized import ROWS, expected_arrays, quantize, scheme_name
 from tinyexaone.safetensors_file import DTYPES, TensorEntry, widen_bf16
 from tinyexaone.signals import sigterm_raises
 from tinyexaone.tensors import EMBEDDING, LM_HEAD, model_tensors
@@ -94,10 +95,11 @@ def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
     return widen_bf16(raw) if entry.dtype == "BF16" else raw.astype(np.float32)
 
 
-def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int,
+def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int, affine: bool = False,
                      weights: np.ndarray | None = None) -> tuple[dict[str, list[np.ndarray]], float]:
-    """The stored arrays of `entry`, as row-slice parts per array name, and its relative error;
-    `weights` [in] weight each input column's error in the scale fit (calibration)."""
+    """The stored arrays of `entry` (int`bits`, or int4k with `affine`), as row-slice parts per
+    array name, and its relative error; `weights` [in] weight each input column's error in the
+    fit (calibration)."""
     out_dim, in_dim = entry.shape
     rows_per_slice = max(1, SLICE_ELEMENTS // in_dim // ROWS) * ROWS  # whole row groups: slices stack
     parts: dict[str, list[np.ndarray]] = {}
@@ -106,7 +108,7 @@ def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int,
         rows = min(rows_per_slice, out_dim - first)
         w = _read_float32(entry, first * in_dim, rows * in_dim).reshape(rows, in_dim)  # [rows, in]
         try:
-            qw = quantize(w, bits, group_size, weights)
+            qw = quantize(w, bits, group_size, weights, affine)
         except TinyExaoneError as exc:
             raise TinyExaoneError(f"tensor '{entry.name}': {exc}") from None
         diff = qw.dequantize() - w  # [rows, in]
@@ -126,26 +128,27 @@ def embedding_group_for(embedding_bits: int, group_size: int) -> int:
 
 # The mixed int4 recipe (`mixed=True`, the command line's default), measured in docs/quantization.md:
 # the attention of the first three layers in int8, the MLP's gate/up (and down after layer 1) in
-# groups of 64 to pay for it; everything else as uniform int4.
+# groups of 64 to pay for it; everything else int4k (the affine Q4_K-like kind, same 4.5 bits as
+# int4 g32) where the input size is a multiple of 256, else int4 g32 (the demo model's 192 and 576).
 INT8_ATTENTION_LAYERS = 3
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 COARSE_FROM_LAYER = {"gate_proj": 0, "up_proj": 0, "down_proj": 2}  # matrix: first layer in coarse groups
 COARSE_GROUP = 64
 
 
-def _mixed_scheme(spec, group_size: int) -> tuple[int, int]:
-    """(bits, group size) of a layer matrix in the mixed int4 recipe."""
+def _mixed_scheme(spec, group_size: int) -> tuple[int, int, bool]:
+    """(bits, group size, affine) of a layer matrix in the mixed int4 recipe."""
     if spec.layer < INT8_ATTENTION_LAYERS and spec.field in ATTENTION:
-        return 8, 128
+        return 8, 128, False
     if spec.layer >= COARSE_FROM_LAYER.get(spec.field, spec.layer + 1):
-        return 4, max(group_size, COARSE_GROUP)
-    return 4, group_size
+        return 4, max(group_size, COARSE_GROUP), False
+    return 4, group_size, group_size == 32  # int4k where the input size allows (_plan), else int4 g32
 
 
 def _plan(config, bits: int, group_size: int, embedding_bits: int,
-          mixed: bool = False) -> dict[str, tuple[int, int] | None]:
-    """Model tensor -> (bits, group size), or None when kept float32; checks every matrix fits its
-    group. `mixed` (int4 only) applies the mixed recipe to the layer matrices."""
+          mixed: bool = False) -> dict[str, tuple[int, int, bool] | None]:
+    """Model tensor -> (bits, group size, affine: int4k), or None when kept float32; checks every
+    matrix fits its group. `mixed` (int4 only) applies the mixed recipe to the layer matrices."""
     plan = {}
     for name, spec in model_tensors(config).items():
         shape = spec.shape
@@ -153,13 +156,13 @@ def _plan(config, bits: int, group_size: int, embedding_bits: int,
             plan[name] = None
             continue
         if name in HEAD_NAMES:
-            scheme = (embedding_bits, embedding_group_for(embedding_bits, group_size))
+            scheme = (embedding_bits, embedding_group_for(embedding_bits, group_size), False)
         elif mixed and bits == 4:
             scheme = _mixed_scheme(spec, group_size)
         else:
-            scheme = (bits, group_size)
-        if shape[1] % scheme[1]:
-            scheme = (scheme[0], group_size)  # an input size that the larger group does not divide
+            scheme = (bits, group_size, False)
+        if shape[1] % scheme[1] or (scheme[2] and shape[1] % SUPER_BLOCK):
+            scheme = (scheme[0], group_size, False)  # an input size that the larger group (or int4k) does not divide
         plan[name] = scheme
         if shape[1] % group_size:
             raise TinyExaoneError(
@@ -169,17 +172,17 @@ def _plan(config, bits: int, group_size: int, embedding_bits: int,
     return plan
 
 
-def _quantization_record(plan: dict[str, tuple[int, int] | None], shapes: dict, bits: int, group_size: int,
+def _quantization_record(plan: dict[str, tuple[int, int, bool] | None], shapes: dict, bits: int, group_size: int,
                          embedding_bits: int) -> dict:
     tensors = {}
     for name, scheme in plan.items():
         if scheme is None:
             tensors[name] = {"scheme": "float32", "shape": list(shapes[name]), "arrays": {"weight": name}}
         else:
-            tensor_bits, group = scheme
-            keys = expected_arrays(tensor_bits, group, shapes[name])
+            tensor_bits, group, affine = scheme
+            keys = expected_arrays(tensor_bits, group, shapes[name], affine=affine)
             tensors[name] = {
-                "scheme": f"int{tensor_bits}", "group_size": group, "shape": list(shapes[name]),
+                "scheme": scheme_name(tensor_bits, affine), "group_size": group, "shape": list(shapes[name]),
                 "arrays": {key: array_name(name, key) for key in keys},
             }
     return {"bits": bits, "group_size": group_size, "embedding_bits": embedding_bits, "tensors": tensors}
@@ -266,7 +269,7 @@ def write_compact(out: Path, metadata: dict[str, str], quantization: dict, order
         try:
             os.chmod(tmp, 0o644)
             with open(fd, "wb+") as f:
-                writer = CompactWriter(f, metadata, names)
+                writer = CompactWriter(f, metadata, names, needed_version(quantization))
                 progress = (
                     click.progressbar(order, label="quantizing", file=sys.stderr, show_pos=True,
                                       item_show_func=lambda name: name or "")
@@ -290,7 +293,7 @@ def write_compact(out: Path, metadata: dict[str, str], quantization: dict, order
     return report
 
 
-def _convert_tensor(writer: CompactWriter, entry: TensorEntry, scheme: tuple[int, int] | None, quantization: dict,
+def _convert_tensor(writer: CompactWriter, entry: TensorEntry, scheme: tuple[int, int, bool] | None, quantization: dict,
                     report: ConversionReport, weights: np.ndarray | None = None) -> None:
     spec = quantization["tensors"][entry.name]
     params = math.prod(entry.shape)

@@ -50,8 +50,8 @@ def _check_paths(src: Path, out: Path, force: bool) -> None:
 
 
 def gguf_plan(source: GgufSource, bits: int | None, group_size: int | None,
-              embedding_bits: int | None) -> dict[str, tuple[int, int] | None]:
-    """Model tensor -> (bits, group size), None for the float32 norms (module doc)."""
+              embedding_bits: int | None) -> dict[str, tuple[int, int, bool] | None]:
+    """Model tensor -> (bits, group size, affine), None for the float32 norms (module doc)."""
     rule = _plan(source.config, bits or 4, group_size or GROUP, embedding_bits or 8)
     plan = {}
     for name, scheme in rule.items():
@@ -60,7 +60,7 @@ def gguf_plan(source: GgufSource, bits: int | None, group_size: int | None,
         if scheme is None or flagged or kind in DENSE_TYPES:
             plan[name] = scheme
         else:
-            plan[name] = (EXACT.get(kind, REQUANTIZE_BITS), GROUP)
+            plan[name] = (EXACT.get(kind, REQUANTIZE_BITS), GROUP, False)
     return plan
 
 
@@ -95,7 +95,7 @@ def convert_gguf(src, out, *, bits: int | None = None, group_size: int | None = 
             parts, relative = {key: [array] for key, array in exact_arrays(tensor)[1].items()}, 0.0
         else:
             try:
-                parts, relative = requantized_parts(tensor, *scheme)
+                parts, relative = requantized_parts(tensor, *scheme[:2])
             except TinyExaoneError as exc:
                 raise TinyExaoneError(f"{src}: {exc}") from None
         for key, slices in parts.items():

@@ -1,8 +1,9 @@
 """Synthetic compact files of any EXAONE 4 shape, written directly (no float checkpoint first).
 
-`write_synthetic_compact(out, config, bits, group_size, embedding_bits, seed)` writes a valid
-compact file (same plan, quantization record and writer as `convert.py`) whose quantized
-matrices hold random codes and float16 scales around 0.01, and whose norm weights are
+`write_synthetic_compact(out, config, bits, group_size, embedding_bits, seed, affine)` writes a
+valid compact file (same plan, quantization record and writer as `convert.py`; with `affine`
+the layer matrices whose input size allows it are int4k) whose quantized matrices hold random
+codes and float16 scales around 0.01 (int4k: `benchmarks.random_affine_scales`), and whose norm weights are
 1 + N(0, 0.1^2). It streams row slices, so memory stays near one slice even for the real 1.2B
 shape (an 800 MB file), and it writes under a temporary name that is renamed when complete.
 Meant for speed measurements (`tinyexaone bench`), not for quality.
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyexaone.compact import CompactWriter
+from tinyexaone.affine_fit import SUPER_BLOCK
+from tinyexaone.benchmarks import random_affine_scales
+from tinyexaone.compact import CompactWriter, needed_version
 from tinyexaone.config import parse_config
 from tinyexaone.quantized import expected_arrays
 from tinyexaone.tensors import model_tensors
 
-from .convert import _plan, _quantization_record
+from .convert import HEAD_NAMES, _plan, _quantization_record
 
 SLICE_BYTES = 16 << 20
 
@@ -39,24 +42,31 @@ EXAONE_4_0_1_2B = {
 }
 
 
-def _random_array(rng: np.random.Generator, name: str, dtype: np.dtype, shape: tuple[int, ...]):
-    """Row slices of one stored array: random codes, or float16 scales in [0.005, 0.015)."""
+def _random_array(rng: np.random.Generator, name: str, dtype: np.dtype, shape: tuple[int, ...], affine: bool):
+    """Row slices of one stored array: random codes, or float16 scales in [0.005, 0.015) (int4k's bytes)."""
     row_bytes = max(1, int(np.prod(shape[1:])) * dtype.itemsize)
     rows = max(1, SLICE_BYTES // row_bytes)
     for first in range(0, shape[0], rows):
         slice_shape = (min(rows, shape[0] - first),) + tuple(shape[1:])
-        if name == "scales":
+        if name == "scales" and affine:
+            yield random_affine_scales(rng, slice_shape)
+        elif name == "scales":
             yield (0.005 + 0.01 * rng.random(slice_shape, np.float32)).astype(dtype)
         else:
             yield rng.integers(0, 256, slice_shape, np.uint8).view(dtype)
 
 
 def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 32, embedding_bits: int = 8,
-                            seed: int = 0) -> Path:
+                            seed: int = 0, affine: bool = False) -> Path:
     """Write a random-weight compact file of `config`'s shape to `out`; returns its path."""
     out = Path(out)
     parsed = parse_config(config)
     plan = _plan(parsed, bits, group_size, embedding_bits)
+    if affine:
+        specs = model_tensors(parsed)
+        for name, scheme in plan.items():
+            if scheme and name not in HEAD_NAMES and specs[name].shape[1] % SUPER_BLOCK == 0:
+                plan[name] = (4, 32, True)
     shapes = {name: spec.shape for name, spec in model_tensors(parsed).items()}
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = {"config.json": json.dumps(config, separators=(",", ":")),
@@ -68,14 +78,15 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
     try:
         os.chmod(tmp, 0o644)
         with open(fd, "wb+") as f:
-            writer = CompactWriter(f, metadata, names)
+            writer = CompactWriter(f, metadata, names, needed_version(quantization))
             for name, scheme in plan.items():
                 spec = quantization["tensors"][name]
                 if scheme is None:  # a norm weight
                     writer.add(spec["arrays"]["weight"], 1 + 0.1 * rng.standard_normal(shapes[name]).astype(np.float32))
                     continue
-                for key, (dtype, shape) in expected_arrays(*scheme, shapes[name]).items():
-                    writer.add_stacked(spec["arrays"][key], list(_random_array(rng, key, dtype, shape)))
+                tensor_bits, group, tensor_affine = scheme
+                for key, (dtype, shape) in expected_arrays(tensor_bits, group, shapes[name], affine=tensor_affine).items():
+                    writer.add_stacked(spec["arrays"][key], list(_random_array(rng, key, dtype, shape, tensor_affine)))
             writer.finish()
         os.replace(tmp, out)
     except BaseException:

@@ -251,8 +251,8 @@ def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
 
 def test_a_newer_format_version_is_a_clear_error(compact, damaged):
     def bump(header):
-        header["__metadata__"]["format_version"] = "3"
-    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 3", "newer", "upgrade")
+        header["__metadata__"]["format_version"] = "4"
+    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 4", "newer", "upgrade")
 
 
 @pytest.mark.parametrize("cut", ["empty", "prefix", "header", "first_tensor", "last_byte"])

@@ -2,7 +2,8 @@
 
 Random codes and scales with a fresh seed per test (printed on failure), row counts that are not
 multiples of the 8-row groups, token counts on both sides of the 4-token tile, every scheme and
-group size, outputs poisoned with NaN before each call. The integer paths a CPU cannot run here
+group size (the affine int4k kind included: random nibbles, 6-bit codes and float16 d / dmin),
+outputs poisoned with NaN before each call. The integer paths a CPU cannot run here
 are covered by the generic-path rerun below and, for AArch64 sdot, by the aarch64 check script.
 """
 
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 
 from tinyexaone import integer_dot, kernels
-from tinyexaone.quantized import QuantizedWeight, expected_arrays, matmul_fused, unpack_codes, unpack_scales
+from tinyexaone.quantized import (AFFINE_HEADER, QuantizedWeight, expected_arrays, matmul_fused, unpack_affine,
+                                  unpack_codes, unpack_scales)
 
-SCHEMES = [(bits, group) for bits in (4, 8) for group in (32, 64, 128)]
+# (bits, group size, affine): the symmetric kinds and int4k
+SCHEMES = [(bits, group, False) for bits in (4, 8) for group in (32, 64, 128)] + [(4, 32, True)]
 TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a B-term sum
 
 
@@ -26,11 +29,17 @@ def fresh_rng():
     return seed, np.random.default_rng(seed)
 
 
-def random_arrays(rng, bits, group_size, shape):
-    """Stored arrays of random codes and signed float16 scales of realistic size."""
+def random_arrays(rng, bits, group_size, shape, affine=False):
+    """Stored arrays of random codes and signed float16 scales of realistic size (int4k: random
+    6-bit codes, d and dmin float16 of either size order)."""
     arrays = {}
-    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
-        if name == "scales":
+    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape, affine=affine).items():
+        if name == "scales" and affine:
+            scales = rng.integers(0, 256, array_shape, np.uint8)
+            header = rng.uniform(1e-4, 1e-3, array_shape[:-1] + (AFFINE_HEADER // 2,)) * rng.uniform(0.1, 10.0)
+            scales[..., :AFFINE_HEADER] = header.astype(np.float16).view(np.uint8)
+            arrays[name] = scales
+        elif name == "scales":
             magnitudes = rng.uniform(1e-3, 3e-2, array_shape) * rng.choice([-1.0, 1.0], array_shape)
             arrays[name] = magnitudes.astype(np.float16)
         else:
@@ -38,15 +47,19 @@ def random_arrays(rng, bits, group_size, shape):
     return arrays
 
 
-def random_weight(rng, bits, group_size, max_rows=300, max_groups=12):
-    shape = (int(rng.integers(1, max_rows)), group_size * int(rng.integers(1, max_groups)))
-    return QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape))
+def random_weight(rng, bits, group_size, affine=False, max_rows=300, max_groups=12):
+    unit = 256 if affine else group_size  # int4k input sizes are multiples of its 256-element super-blocks
+    shape = (int(rng.integers(1, max_rows)), unit * int(rng.integers(1, max(2, max_groups * group_size // unit))))
+    return QuantizedWeight.from_arrays(bits, group_size, shape, random_arrays(rng, bits, group_size, shape, affine), affine)
 
 
 def twin(weight, x):
     rows = np.arange(weight.shape[0])
-    scales = unpack_scales(weight.arrays["scales"], rows).astype(np.float32)
-    return kernels.matmul_numpy(unpack_codes(weight._codes, rows), scales, x)
+    codes = unpack_codes(weight._codes, rows, weight.affine)
+    if weight.affine:
+        steps, offsets = unpack_affine(weight.arrays["scales"], rows)  # [N, B] each
+        return kernels.matmul_numpy(codes, steps, x, offsets)
+    return kernels.matmul_numpy(codes, unpack_scales(weight.arrays["scales"], rows).astype(np.float32), x)
 
 
 def relative_error(actual, expected):
@@ -62,10 +75,10 @@ def quantized_input(x):
     return x_codes, x_sums, x_scales
 
 
-@pytest.mark.parametrize("bits,group_size", SCHEMES)
-def test_matmul_matches_numpy_twin(bits, group_size):
+@pytest.mark.parametrize("bits,group_size,affine", SCHEMES)
+def test_matmul_matches_numpy_twin(bits, group_size, affine):
     seed, rng = fresh_rng()
-    weight = random_weight(rng, bits, group_size)
+    weight = random_weight(rng, bits, group_size, affine)
     for n_tokens in (1, 3, 4, int(rng.integers(5, 40))):
         x = rng.standard_normal((n_tokens, weight.shape[1])).astype(np.float32)
         out = np.full((n_tokens, weight.shape[0]), np.nan, np.float32)
@@ -74,10 +87,10 @@ def test_matmul_matches_numpy_twin(bits, group_size):
         assert relative_error(out, twin(weight, x)) <= TOLERANCE, f"seed {seed}, shape {weight.shape}, T={n_tokens}"
 
 
-@pytest.mark.parametrize("bits,group_size", SCHEMES)
-def test_serial_matmul_equals_the_parallel_one(bits, group_size):
+@pytest.mark.parametrize("bits,group_size,affine", SCHEMES)
+def test_serial_matmul_equals_the_parallel_one(bits, group_size, affine):
     seed, rng = fresh_rng()
-    weight = random_weight(rng, bits, group_size)
+    weight = random_weight(rng, bits, group_size, affine)
     x = rng.standard_normal((int(rng.integers(1, 9)), weight.shape[1])).astype(np.float32)
     inputs = quantized_input(x)
     parallel = np.full((x.shape[0], weight.shape[0]), np.nan, np.float32)
@@ -106,12 +119,12 @@ def test_quantize_activations_matches_numpy_bit_for_bit():
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("bits,group_size", SCHEMES)
+@pytest.mark.parametrize("bits,group_size,affine", SCHEMES)
 @pytest.mark.parametrize("n_tokens", [1, 2, 7, 61])
-def test_weight_matmul_matches_its_kernels_twin(bits, group_size, n_tokens):
+def test_weight_matmul_matches_its_kernels_twin(bits, group_size, affine, n_tokens):
     """QuantizedWeight.matmul, serial for small products and parallel for large ones."""
     seed, rng = fresh_rng()
-    weight = random_weight(rng, bits, group_size, max_rows=200, max_groups=40)
+    weight = random_weight(rng, bits, group_size, affine, max_rows=200, max_groups=40)
     x = rng.standard_normal((n_tokens, weight.shape[1])).astype(np.float32)
     out = np.full((n_tokens, weight.shape[0]), np.nan, np.float32)
     weight.matmul(x, out=out)
@@ -119,12 +132,12 @@ def test_weight_matmul_matches_its_kernels_twin(bits, group_size, n_tokens):
     np.testing.assert_array_equal(weight.matmul(x), out)
 
 
-@pytest.mark.parametrize("bits,group_size", SCHEMES)
-def test_activation_quantization_error_is_within_its_bound(bits, group_size):
+@pytest.mark.parametrize("bits,group_size,affine", SCHEMES)
+def test_activation_quantization_error_is_within_its_bound(bits, group_size, affine):
     """x is quantized per 32-element block with step d = max|x| / 127 and rounding to nearest,
     so each element moves by at most d / 2 and |W x - W x_q| <= sum |w| d / 2."""
     seed, rng = fresh_rng()
-    weight = random_weight(rng, bits, group_size, max_rows=200, max_groups=40)
+    weight = random_weight(rng, bits, group_size, affine, max_rows=200, max_groups=40)
     x = (rng.standard_normal(weight.shape[1]) * rng.uniform(1e-3, 1e3)).astype(np.float32)
     out = weight.matmul(x[None, :])[0]
     w = weight.dequantize().astype(np.float64)  # [N, K]
@@ -154,12 +167,33 @@ def test_integer_sums_do_not_overflow_at_the_extremes(bits, n_tokens):
             np.testing.assert_array_equal(weight.matmul(x), np.full((n_tokens, 13), value * sign * n_cols, np.float32))
 
 
+@pytest.mark.parametrize("n_tokens", [1, 4])
+def test_int4k_sums_do_not_overflow_at_the_extremes(n_tokens):
+    """int4k at its largest codes (nibble 15, 6-bit scale and minimum 63) and at code 0, against
+    activations +-1: every path adds the block's unsigned sum (15 x 127 x 32) and its offset term."""
+    n_cols = 256 * 2
+    shape = (13, n_cols)
+    arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape)
+              in expected_arrays(4, 32, shape, affine=True).items()}
+    arrays["scales"][..., :16] = np.full(8, 1.0, np.float16).view(np.uint8)  # d = 1
+    arrays["scales"][..., 16:32] = np.full(8, 0.5, np.float16).view(np.uint8)  # dmin = 0.5
+    arrays["scales"][..., AFFINE_HEADER:] = 0xFF  # every 6-bit scale and minimum code 63
+    for nibbles, code in ((0x00, 0), (0xFF, 15)):
+        arrays["nibbles"][:] = nibbles
+        weight = QuantizedWeight.from_arrays(4, 32, shape, arrays, affine=True)
+        value = 63.0 * code - 0.5 * 63.0
+        np.testing.assert_array_equal(weight.dequantize(), np.full(shape, value, np.float32))
+        for sign in (1.0, -1.0):
+            x = np.full((n_tokens, n_cols), sign, np.float32)
+            np.testing.assert_allclose(weight.matmul(x), np.full((n_tokens, 13), value * sign * n_cols), rtol=1e-6)
+
+
 def test_non_finite_activations_give_non_finite_outputs():
     """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
     rng = np.random.default_rng(0)
-    shape = (21, 32 * 7)
-    for bits in (4, 8):
-        weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape))
+    shape = (21, 256 * 2)
+    for bits, affine in ((4, False), (8, False), (4, True)):
+        weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
         for bad in (np.nan, np.inf):
             x = rng.standard_normal((5, shape[1])).astype(np.float32)
             x[:, 100] = bad
@@ -201,6 +235,24 @@ def test_fused_matmul_equals_separate_launches(bits, n_tokens):
         np.testing.assert_array_equal(out, separate, err_msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("n_tokens", [1, 6])
+def test_fused_matmul_of_int4k_and_of_mixed_kinds(n_tokens):
+    """Three int4k matrices run in one launch and give each its own result; int4k beside int4 and
+    int8 (which cannot share a launch) gives each matrix's own result too."""
+    seed, rng = fresh_rng()
+    n_cols = 256 * int(rng.integers(1, 4))
+    shapes = [(int(rng.integers(200, 600)), n_cols) for _ in range(3)]
+    for kinds in ([(4, True)] * 3, [(4, True), (4, False), (8, False)]):
+        weights = [QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
+                   for (bits, affine), shape in zip(kinds, shapes)]
+        x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+        for weight, out in zip(weights, matmul_fused(weights, x)):
+            separate = np.full((n_tokens, weight.shape[0]), np.nan, np.float32)
+            kernels.matmul_serial(weight._codes, weight._scale_bits, *quantized_input(x), separate)
+            np.testing.assert_array_equal(out, separate, err_msg=f"seed {seed}")
+            assert relative_error(out, twin(weight, x)) <= TOLERANCE, f"seed {seed}"
+
+
 def test_portable_integer_path_matches_numpy_twin(tmp_path):
     """The generic-IR integer dot (what CPUs without a special path run) passes the twin tests:
     rerun them in a fresh process with TINYEXAONE_KERNEL_PATH=generic and an empty Numba cache."""
@@ -208,7 +260,7 @@ def test_portable_integer_path_matches_numpy_twin(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "from tinyexaone import integer_dot; print(integer_dot.integer_dot_path())"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "generic"
-    tests = [str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-k", "matmul or overflow or non_finite"]
+    tests = [str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-k", "matmul or overflow or non_finite or fused"]
     done = subprocess.run([sys.executable, "-m", "pytest", *tests], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout and "deselected" in done.stdout

@@ -303,7 +303,7 @@ def mixed_rule(name: str) -> tuple[str, int]:
         return "int8", 128
     if kind in ("gate_proj", "up_proj") or (kind == "down_proj" and layer >= 2):
         return "int4", 64
-    return "int4", 32
+    return ("int4k", 32) if kind == "down_proj" else ("int4", 32)  # int4k where the input size is a multiple of 256
 
 
 def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
@@ -332,6 +332,8 @@ def test_mixed_recipe_falls_back_to_the_group_size_where_a_larger_group_does_not
     assert (tensors["model.layers.0.self_attn.q_proj.weight"]["scheme"],
             tensors["model.layers.0.self_attn.q_proj.weight"]["group_size"]) == ("int8", 32)
     assert tensors["model.layers.3.mlp.gate_proj.weight"]["group_size"] == 64  # 192 = 3 x 64
+    assert "int4k" not in {spec["scheme"] for spec in tensors.values()}  # 192 and 576: no multiples of 256
+    assert open_compact(report.out).format_version == 2
 
 
 def test_calibration_weights_are_the_mean_square_of_each_input_column(tmp_path):

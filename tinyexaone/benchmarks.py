@@ -4,8 +4,9 @@
 split over that many threads) so kernel throughput can be quoted as a share of it.
 `blas_rate()` measures the float32 multiply-add rate of NumPy's BLAS at a prefill shape: the
 compute ceiling a prefill of dequantized weights could reach on this machine.
-`random_weight(bits, group_size, shape)` builds a `QuantizedWeight` with random codes and scales
-directly (no float intermediate), so real 1.2B shapes cost only their stored size.
+`random_weight(bits, group_size, shape, affine=False)` builds a `QuantizedWeight` (int4k with
+`affine`) with random codes and scales directly (no float intermediate), so real 1.2B shapes cost
+only their stored size; `random_affine_scales` makes int4k's scale bytes.
 `time_matvec` / `time_matmul` time `QuantizedWeight.matmul` for one or many input rows and
 return seconds, billions of weights per second and GB/s of weight bytes. Timings are the best
 of several repeats, which filters out interference from other processes on a shared machine.
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .quantized import QuantizedWeight, expected_arrays
+from .quantized import AFFINE_HEADER, QuantizedWeight, expected_arrays
 
 # the distinct matrix shapes of EXAONE-4.0-1.2B ([out, in]) and how often each runs per token
 SHAPES_1P2B = {
@@ -64,16 +65,25 @@ def blas_rate(n_tokens: int = 512, shape=(4096, 2048), repeats: int = 3) -> floa
     return n_tokens * shape[0] * shape[1] / seconds / 1e9
 
 
-def random_weight(bits: int, group_size: int, shape, seed: int = 0) -> QuantizedWeight:
+def random_affine_scales(rng: np.random.Generator, shape) -> np.ndarray:
+    """int4k scale bytes [..., 128]: d and dmin float16 in [0.0001, 0.0003), random 6-bit codes."""
+    scales = rng.integers(0, 256, shape, np.uint8)
+    header = (0.0001 + 0.0002 * rng.random(tuple(shape[:-1]) + (AFFINE_HEADER // 2,), np.float32)).astype(np.float16)
+    scales[..., :AFFINE_HEADER] = header.view(np.uint8)
+    return scales
+
+
+def random_weight(bits: int, group_size: int, shape, seed: int = 0, affine: bool = False) -> QuantizedWeight:
     """A QuantizedWeight of random codes and float16 scales around 0.01 (for timing only)."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape).items():
+    for name, (dtype, array_shape) in expected_arrays(bits, group_size, shape, affine=affine).items():
         if name == "scales":
-            arrays[name] = (rng.random(array_shape, np.float32) * 0.02).astype(np.float16)
+            arrays[name] = (random_affine_scales(rng, array_shape) if affine
+                            else (rng.random(array_shape, np.float32) * 0.02).astype(np.float16))
         else:
             arrays[name] = rng.integers(0, 256, array_shape, np.uint8).view(dtype)
-    return QuantizedWeight.from_arrays(bits, group_size, shape, arrays)
+    return QuantizedWeight.from_arrays(bits, group_size, shape, arrays, affine)
 
 
 def time_matmul(weight: QuantizedWeight, n_tokens: int, repeats: int = 20, clock=time.perf_counter) -> dict[str, float]:

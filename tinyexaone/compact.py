@@ -1,4 +1,4 @@
-"""The one-file compact model format ("tinyexaone-compact", version 2): writer and zero-copy reader.
+"""The one-file compact model format ("tinyexaone-compact", version 3): writer and zero-copy reader.
 
 A compact file is a valid safetensors file (docs/format.md is the full specification): an
 8-byte little-endian header length N, N bytes of JSON padded with spaces, then the tensor data.
@@ -11,7 +11,8 @@ plus a SHA-256 of the whole data region) and `header_sha256`, a SHA-256 of the f
 bytes computed with that field's 64 hex digits set to "0".
 
 `CompactWriter` streams arrays into a file after a reserved header region and writes the
-header last. `open_compact(path)` reads the header once and validates all of it (format and
+header last, with the oldest format version that can hold its schemes (`needed_version`: 3
+where a tensor is int4k, else 2, so files of the older schemes stay readable by older readers). `open_compact(path)` reads the header once and validates all of it (format and
 version, checksum, dtypes, shapes, offsets inside the file, alignment, sizes, the quantization
 description against the tensor table of the config) before any tensor is touched, so a damaged
 or hostile file fails with one `TinyExaoneError` line. The `CompactFile` it returns gives each
@@ -38,7 +39,7 @@ from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
-FORMAT_VERSION = 2  # 2: rows interleaved by eights (quantized.py); version 1 files are still read
+FORMAT_VERSION = 3  # 2: rows interleaved by eights (quantized.py); 3: the int4k scheme; 1 and 2 are still read
 ALIGNMENT = 64
 EMBEDDED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
@@ -46,7 +47,8 @@ EMBEDDED_FILES = (
 PADDING_PREFIX = "__padding__."
 CHECKSUM_KEY = "header_sha256"
 CHECKSUM_MARK = b'"header_sha256":"'
-QUANTIZED_SCHEMES = {"int8": 8, "int4": 4}
+QUANTIZED_SCHEMES = {"int8": 8, "int4": 4, "int4k": 4}
+SCHEME_VERSIONS = {"int4k": 3}  # schemes newer than version 1: the first version that has them
 GROUP_SIZES = (32, 64, 128)
 
 COMPACT_DTYPES = tuple(code for code in DTYPES if code != "BF16")  # a compact file stores no BF16
@@ -55,6 +57,12 @@ DTYPE_CODES = {DTYPES[code]: code for code in COMPACT_DTYPES}
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def needed_version(quantization: dict) -> int:
+    """The format version a file of this quantization record is written as (module doc)."""
+    schemes = {spec.get("scheme") for spec in quantization["tensors"].values()}
+    return max([2] + [SCHEME_VERSIONS[s] for s in schemes if s in SCHEME_VERSIONS])
 
 
 def _dtype_code(dtype: np.dtype) -> str:
@@ -76,8 +84,9 @@ class CompactWriter:
     reserved at the start (numbers are assumed to have at most 16 digits, so the bound is safe).
     """
 
-    def __init__(self, file, metadata: dict[str, str], tensor_names: list[str]):
+    def __init__(self, file, metadata: dict[str, str], tensor_names: list[str], format_version: int = 2):
         self.file = file
+        self.format_version = format_version
         self.metadata = dict(metadata)
         self.planned = set(tensor_names)
         budget = len(json.dumps(self.metadata, ensure_ascii=False).encode("utf-8")) + 1024 + 64 * 3
@@ -131,7 +140,7 @@ class CompactWriter:
                 if not name.startswith(PADDING_PREFIX)
             },
         }
-        metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), CHECKSUM_KEY: "0" * 64}
+        metadata = {"format": FORMAT_NAME, "format_version": str(self.format_version), CHECKSUM_KEY: "0" * 64}
         metadata.update(self.metadata)
         metadata["integrity"] = json.dumps(integrity, separators=(",", ":"))
         header = {"__metadata__": metadata}
@@ -277,7 +286,8 @@ def _check_integrity_record(path: Path, metadata: dict[str, str], entries: dict[
     return integrity
 
 
-def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries: dict[str, CompactEntry]) -> None:
+def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries: dict[str, CompactEntry],
+                        version: int) -> None:
     """Every model tensor described once, with the expected shape; every file tensor used once."""
     tensors = quant.get("tensors")
     if not isinstance(tensors, dict):
@@ -303,6 +313,8 @@ def _check_quantization(path: Path, quant: dict, config: Exaone4Config, entries:
         elif (not isinstance(scheme, str) or scheme not in QUANTIZED_SCHEMES
               or not is_count(spec.get("group_size")) or spec["group_size"] not in GROUP_SIZES):
             fail(path, f"tensor '{name}' has unsupported scheme {scheme!r:.20} / group size {spec.get('group_size')!r:.20}")
+        elif SCHEME_VERSIONS.get(scheme, 1) > version:
+            fail(path, f"tensor '{name}' has scheme {scheme}, which format version {version} does not have")
         for array_name in spec["arrays"].values():
             if not isinstance(array_name, str) or array_name not in entries:
                 fail(path, f"tensor '{name}' refers to array {array_name!r:.80}, which the file does not hold")
@@ -330,7 +342,7 @@ def open_compact(path) -> CompactFile:
     except TinyExaoneError as exc:
         fail(path, f"embedded {exc}")
     quantization = _json_field(path, header.metadata, "quantization")
-    _check_quantization(path, quantization, config, entries)
+    _check_quantization(path, quantization, config, entries, int(header.metadata["format_version"]))
     return CompactFile(header, entries, config, quantization)
 
 

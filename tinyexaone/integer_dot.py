@@ -5,7 +5,9 @@ Contract: `tile_dot_1`, `tile_dot_4` (one and four tokens) are Numba intrinsics
 out[k, r] = sum over all blocks b of W[8 g + r, block b] . x[t0 + k, block b], for r < 8 and
 k < n, as float32, with W in the row-interleaved layout of quantized.py (codes [G8, B, 128]
 uint8 for int4, [G8, B, 256] int8 for int8: the dtype chooses the unpacking; scale_bits
-[G8, n_groups, 8] uint16, the float16 scale of block b at index b >> scale_shift) and x
+[G8, n_groups, 8] uint16, the float16 scale of block b at index b >> scale_shift; for int4k,
+scale_bits is the uint8 super-block array [G8, K / 256, 128] of quantized.py, the super-block of
+block b at index b >> scale_shift, scale_shift = 3) and x
 quantized by kernels.quantize_activations (x_codes [T, B, 32] int8, x_sums [T, B] int32 = the
 sum of each block's codes, x_scales [T, B] float32). They trust their inputs: g < G8,
 t0 + n <= T, B the same in codes and x_codes, out [>= n, 8] float32, C-contiguous arrays.
@@ -14,7 +16,10 @@ Each 32-byte weight chunk holds 4 consecutive bytes of each of the 8 rows, so on
 per row accumulates a whole block with no horizontal sums; the activation's 4 matching bytes
 are broadcast to every lane. A block's integer sum is exact (int32), then converted and scaled
 by the row's and the token's scales and added to a float32 accumulator per row, block by block
-in order. The integer part is chosen per CPU (`integer_dot_path`):
+in order. For int4k (w = step q - offset, nibbles q = 0..15) the block's 8 steps d sc and offsets
+dmin m are decoded from the super-block bytes once per block for all tokens of the tile, and a
+token's term is x_scale (step float(U) - offset float(x_sum)), U the exact sum of q x: the
+unsigned paths' sum as it is, the signed paths' sum of (q - 8) x plus 8 x_sum. The integer part is chosen per CPU (`integer_dot_path`):
 - "vnni": vpdpbusd (AVX-512 VNNI with VL, or AVX-VNNI), unsigned weight bytes x signed
   activation bytes, so int4 nibbles (0..15) enter as they are and int8 codes flipped to
   unsigned (xor 0x80); the bias comes off as 8 (or 128) times the block's activation sum;
@@ -197,11 +202,33 @@ def _pointer(context, builder, array_type, array, indices, element):
     return builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, indices), element.as_pointer())
 
 
+def _affine_steps(builder, scale_pointer, block_in_super):
+    """(d sc, dmin m) <8 x float> of one block of a row group from its int4k super-block bytes
+    (quantized.py): d, dmin as 8 float16 each, then per block three little-endian words, the low
+    4 bits of the 8 rows' scale codes (row r at bit 4 r), of their minimum codes, and the high 2
+    bits of both (scale at bit 2 r, minimum at 16 + 2 r)."""
+    floats, halves = ir.VectorType(F32, ROWS), ir.VectorType(ir.HalfType(), ROWS)
+    d = builder.fpext(builder.load(builder.bitcast(scale_pointer, halves.as_pointer()), align=1), floats)
+    dmin = builder.fpext(builder.load(builder.bitcast(builder.gep(scale_pointer, [ir.Constant(I32, 16)]),
+                                                      halves.as_pointer()), align=1), floats)
+    words_at = builder.gep(scale_pointer, [builder.add(ir.Constant(I32, 32), builder.mul(block_in_super, ir.Constant(I32, 12)))])
+    words = [_splat(builder, builder.load(builder.gep(builder.bitcast(words_at, I32.as_pointer()), [ir.Constant(I32, i)]),
+                                          align=1), ROWS) for i in range(3)]
+
+    def six_bits(low_word, high_shift):
+        low = builder.and_(builder.lshr(low_word, _indices([4 * r for r in range(ROWS)])), _constant(LANES, 15))
+        high = builder.and_(builder.lshr(words[2], _indices([2 * r + high_shift for r in range(ROWS)])), _constant(LANES, 3))
+        return builder.uitofp(builder.or_(low, builder.shl(high, _constant(LANES, 4))), floats)
+
+    return builder.fmul(d, six_bits(words[0], 0)), builder.fmul(dmin, six_bits(words[1], 16))
+
+
 def _tile_dot(n_tokens: int):
     @intrinsic
     def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
         bits = {types.uint8: 4, types.int8: 8}.get(getattr(codes, "dtype", None))
-        if bits is None:
+        affine = getattr(scale_bits, "dtype", None) == types.uint8  # int4k: scale bytes, not float16 bits
+        if bits is None or (affine and bits != 4):
             return None
         signature = types.void(codes, scale_bits, types.intp, x_codes, x_sums, x_scales, types.intp, types.intp, out)
 
@@ -219,9 +246,14 @@ def _tile_dot(n_tokens: int):
                 chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b, zero], BYTES)
                 chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
                           for c in range(4 if bits == 4 else 8)]
-                scales_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero],
-                                          ir.VectorType(ir.HalfType(), ROWS))
-                row_scales = builder.fpext(builder.load(scales_pointer, align=2), floats)  # [8]
+                if affine:  # scale_shift is 3: 8 blocks per super-block
+                    super_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero], I8)
+                    block_in_super = builder.trunc(builder.and_(b, context.get_constant(types.intp, 7)), I32)
+                    row_scales, row_offsets = _affine_steps(builder, super_pointer, block_in_super)  # [8] each
+                else:
+                    scales_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero],
+                                              ir.VectorType(ir.HalfType(), ROWS))
+                    row_scales = builder.fpext(builder.load(scales_pointer, align=2), floats)  # [8]
                 for k in range(n_tokens):
                     token = builder.add(t0, context.get_constant(types.intp, k))
                     x_pointer = _pointer(context, builder, t[3], arrays[3], [token, b, zero], I32)
@@ -230,11 +262,19 @@ def _tile_dot(n_tokens: int):
                         return _splat(builder, builder.load(builder.gep(x_pointer, [ir.Constant(I32, c)]), align=1), ROWS)
 
                     sums, bias_shift = block_sum(builder, bits, _operand_pairs(builder, bits, chunks, activation))
-                    if bias_shift is not None:
-                        x_sum = builder.load(_pointer(context, builder, t[4], arrays[4], [token, b], I32))
-                        sums = builder.sub(sums, _splat(builder, builder.shl(x_sum, ir.Constant(I32, bias_shift)), ROWS))
                     x_scale = builder.load(_pointer(context, builder, t[5], arrays[5], [token, b], F32))
-                    term = builder.fmul(builder.sitofp(sums, floats), builder.fmul(row_scales, _splat(builder, x_scale, ROWS)))
+                    if affine or bias_shift is not None:
+                        x_sum = builder.load(_pointer(context, builder, t[4], arrays[4], [token, b], I32))
+                    if affine:  # w = step q - offset: x_scale (step sum(q x) - offset sum(x)), codes q = nibbles
+                        if bias_shift is None:  # the signed paths summed (nibble - 8) x
+                            sums = builder.add(sums, _splat(builder, builder.shl(x_sum, ir.Constant(I32, 3)), ROWS))
+                        offset_terms = builder.fmul(row_offsets, builder.sitofp(_splat(builder, x_sum, ROWS), floats))
+                        term = builder.fmul(builder.fsub(builder.fmul(builder.sitofp(sums, floats), row_scales), offset_terms),
+                                            _splat(builder, x_scale, ROWS))
+                    else:
+                        if bias_shift is not None:
+                            sums = builder.sub(sums, _splat(builder, builder.shl(x_sum, ir.Constant(I32, bias_shift)), ROWS))
+                        term = builder.fmul(builder.sitofp(sums, floats), builder.fmul(row_scales, _splat(builder, x_scale, ROWS)))
                     builder.store(builder.fadd(builder.load(totals[k]), term), totals[k])
             for k in range(n_tokens):
                 out_pointer = _pointer(context, builder, t[8], arrays[8], [context.get_constant(types.intp, k), zero], floats)

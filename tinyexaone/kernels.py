@@ -6,8 +6,9 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 (a uint16 view): Numba has no float16 type, so the IR widens them with LLVM's own
 `fpext half -> float`.
 
-One definition serves int4 and int8 (the code array's dtype picks the unpacking, see
-integer_dot.py), decode and prefill alike:
+One definition serves int4, int8 and int4k (the code array's dtype picks the unpacking, the
+scale array's the per-block float step: float16 bits for the symmetric kinds, the super-block
+bytes of int4k, see integer_dot.py), decode and prefill alike:
 - `quantize_activations(x, x_codes, x_sums, x_scales)`: x [T, 32 B] float32 -> int8 codes per
   32-element block with a float32 scale (max|x| / 127, round to nearest:
   `quantize_rows_numpy` on rows of 32 is the exact rule) and each block's code sum, as llama.cpp
@@ -20,8 +21,8 @@ integer_dot.py), decode and prefill alike:
   is read from memory once per token, in file order. `matmul_serial` runs on the calling thread
   (small matrices), `matmul_fused` runs one decode token through a tuple of matrices sharing it
   (q/k/v, gate/up) in one launch.
-- `matmul_numpy(w_codes, w_scales, x)`: the NumPy twin (exact integer block sums, then the
-  same float32 scaling; only the order of the float sums differs).
+- `matmul_numpy(w_codes, w_scales, x, w_offsets=None)`: the NumPy twin (exact integer block sums,
+  then the same float32 scaling, with int4k's offsets; only the order of the float sums differs).
 
 All parallel kernels must be entered while holding `COMPUTE_LOCK` (see quantized.py): Numba's
 workqueue threading layer aborts the process on concurrent parallel calls from two Python
@@ -138,7 +139,8 @@ def quantize_activations_serial(x, x_codes, x_sums, x_scales):
 
 @njit(nogil=True, cache=True, inline="always")
 def _scale_shift(codes, scale_bits):
-    """log2 of the blocks per scale (1, 2 or 4 blocks: group sizes 32, 64, 128)."""
+    """log2 of the blocks per scale (1, 2 or 4 blocks: group sizes 32, 64, 128; 8 for int4k's
+    super-blocks)."""
     shift = 0
     while (codes.shape[1] >> shift) > scale_bits.shape[1]:
         shift += 1
@@ -208,10 +210,13 @@ def matmul_fused(codes, scale_bits, x_codes, x_sums, x_scales, outs, n_chunks):
     return outs
 
 
-def matmul_numpy(w_codes: np.ndarray, w_scales: np.ndarray, x: np.ndarray) -> np.ndarray:
+def matmul_numpy(w_codes: np.ndarray, w_scales: np.ndarray, x: np.ndarray,
+                 w_offsets: np.ndarray | None = None) -> np.ndarray:
     """NumPy twin of `matmul`: x [T, K] float32 -> x W^T [T, N] float32 for integer codes
     w_codes [N, K] and float32 scales w_scales [N, G] (quantized.unpack_codes / unpack_scales),
-    x quantized per 32-element block by `quantize_rows_numpy`."""
+    x quantized per 32-element block by `quantize_rows_numpy`. With `w_offsets` (int4k: codes
+    0..15, w_scales and w_offsets [N, B] from quantized.unpack_affine) each block is
+    w = scale * code - offset, so its term is x_scale (scale sum(code x) - offset sum(x))."""
     n_out = w_codes.shape[0]
     blocks = w_codes.reshape(n_out, -1, 32).astype(np.int64)  # [N, B, 32]
     scales = np.repeat(w_scales.astype(np.float32), blocks.shape[1] // w_scales.shape[1], axis=1)  # [N, B]
@@ -219,6 +224,10 @@ def matmul_numpy(w_codes: np.ndarray, w_scales: np.ndarray, x: np.ndarray) -> np
     for t in range(x.shape[0]):
         x_codes, x_scales = quantize_rows_numpy(x[t].reshape(-1, 32))  # [B, 32], [B]
         block_sums = np.einsum("nbe,be->nb", blocks, x_codes.astype(np.int64))  # [N, B], exact
-        terms = block_sums.astype(np.float32) * (scales * x_scales)  # [N, B] float32
+        if w_offsets is None:
+            terms = block_sums.astype(np.float32) * (scales * x_scales)  # [N, B] float32
+        else:
+            x_sums = x_codes.astype(np.int32).sum(axis=1).astype(np.float32)  # [B]
+            terms = (block_sums.astype(np.float32) * scales - w_offsets.astype(np.float32) * x_sums) * x_scales
         out[t] = terms.sum(axis=1, dtype=np.float64).astype(np.float32)
     return out

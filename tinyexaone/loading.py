@@ -28,12 +28,12 @@ import numpy as np
 from .bf16 import Bf16Weight
 from .chat_model import ChatModel
 from .checkpoint import check_tensors, open_checkpoint
-from .compact import QUANTIZED_SCHEMES, CompactFile, open_compact
+from .compact import CompactFile, open_compact
 from .config import Exaone4Config, load_config
 from .errors import TinyExaoneError
 from .gguf_source import GgufSource
 from .model import Model
-from .quantized import QuantizedWeight, from_version_1
+from .quantized import SCHEMES, QuantizedWeight, from_version_1
 from .safetensors_file import fail
 from .tensors import TensorSpec, build_weights
 from .tokenizer import read_tokenizer_files, tokenizer_from_files
@@ -81,11 +81,11 @@ class CompactSource:
     def matrix(self, spec: TensorSpec) -> MatrixWeight:
         stored = self._spec(spec)
         arrays = {key: self.compact.array(name) for key, name in stored["arrays"].items()}
-        bits, group_size = QUANTIZED_SCHEMES[stored["scheme"]], stored["group_size"]
+        (bits, affine), group_size = SCHEMES[stored["scheme"]], stored["group_size"]
         try:
             if self.compact.format_version == 1:  # rows stored one by one: repacked in memory
                 arrays = from_version_1(bits, group_size, spec.shape, arrays)
-            return QuantizedWeight.from_arrays(bits, group_size, spec.shape, arrays)
+            return QuantizedWeight.from_arrays(bits, group_size, spec.shape, arrays, affine)
         except TinyExaoneError as exc:
             fail(self.compact.path, f"tensor '{spec.name}' has inconsistent quantized arrays ({exc})")
 

@@ -1,12 +1,13 @@
-"""Group-wise quantized matrices (int8 and int4) and their exact storage layout.
+"""Group-wise quantized matrices (int8, int4 and the affine int4k) and their exact storage layout.
 
 A `QuantizedWeight` stands in for `DenseWeight`: it has `shape` ([out, in]), `matmul(x)`
 (x [T, in] float32 -> x @ W^T [T, out] float32) and `rows(ids)` (dequantized W[ids]).
-`quantize(matrix, bits, group_size, weights=None)` is the quantizer; `from_arrays` rebuilds a
-weight from stored arrays (possibly read-only memory maps, never copied or written) after
-validating them, because the Numba kernels trust their inputs.
+`quantize(matrix, bits, group_size, weights=None, affine=False)` is the quantizer; `from_arrays`
+rebuilds a weight from stored arrays (possibly read-only memory maps, never copied or written)
+after validating them, because the Numba kernels trust their inputs. `scheme` is the compact
+file's name of the kind ("int8", "int4", "int4k").
 
-Scheme (both widths): symmetric, one float16 scale per group of `group_size` consecutive input
+Symmetric scheme (int4, int8): one float16 scale per group of `group_size` consecutive input
 elements of a row: w[n, k] ~= q[n, k] * scale[n, k // group_size], with q in [-8, 7] (int4) or
 [-128, 127] (int8). The codes are the absmax codes: q = clip(rint(w / s0)) (ties to even) for
 the signed absmax scale s0, whose sign puts the group's largest-magnitude element towards the
@@ -15,7 +16,12 @@ element rounds with error at most |s0| / 2; the stored scale is the float16 leas
 of those codes (weighted per input column by `weights` when given: calibration), or s0 where that
 is not more accurate (scale_fit.py). An all-zero group has scale 0.
 
-Layout (compact format version 2). Let N = out, K = in (a multiple of group_size, itself 32, 64
+Affine scheme int4k (`affine=True`, bits 4, group_size 32, K a multiple of 256; llama.cpp's
+Q4_K at its 4.5 bits per weight): in super-block s of 256 elements, block j (of 32) is
+w ~= d[n, s] * sc[n, b] * q - dmin[n, s] * m[n, b] with b = 8 s + j, codes q in 0..15, 6-bit sc
+and m, float16 d and dmin (affine_fit.py chooses them).
+
+Layout (compact format version 2; int4k: version 3). Let N = out, K = in (a multiple of group_size, itself 32, 64
 or 128), B = K / 32 blocks of 32 consecutive elements per row (element k of a row is element
 e = k % 32 of block b = k // 32), and G8 = ceil(N / 8) row groups. Rows are interleaved by
 eights: row n is lane r = n % 8 of group g = n // 8, and a block of a group is a run of 32-byte
@@ -30,18 +36,25 @@ have code 0 and scale 0.
   for c in 0..3, n = 8 g + r: the low nibbles of chunk c are elements 4c..4c+3 of the block, the
   high nibbles elements 16+4c..16+4c+3 (llama.cpp's Q4_0 keeps the same two halves per byte).
 - scales[g, j, r] = the scale of elements j * group_size ... (j + 1) * group_size - 1 of row 8 g + r.
+- int4k, arrays {"nibbles": uint8 [G8, B, 128] as int4's but holding q itself (0..15), "scales":
+  uint8 [G8, K / 256, 128]}: per row group and super-block s, bytes 0..15 are d of rows 0..7
+  (float16, little-endian), bytes 16..31 dmin, and bytes 32 + 12 j .. 43 + 12 j three
+  little-endian uint32 words for block j of the super-block: word 0 holds the low 4 bits of
+  sc[8 g + r, 8 s + j] at bits 4 r, word 1 those of m, word 2 the high 2 bits of sc at bits 2 r
+  and of m at bits 16 + 2 r. 144 bytes per row per super-block, as Q4_K.
 
 Every array is C-contiguous, little-endian. Bits per weight: 8 + 16/group_size (int8) and
-4 + 16/group_size (int4), e.g. 4.5 for int4 g32. Version 1 files stored each row on its own,
+4 + 16/group_size (int4), e.g. 4.5 for int4 g32; 4.5 for int4k. Version 1 files stored each row on its own,
 element e of every block contiguous (quants [N, 32, B], nibbles [N, 16, B] with element j in the
 low and j + 16 in the high nibble, scales [N, K / group_size]); `from_version_1` repacks such
 arrays into this layout in memory when an old file is loaded.
 
-Why symmetric int4, not affine (min/max with a bias per group): measured on the tiny test model
-at g32, affine lowers the rms weight error from 8.4% to 7.9% and raises the logits cosine from
-0.949 to 0.958, but costs 0.5 bit per weight more (5.0 vs 4.5: the 1.2B int4 g32 file would be
-~890 MB, over the 820 MB budget), 11% more bytes read per token, and ran 5% slower per core.
-The signed scale already gives symmetric codes affine's use of all 16 levels on the wide side.
+Why int4k quantizes its scales and minimums to 6 bits under a float16 pair per 256: a float16
+scale and minimum per 32 would cost 5.0 bits per weight; at 4.5 the 6-bit codes keep most of
+affine's gain (Gaussian weights: symmetric g32 0.0838, int4k 0.0712 relative error, Q4_K 0.0713).
+The symmetric kinds stay for input sizes that are not multiples of 256 (the demo model's 192).
+The kernels' integer part is the same for int4 and int4k; only the per-block float step differs
+(integer_dot.py).
 
 `matmul` enters the Numba kernels (kernels.py) under `kernels.COMPUTE_LOCK`, so calls from
 several Python threads are serialised (Numba's workqueue layer aborts on concurrent use).
@@ -53,6 +66,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .affine_fit import SUPER_BLOCK, fit_affine
 from .integer_dot import ROWS
 from .errors import TinyExaoneError
 from .scale_fit import fit_scales
@@ -60,9 +74,17 @@ from .scale_fit import fit_scales
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 8)
+SCHEMES = {"int8": (8, False), "int4": (4, False), "int4k": (4, True)}  # file scheme name -> (bits, affine)
+AFFINE_HEADER = 32  # bytes of d and dmin (8 rows x float16 each) before the sub-scale codes of a super-block
+AFFINE_SUB_BYTES = 12  # bytes of 6-bit scale and minimum codes per block of a row group
 
 
-def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
+def scheme_name(bits: int, affine: bool = False) -> str:
+    """The compact file's scheme name of a weight format ("int4", "int8", "int4k")."""
+    return "int4k" if affine else f"int{bits}"
+
+
+def _check_format(bits: int, group_size: int, shape, affine: bool = False) -> tuple[int, int]:
     if bits not in BITS:
         raise TinyExaoneError(f"quantized weights must have 4 or 8 bits, got {bits}")
     if group_size not in GROUP_SIZES:
@@ -72,14 +94,24 @@ def _check_format(bits: int, group_size: int, shape) -> tuple[int, int]:
     out_dim, in_dim = int(shape[0]), int(shape[1])
     if in_dim % group_size:
         raise TinyExaoneError(f"input size {in_dim} is not a multiple of the group size {group_size}")
+    if affine and (bits != 4 or group_size != BLOCK or in_dim % SUPER_BLOCK):
+        raise TinyExaoneError(f"int4k needs 4 bits, blocks of {BLOCK} and an input size that is a multiple of "
+                              f"{SUPER_BLOCK}, got int{bits} g{group_size} with input size {in_dim}")
     return out_dim, in_dim
 
 
-def expected_arrays(bits: int, group_size: int, shape, version: int = 2) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+def expected_arrays(bits: int, group_size: int, shape, version: int = 2,
+                    affine: bool = False) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     """The array names, dtypes and shapes a weight of this format must have (in a compact file
-    of `version` 2, or 1: see the module doc)."""
-    out_dim, in_dim = _check_format(bits, group_size, shape)
+    of `version` 2 or 3, or 1: see the module doc)."""
+    out_dim, in_dim = _check_format(bits, group_size, shape, affine)
     blocks, n_groups = in_dim // BLOCK, in_dim // group_size
+    if affine:
+        if version == 1:
+            raise TinyExaoneError("int4k weights do not exist in compact format version 1")
+        row_groups = -(-out_dim // ROWS)
+        return {"nibbles": (np.dtype(np.uint8), (row_groups, blocks, 4 * ROWS * 4)),
+                "scales": (np.dtype(np.uint8), (row_groups, in_dim // SUPER_BLOCK, AFFINE_HEADER + 8 * AFFINE_SUB_BYTES))}
     codes = "quants" if bits == 8 else "nibbles"
     dtype = np.dtype(np.int8 if bits == 8 else np.uint8)
     if version == 1:
@@ -90,41 +122,87 @@ def expected_arrays(bits: int, group_size: int, shape, version: int = 2) -> dict
             "scales": (np.dtype(np.float16), (row_groups, n_groups, ROWS))}
 
 
-def quantize(matrix: np.ndarray, bits: int, group_size: int, weights: np.ndarray | None = None) -> "QuantizedWeight":
-    """Quantize a float matrix [out, in] to the symmetric group-wise format; `weights` [in] (>= 0)
-    weight each input column's squared error in the scale fit (the mean square of its
-    activations, from calibration text)."""
+def quantize(matrix: np.ndarray, bits: int, group_size: int, weights: np.ndarray | None = None,
+             affine: bool = False) -> "QuantizedWeight":
+    """Quantize a float matrix [out, in] to the symmetric group-wise format, or with `affine` to
+    int4k (bits 4, group_size 32); `weights` [in] (>= 0) weight each input column's squared error
+    in the fit (the mean square of its activations, from calibration text)."""
     matrix = np.asarray(matrix)
-    out_dim, in_dim = _check_format(bits, group_size, matrix.shape)
+    out_dim, in_dim = _check_format(bits, group_size, matrix.shape, affine)
     if not np.issubdtype(matrix.dtype, np.floating):
         raise TinyExaoneError(f"can only quantize a float matrix, got {matrix.dtype}")
+    if affine:
+        arrays = _pack_affine(*fit_affine(matrix, weights))
+        return QuantizedWeight(bits, group_size, (out_dim, in_dim), arrays, affine=True)
     scales, codes = fit_scales(matrix, bits, group_size, weights)  # [N, G] float16, [N, K] int8
     return QuantizedWeight(bits, group_size, (out_dim, in_dim), _pack(codes.astype(np.int16), bits, scales))
 
 
-def _pack(q: np.ndarray, bits: int, scales: np.ndarray) -> dict[str, np.ndarray]:
-    """Stored arrays (module doc) from integer codes q [N, K] and scales [N, G] float16."""
+def _pack_affine(codes: np.ndarray, d: np.ndarray, dmin: np.ndarray, sc: np.ndarray,
+                 mc: np.ndarray) -> dict[str, np.ndarray]:
+    """Stored int4k arrays (module doc) from codes [N, K] 0..15, d and dmin float16 [N, S] and the
+    6-bit codes sc, mc [N, B] (affine_fit.py)."""
+    out_dim = codes.shape[0]
+    row_groups = -(-out_dim // ROWS)
+    padded = lambda a: np.concatenate([a, np.zeros((row_groups * ROWS - out_dim,) + a.shape[1:], a.dtype)])  # noqa: E731
+    nibbles = _pack_codes(padded(codes).astype(np.int16) - 8, 4)
+    n_super = d.shape[1]
+    lanes = lambda a: padded(a).reshape(row_groups, ROWS, n_super, -1).transpose(0, 2, 3, 1)  # [G8, S, ..., r]  # noqa: E731
+    sc_lanes, mc_lanes = lanes(sc).astype(np.uint32), lanes(mc).astype(np.uint32)  # [G8, S, 8 blocks, r]
+    shift4, shift2 = 4 * np.arange(ROWS, dtype=np.uint32), 2 * np.arange(ROWS, dtype=np.uint32)
+    words = np.stack([((sc_lanes & 15) << shift4).sum(axis=-1), ((mc_lanes & 15) << shift4).sum(axis=-1),
+                      ((sc_lanes >> 4) << shift2).sum(axis=-1) | ((mc_lanes >> 4) << (shift2 + 16)).sum(axis=-1)],
+                     axis=-1).astype("<u4")  # [G8, S, 8 blocks, 3]
+    halves = [np.ascontiguousarray(lanes(h[:, :, None])[:, :, 0]).view(np.uint8) for h in (d, dmin)]  # [G8, S, 16]
+    scales = np.concatenate(halves + [words.view(np.uint8).reshape(row_groups, n_super, -1)], axis=2)
+    return {"nibbles": nibbles, "scales": np.ascontiguousarray(scales)}
+
+
+def unpack_affine(scales: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(d sc, dmin m) float32 [len(rows), B] of the selected rows from stored int4k scales
+    [G8, S, 128]: each block's step and offset, w = step * q - offset (the kernels' float32 products)."""
+    rows = np.asarray(rows)
+    picked = scales[rows // ROWS]  # [R, S, 128]
+    lane, picks = rows % ROWS, np.arange(len(rows))
+    d = picked[:, :, :16].copy().view(np.float16)[picks, :, lane]  # [R, S]
+    dmin = picked[:, :, 16:32].copy().view(np.float16)[picks, :, lane]
+    words = picked[:, :, AFFINE_HEADER:].copy().view("<u4").reshape(len(rows), -1, 8, 3).astype(np.int64)  # [R, S, 8, 3]
+    r = lane[:, None, None]
+    sc = ((words[..., 0] >> (4 * r)) & 15) | (((words[..., 2] >> (2 * r)) & 3) << 4)  # [R, S, 8]
+    mc = ((words[..., 1] >> (4 * r)) & 15) | (((words[..., 2] >> (2 * r + 16)) & 3) << 4)
+    steps = d.astype(np.float32)[:, :, None] * sc.astype(np.float32)
+    offsets = dmin.astype(np.float32)[:, :, None] * mc.astype(np.float32)
+    return steps.reshape(len(rows), -1), offsets.reshape(len(rows), -1)
+
+
+def _pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
+    """The stored code array (quants or nibbles, module doc) of integer codes q [N, K]."""
     out_dim, in_dim = q.shape
     row_groups = -(-out_dim // ROWS)
     padded = np.zeros((row_groups * ROWS, in_dim), np.int16)
     padded[:out_dim] = q
-    padded_scales = np.zeros((row_groups * ROWS, scales.shape[1]), np.float16)
-    padded_scales[:out_dim] = scales
     blocks = padded.reshape(row_groups, ROWS, in_dim // BLOCK, BLOCK)  # [G8, r, B, 32]
     if bits == 8:
-        name, chunked = "quants", blocks.astype(np.int8).reshape(row_groups, ROWS, -1, 8, 4)  # [G8, r, B, c, i]
+        chunked = blocks.astype(np.int8).reshape(row_groups, ROWS, -1, 8, 4)  # [G8, r, B, c, i]
     else:
         biased = (blocks + 8).astype(np.uint8)
         nibbles = biased[..., :16] | (biased[..., 16:] << 4)  # [G8, r, B, 16]
-        name, chunked = "nibbles", nibbles.reshape(row_groups, ROWS, -1, 4, 4)  # [G8, r, B, c, i]
-    codes = np.ascontiguousarray(chunked.transpose(0, 2, 3, 1, 4)).reshape(row_groups, in_dim // BLOCK, -1)
+        chunked = nibbles.reshape(row_groups, ROWS, -1, 4, 4)  # [G8, r, B, c, i]
+    return np.ascontiguousarray(chunked.transpose(0, 2, 3, 1, 4)).reshape(row_groups, in_dim // BLOCK, -1)
+
+
+def _pack(q: np.ndarray, bits: int, scales: np.ndarray) -> dict[str, np.ndarray]:
+    """Stored arrays (module doc) from integer codes q [N, K] and scales [N, G] float16."""
+    row_groups = -(-q.shape[0] // ROWS)
+    padded_scales = np.zeros((row_groups * ROWS, scales.shape[1]), np.float16)
+    padded_scales[:q.shape[0]] = scales
     scale_groups = np.ascontiguousarray(padded_scales.reshape(row_groups, ROWS, -1).transpose(0, 2, 1))
-    return {name: codes, "scales": scale_groups}
+    return {"quants" if bits == 8 else "nibbles": _pack_codes(q, bits), "scales": scale_groups}
 
 
-def unpack_codes(codes: np.ndarray, rows) -> np.ndarray:
+def unpack_codes(codes: np.ndarray, rows, affine: bool = False) -> np.ndarray:
     """Integer codes [len(rows), K] (int16) of the selected rows of stored code arrays (the NumPy
-    twin of the kernels' unpacking)."""
+    twin of the kernels' unpacking): int4 nibbles less 8, or with `affine` (int4k) as they are."""
     rows = np.asarray(rows)
     row_groups, n_blocks, chunk_bytes = codes.shape
     lanes = codes[rows // ROWS].reshape(len(rows), n_blocks, -1, ROWS, 4)  # [R, B, c, r, i]
@@ -133,7 +211,7 @@ def unpack_codes(codes: np.ndarray, rows) -> np.ndarray:
         blocks = picked.reshape(len(rows), n_blocks, BLOCK).astype(np.int16)  # [R, B, 32]
     else:
         packed = picked.reshape(len(rows), n_blocks, 16)  # [R, B, 16]
-        blocks = np.concatenate([packed & 15, packed >> 4], axis=2).astype(np.int16) - 8  # [R, B, 32]
+        blocks = np.concatenate([packed & 15, packed >> 4], axis=2).astype(np.int16) - (0 if affine else 8)  # [R, B, 32]
     return blocks.reshape(len(rows), -1)
 
 
@@ -154,9 +232,10 @@ def from_version_1(bits: int, group_size: int, shape, arrays: dict[str, np.ndarr
     return _pack(q.reshape(q.shape[0], -1), bits, arrays["scales"])
 
 
-def check_arrays(bits: int, group_size: int, shape, arrays: dict[str, np.ndarray], version: int = 2) -> None:
+def check_arrays(bits: int, group_size: int, shape, arrays: dict[str, np.ndarray], version: int = 2,
+                 affine: bool = False) -> None:
     """Raise TinyExaoneError unless `arrays` has the names, dtypes, shapes and contiguity of the format."""
-    expected = expected_arrays(bits, group_size, shape, version)
+    expected = expected_arrays(bits, group_size, shape, version, affine)
     names = set(arrays)
     if names != set(expected):
         raise TinyExaoneError(f"int{bits} weight needs arrays {sorted(expected)}, got {sorted(names)}")
@@ -175,20 +254,27 @@ def check_arrays(bits: int, group_size: int, shape, arrays: dict[str, np.ndarray
 class QuantizedWeight:
     """A matrix [out, in] stored group-wise quantized; used as y = x @ W^T."""
 
-    def __init__(self, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]):
+    def __init__(self, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray], affine: bool = False):
         self.bits = bits
         self.group_size = group_size
+        self.affine = affine
         self.shape = (int(shape[0]), int(shape[1]))
         self.arrays = arrays
         # read-only views for the kernels: one compiled signature whether or not the file is a memmap
         self._codes = _read_only(arrays["quants"] if bits == 8 else arrays["nibbles"])  # [G8, B, 256 | 128]
-        self._scale_bits = _read_only(arrays["scales"].view(np.uint16))  # [G8, G, 8]
+        # symmetric: the float16 scales' bits [G8, G, 8] uint16; int4k: the scale bytes [G8, S, 128] uint8
+        self._scale_bits = _read_only(arrays["scales"] if affine else arrays["scales"].view(np.uint16))
 
     @classmethod
-    def from_arrays(cls, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray]) -> "QuantizedWeight":
+    def from_arrays(cls, bits: int, group_size: int, shape, arrays: dict[str, np.ndarray],
+                    affine: bool = False) -> "QuantizedWeight":
         """Wrap stored arrays after checking names, dtypes, shapes and contiguity (no copy)."""
-        check_arrays(bits, group_size, shape, arrays)
-        return cls(bits, group_size, shape, dict(arrays))
+        check_arrays(bits, group_size, shape, arrays, affine=affine)
+        return cls(bits, group_size, shape, dict(arrays), affine)
+
+    @property
+    def scheme(self) -> str:
+        return scheme_name(self.bits, self.affine)
 
     @property
     def nbytes(self) -> int:
@@ -201,7 +287,11 @@ class QuantizedWeight:
     def rows(self, ids) -> np.ndarray:
         """Dequantized rows W[ids] as float32 [len(ids), in] (embedding lookup, NumPy)."""
         ids = np.asarray(ids)
-        codes = unpack_codes(self._codes, ids).astype(np.float32)  # [R, K]
+        codes = unpack_codes(self._codes, ids, self.affine).astype(np.float32)  # [R, K]
+        if self.affine:
+            steps, offsets = unpack_affine(self.arrays["scales"], ids)  # [R, B] each
+            blocks = codes.reshape(len(ids), -1, BLOCK) * steps[:, :, None] - offsets[:, :, None]  # [R, B, 32]
+            return blocks.reshape(len(ids), -1)
         scales = unpack_scales(self.arrays["scales"], ids).astype(np.float32)  # [R, G]
         return (codes.reshape(len(ids), -1, self.group_size) * scales[:, :, None]).reshape(len(ids), -1)
 
@@ -238,7 +328,8 @@ def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
     x = np.ascontiguousarray(x, dtype=np.float32)
     first = weights[0]
     same_format = all(
-        isinstance(w, QuantizedWeight) and w.bits == first.bits and w.shape[1] == first.shape[1] for w in weights
+        isinstance(w, QuantizedWeight) and (w.bits, w.affine) == (first.bits, first.affine) and w.shape[1] == first.shape[1]
+        for w in weights
     )
     if not same_format or x.ndim != 2 or x.shape[1] != first.shape[1]:
         return [w.matmul(x) for w in weights]

@@ -1,6 +1,7 @@
 """Time the quantized matvec kernels at the real EXAONE-4.0-1.2B shapes (not part of the tests).
 
-Usage: python tools/bench_kernels.py [--threads N] [--repeats N] [--tokens T] [--schemes 4:32,8:32]
+Usage: python tools/bench_kernels.py [--threads N] [--repeats N] [--tokens T] [--schemes 4:32,4k:32,8:32]
+(`4k:32` is the affine int4k kind.)
 Prints the read bandwidth of this machine and, per scheme and shape, G weights/s, GB/s of
 weight bytes and their share of the read bandwidth measured in the same run.
 """
@@ -27,15 +28,16 @@ def main() -> None:
     bandwidth = read_bandwidth(args.threads)
     print(f"threading layer {numba.threading_layer()}, threads {numba.get_num_threads()}")
     print(f"read bandwidth (NumPy max, {args.threads} threads): {bandwidth:.1f} GB/s")
-    schemes = [tuple(int(v) for v in item.split(":")) for item in args.schemes.split(",")]
-    for bits, group_size in schemes:
+    schemes = [item.split(":") for item in args.schemes.split(",")]
+    for kind, group in schemes:
+        bits, group_size, affine = int(kind.rstrip("k")), int(group), kind.endswith("k")
         for label, (shape, _) in SHAPES_1P2B.items():
             if label.startswith("head") and bits == 4:
                 continue
-            weight = random_weight(bits, group_size, shape)
+            weight = random_weight(bits, group_size, shape, affine=affine)
             r = time_matmul(weight, args.tokens, args.repeats, clock)
             share = 100 * r["gbs"] / bandwidth
-            print(f"int{bits} g{group_size:<3} {label:<18} T={args.tokens:<4} {r['seconds']*1e3:8.3f} ms "
+            print(f"int{kind:<2} g{group_size:<3} {label:<18} T={args.tokens:<4} {r['seconds']*1e3:8.3f} ms "
                   f"{r['gws']:6.1f} G w/s {r['gbs']:6.1f} GB/s {share:5.0f}% of read bw")
 
 
