@@ -28,11 +28,11 @@ unsigned paths' sum as it is, the signed paths' sum of (q - 8) x plus 8 x_sum. T
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
-consecutive groups, contiguous), and each block asks for the bytes PREFETCH_BYTES (4 KB) ahead
-of it in that stream (`_prefetch_ahead`), so that memory keeps streaming while the tile computes:
-a tile of four tokens does four times a block's arithmetic per byte, and without the prefetch
-its memory and arithmetic times added up instead of overlapping. The NumPy twin is
-kernels.matmul_numpy.
+consecutive groups, contiguous), so there is no software prefetch: asking for the bytes 1 KB
+ahead of each block made no difference to decode (five interleaved pairs of
+`python tools/profile_decode.py FILE --threads 2` on the synthetic 1.2B int4 file, Zen 4: 31.1 /
+32.2 / 32.2 / 37.4 / 33.3 tok/s without, 30.7 / 32.2 / 32.3 / 33.0 / 30.5 with). The NumPy twin
+is kernels.matmul_numpy.
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ PATHS = ("vnni", "avx2", "dotprod", "generic")
 
 I1, I8, I16, I32, F32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 BYTES = ir.VectorType(I8, 32)  # one weight chunk: 4 bytes x 8 rows
-PREFETCH_BYTES = 4096  # how far ahead of the block in use a thread asks for its weight bytes
-CACHE_LINE = 64
 LANES = ir.VectorType(I32, ROWS)
 
 
@@ -225,16 +223,6 @@ def _affine_steps(builder, scale_pointer, block_in_super):
     return builder.fmul(d, six_bits(words[0], 0)), builder.fmul(dmin, six_bits(words[1], 16))
 
 
-def _prefetch_ahead(builder, chunk_pointer, n_chunks):
-    """Ask for the cache lines PREFETCH_BYTES past this block's n_chunks 32-byte chunks (the
-    stream a thread reads next: its rows' later blocks, then the next row group). A prefetch
-    never faults, so running past the end of the array near its last blocks is harmless."""
-    ahead = builder.bitcast(builder.gep(chunk_pointer, [ir.Constant(I32, PREFETCH_BYTES // 32)]), I8.as_pointer())
-    for line in range(0, 32 * n_chunks, CACHE_LINE):
-        _call(builder, "llvm.prefetch.p0i8", ir.VoidType(),
-              [builder.gep(ahead, [ir.Constant(I32, line)]), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-
-
 def _tile_dot(n_tokens: int):
     @intrinsic
     def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
@@ -256,7 +244,6 @@ def _tile_dot(n_tokens: int):
             with cgutils.for_range(builder, n_blocks) as loop:
                 b = loop.index
                 chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b, zero], BYTES)
-                _prefetch_ahead(builder, chunk_pointer, 4 if bits == 4 else 8)
                 chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
                           for c in range(4 if bits == 4 else 8)]
                 if affine:  # scale_shift is 3: 8 blocks per super-block
