@@ -3,7 +3,7 @@ holds the instructions it exists for (the paths this machine runs are tested on 
 test_kernels.py; this covers the others, AArch64's sdot included, without such a CPU).
 
 Each case builds one block's integer sum (integer_dot's own IR builders: `_operand_pairs`, the
-path's block sum, `_prefetch_ahead`) into a small stand-alone LLVM function, compiles it with
+path's block sum) into a small stand-alone LLVM function, compiles it with
 llvmlite for the path's target triple and CPU features, and reads the assembly."""
 
 import llvmlite.binding as llvm
@@ -13,10 +13,10 @@ from llvmlite import ir
 from tinyexaone import integer_dot as dot
 
 TARGETS = {  # path: (triple, cpu, features, instructions the assembly must hold)
-    "vnni": ("x86_64-unknown-linux-gnu", "znver4", "", ["vpdpbusd", "prefetcht0"]),
-    "avx2": ("x86_64-unknown-linux-gnu", "haswell", "", ["vpmaddubsw", "vpmaddwd", "prefetcht0"]),
-    "dotprod": ("aarch64-unknown-linux-gnu", "generic", "+neon,+dotprod", ["sdot", "prfm"]),
-    "generic": ("aarch64-unknown-linux-gnu", "generic", "+neon", ["prfm"]),
+    "vnni": ("x86_64-unknown-linux-gnu", "znver4", "", ["vpdpbusd"]),
+    "avx2": ("x86_64-unknown-linux-gnu", "haswell", "", ["vpmaddubsw", "vpmaddwd"]),
+    "dotprod": ("aarch64-unknown-linux-gnu", "generic", "+neon,+dotprod", ["sdot"]),
+    "generic": ("aarch64-unknown-linux-gnu", "generic", "+neon", ["mul"]),
 }
 
 
@@ -29,7 +29,6 @@ def block_function(path: str, bits: int) -> str:
     builder = ir.IRBuilder(function.append_basic_block())
     chunk_pointer = builder.bitcast(weights, dot.BYTES.as_pointer())
     n_chunks = 4 if bits == 4 else 8
-    dot._prefetch_ahead(builder, chunk_pointer, n_chunks)
     chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(dot.I32, c)]), align=1) for c in range(n_chunks)]
 
     def activation(c):
