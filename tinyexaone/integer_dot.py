@@ -31,7 +31,10 @@ A thread reads its rows' bytes as one sequential stream (the layout keeps a grou
 consecutive groups, contiguous), so there is no software prefetch: asking for the bytes 1 KB
 ahead of each block made no difference to decode (five interleaved pairs of
 `python tools/profile_decode.py FILE --threads 2` on the synthetic 1.2B int4 file, Zen 4: 31.1 /
-32.2 / 32.2 / 37.4 / 33.3 tok/s without, 30.7 / 32.2 / 32.3 / 33.0 / 30.5 with). The NumPy twin
+32.2 / 32.2 / 37.4 / 33.3 tok/s without, 30.7 / 32.2 / 32.3 / 33.0 / 30.5 with), nor did 4 KB
+ahead for one or four tokens a step (three interleaved pairs of `python tools/bench_server.py FILE
+--step-only --streams 1,4 --threads 1`: 55.3 / 51.2 / 52.1 ms per one-token step without, 55.8 /
+60.4 / 54.4 with; four tokens 75.5 / 81.7 / 77.8 against 80.8 / 80.3 / 78.5). The NumPy twin
 is kernels.matmul_numpy.
 """
 
