@@ -239,7 +239,8 @@ class Sampler:
         scores = usable_logits(logits)
         if p.repetition_penalty != 1.0:
             scores = apply_repetition_penalty(scores, [*prompt_ids, *generated_ids], p.repetition_penalty)
-        scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
+        if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:  # (else no float64 copy of the vocabulary)
+            scores = apply_presence_frequency_penalty(scores, generated_ids, p.presence_penalty, p.frequency_penalty)
         if p.temperature == 0:
             return int(np.argmax(scores))
         # below NEGLIGIBLE under the best, a token's probability is under e^-40 of the best one's
