@@ -1,11 +1,11 @@
-"""Compact files holding int4k tensors (format version 3): written, read back, refused when inconsistent.
+"""Compact files holding int4k or int6 tensors (format version 3): written, read back, refused when inconsistent.
 
 A synthetic file of a small shape whose input sizes are multiples of 256 (`quant/synthetic.py`
 with affine=True: random nibbles, 6-bit codes and float16 d / dmin) is checked for its version,
 its per-tensor records and arrays (independently of tinyexaone, from docs/format.md), its
 kernels against the dequantized weights, and for one-line errors where an int4k tensor sits in a
-version 2 file or its arrays have another shape. Files without int4k stay version 2
-(test_compact_file.py).
+version 2 file or its arrays have another shape. The same for a file whose embedding (the tied
+head) is int6. Files without int4k or int6 stay version 2 (test_compact_file.py).
 """
 
 import json
@@ -76,3 +76,51 @@ def test_int4k_arrays_of_another_shape_are_a_clear_error(int4k_file, damaged):
                                                              "tensors": tensors}, separators=(",", ":"))
     assert_one_line_error(damaged(rewrite_header(int4k_file.read_bytes(), swap)), "inconsistent quantized arrays",
                           "has shape")
+
+
+@pytest.fixture(scope="module")
+def int6_file(tmp_path_factory):
+    return write_synthetic_compact(tmp_path_factory.mktemp("int6") / "e6.tx", SHAPE, 4, 32, 6, seed=4)
+
+
+def test_an_int6_embedding_is_version_3_with_the_documented_arrays(int6_file):
+    n, header = split(int6_file.read_bytes())
+    assert header["__metadata__"]["format_version"] == "3"
+    tensors = json.loads(header["__metadata__"]["quantization"])["tensors"]
+    embedding = tensors["model.embed_tokens.weight"]
+    rows = -(-SHAPE["vocab_size"] // 8)
+    assert (embedding["scheme"], embedding["group_size"]) == ("int6", 32)
+    assert set(embedding["arrays"]) == {"codes", "scales"}
+    assert header[embedding["arrays"]["codes"]]["dtype"] == "U8" and header[embedding["arrays"]["codes"]]["shape"] == [rows, 8, 192]
+    assert header[embedding["arrays"]["scales"]]["dtype"] == "F16" and header[embedding["arrays"]["scales"]]["shape"] == [rows, 8, 8]
+    assert tensors["model.layers.0.mlp.down_proj.weight"]["scheme"] == "int4"
+
+
+def test_an_int6_head_loads_and_its_kernels_and_lookups_match_its_weights(int6_file):
+    model = tinyexaone.load(int6_file).model
+    head = model.weights.embed_tokens
+    assert head.scheme == "int6"
+    dense = head.dequantize()  # [V, hidden]
+    ids = np.array([5, 0, SHAPE["vocab_size"] - 1, 5])
+    np.testing.assert_array_equal(head.rows(ids), dense[ids])
+    x = np.random.default_rng(1).standard_normal((3, head.shape[1])).astype(np.float32)
+    exact = x @ dense.T
+    assert np.abs(head.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()  # activation rounding only
+    logits = model.forward(np.arange(1, 9))
+    assert logits.shape == (8, SHAPE["vocab_size"]) and np.isfinite(logits).all()
+
+
+def test_int6_in_a_version_2_file_is_a_clear_error(int6_file, damaged):
+    def downgrade(header):
+        header["__metadata__"]["format_version"] = "2"
+    assert_one_line_error(damaged(rewrite_header(int6_file.read_bytes(), downgrade)), "int6", "format version 2")
+
+
+def test_int6_arrays_of_another_shape_are_a_clear_error(int6_file, damaged):
+    def swap(header):  # the embedding's codes renamed as int4 nibbles: one byte count, another shape
+        tensors = json.loads(header["__metadata__"]["quantization"])["tensors"]
+        tensors["model.embed_tokens.weight"]["scheme"] = "int4"
+        header["__metadata__"]["quantization"] = json.dumps({"bits": 4, "group_size": 32, "embedding_bits": 6,
+                                                             "tensors": tensors}, separators=(",", ":"))
+    assert_one_line_error(damaged(rewrite_header(int6_file.read_bytes(), swap)), "inconsistent quantized arrays",
+                          "needs arrays")

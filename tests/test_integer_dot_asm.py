@@ -28,7 +28,7 @@ def block_function(path: str, bits: int) -> str:
     weights, x, out = function.args
     builder = ir.IRBuilder(function.append_basic_block())
     chunk_pointer = builder.bitcast(weights, dot.BYTES.as_pointer())
-    n_chunks = 4 if bits == 4 else 8
+    n_chunks = dot.CHUNKS[bits]
     chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(dot.I32, c)]), align=1) for c in range(n_chunks)]
 
     def activation(c):
@@ -51,7 +51,7 @@ def assembly(path: str, bits: int) -> str:
     return machine.emit_assembly(module)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 6, 8])
 @pytest.mark.parametrize("path", list(TARGETS))
 def test_each_path_compiles_to_its_instructions(path, bits):
     text = assembly(path, bits).lower()
@@ -61,4 +61,6 @@ def test_each_path_compiles_to_its_instructions(path, bits):
 
 def test_only_the_dotprod_path_uses_sdot():
     assert "sdot" not in assembly("generic", 4).lower()
+    assert "sdot" not in assembly("generic", 6).lower()
     assert "vpdpbusd" not in assembly("avx2", 8).lower()
+    assert "vpdpbusd" not in assembly("avx2", 6).lower()

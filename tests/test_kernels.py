@@ -2,7 +2,8 @@
 
 Random codes and scales with a fresh seed per test (printed on failure), row counts that are not
 multiples of the 8-row groups, token counts on both sides of the 4-token tile, every scheme and
-group size (the affine int4k kind included: random nibbles, 6-bit codes and float16 d / dmin),
+group size (int6's nibbles and 2-bit plane, and the affine int4k kind: random nibbles, 6-bit
+codes and float16 d / dmin),
 outputs poisoned with NaN before each call. The integer paths a CPU cannot run here
 are covered by the generic-path rerun below and, for AArch64 sdot, by the aarch64 check script.
 """
@@ -16,11 +17,11 @@ import numpy as np
 import pytest
 
 from tinyexaone import integer_dot, kernels
-from tinyexaone.quantized import (AFFINE_HEADER, QuantizedWeight, expected_arrays, matmul_fused, unpack_affine,
+from tinyexaone.quantized import (AFFINE_HEADER, CODE_ARRAYS, QuantizedWeight, expected_arrays, matmul_fused, unpack_affine,
                                   unpack_codes, unpack_scales)
 
 # (bits, group size, affine): the symmetric kinds and int4k
-SCHEMES = [(bits, group, False) for bits in (4, 8) for group in (32, 64, 128)] + [(4, 32, True)]
+SCHEMES = [(bits, group, False) for bits in (4, 6, 8) for group in (32, 64, 128)] + [(4, 32, True)]
 TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a B-term sum
 
 
@@ -149,18 +150,19 @@ def test_activation_quantization_error_is_within_its_bound(bits, group_size, aff
     assert (np.abs(out - exact) > slack).any(), f"seed {seed}: quantization left no trace"
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 6, 8])
 @pytest.mark.parametrize("n_tokens", [1, 4])
 def test_integer_sums_do_not_overflow_at_the_extremes(bits, n_tokens):
     """Largest codes times largest activation codes in every lane: the 16-bit partial sums
-    (int4: 8 pair products of 15 x 127; int8: pairs of 128 x 127) must stay in range."""
+    (int4: 8 pair products of 15 x 127; int6: pairs of 63 x 127 unsigned, 32 x 127 signed;
+    int8: pairs of 128 x 127) must stay in range."""
     n_cols = 32 * 9
     shape = (13, n_cols)
     arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape) in expected_arrays(bits, 32, shape).items()}
     arrays["scales"][:] = 1.0
-    for code in ((0x00, 0xFF) if bits == 4 else (-128, 127)):  # int4 codes -8 / 7; int8 -128 / 127
-        arrays["nibbles" if bits == 4 else "quants"][:] = code
-        value = (code & 15) - 8 if bits == 4 else code
+    for code in ((-128, 127) if bits == 8 else (0x00, 0xFF)):  # int4 codes -8 / 7; int6 -32 / 31; int8 -128 / 127
+        arrays[CODE_ARRAYS[bits]][:] = code
+        value = code if bits == 8 else ((code & 15) - 8 if bits == 4 else (code & 63) - 32)
         weight = QuantizedWeight.from_arrays(bits, 32, shape, arrays)
         for sign in (1.0, -1.0):
             x = np.full((n_tokens, n_cols), sign, np.float32)
@@ -192,7 +194,7 @@ def test_non_finite_activations_give_non_finite_outputs():
     """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
     rng = np.random.default_rng(0)
     shape = (21, 256 * 2)
-    for bits, affine in ((4, False), (8, False), (4, True)):
+    for bits, affine in ((4, False), (6, False), (8, False), (4, True)):
         weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
         for bad in (np.nan, np.inf):
             x = rng.standard_normal((5, shape[1])).astype(np.float32)
@@ -218,7 +220,7 @@ def test_float16_scales_widen_exactly_for_every_finite_value():
     np.testing.assert_array_equal(twin(weight, x)[0], expected)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 6, 8])
 @pytest.mark.parametrize("n_tokens", [1, 6])
 def test_fused_matmul_equals_separate_launches(bits, n_tokens):
     """One launch over q/k/v-like matrices (mixed group sizes and row counts) gives each matrix's own result."""
@@ -238,11 +240,11 @@ def test_fused_matmul_equals_separate_launches(bits, n_tokens):
 @pytest.mark.parametrize("n_tokens", [1, 6])
 def test_fused_matmul_of_int4k_and_of_mixed_kinds(n_tokens):
     """Three int4k matrices run in one launch and give each its own result; int4k beside int4 and
-    int8 (which cannot share a launch) gives each matrix's own result too."""
+    int8, or between two int6 matrices (which cannot share a launch), gives each matrix's own result too."""
     seed, rng = fresh_rng()
     n_cols = 256 * int(rng.integers(1, 4))
     shapes = [(int(rng.integers(200, 600)), n_cols) for _ in range(3)]
-    for kinds in ([(4, True)] * 3, [(4, True), (4, False), (8, False)]):
+    for kinds in ([(4, True)] * 3, [(4, True), (4, False), (8, False)], [(6, False), (4, True), (6, False)]):
         weights = [QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
                    for (bits, affine), shape in zip(kinds, shapes)]
         x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)

@@ -4,7 +4,8 @@ Contract: `tile_dot_1`, `tile_dot_4` (one and four tokens) are Numba intrinsics
 `tile_dot_n(codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out)` that write
 out[k, r] = sum over all blocks b of W[8 g + r, block b] . x[t0 + k, block b], for r < 8 and
 k < n, as float32, with W in the row-interleaved layout of quantized.py (codes [G8, B, 128]
-uint8 for int4, [G8, B, 256] int8 for int8: the dtype chooses the unpacking; scale_bits
+uint8 for int4, [G8, B, 256] int8 for int8, [G8, B, 6, 32] uint8 for int6: the dtype and the
+number of dimensions choose the unpacking; scale_bits
 [G8, n_groups, 8] uint16, the float16 scale of block b at index b >> scale_shift; for int4k,
 scale_bits is the uint8 super-block array [G8, K / 256, 128] of quantized.py, the super-block of
 block b at index b >> scale_shift, scale_shift = 3) and x
@@ -19,12 +20,19 @@ by the row's and the token's scales and added to a float32 accumulator per row, 
 in order. For int4k (w = step q - offset, nibbles q = 0..15) the block's 8 steps d sc and offsets
 dmin m are decoded from the super-block bytes once per block for all tokens of the tile, and a
 token's term is x_scale (step float(U) - offset float(x_sum)), U the exact sum of q x: the
-unsigned paths' sum as it is, the signed paths' sum of (q - 8) x plus 8 x_sum. The integer part is chosen per CPU (`integer_dot_path`):
+unsigned paths' sum as it is, the signed paths' sum of (q - 8) x plus 8 x_sum. int6 blocks are
+six chunks: four of nibbles as int4's (the low 4 bits of the biased codes u = q + 32) and two of
+the 2-bit plane (half h: the high bits of elements 16 h + 4 j + i at bits 2 j), so each of the
+8 operand vectors is one shift-and-mask of a nibble chunk or'ed with one of a plane chunk, u in
+0..63. The integer part is chosen per CPU (`integer_dot_path`):
 - "vnni": vpdpbusd (AVX-512 VNNI with VL, or AVX-VNNI), unsigned weight bytes x signed
-  activation bytes, so int4 nibbles (0..15) enter as they are and int8 codes flipped to
-  unsigned (xor 0x80); the bias comes off as 8 (or 128) times the block's activation sum;
-- "avx2": vpmaddubsw + vpmaddwd; int4 as above, int8 as |w| x (x with w's sign);
-- "dotprod": AArch64 sdot on signed codes (nibble - 8, or the int8 code);
+  activation bytes, so int4 nibbles (0..15) and int6 codes (0..63) enter as they are and int8
+  codes flipped to unsigned (xor 0x80); the bias comes off as 8 (32, 128) times the block's
+  activation sum;
+- "avx2": vpmaddubsw + vpmaddwd; int4 and int6 as above, int8 as |w| x (x with w's sign); a
+  vpmaddubsw lane is a pair of products, up to 2 x 63 x 127 = 16002 for int6, so int6 adds two
+  chunks' pairs in int16 (32004) and widens them;
+- "dotprod": AArch64 sdot on signed codes (nibble - 8, int6 code - 32, or the int8 code);
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
@@ -121,13 +129,21 @@ def _operand_pairs(builder, bits, chunks, activation):
     """[(weight bytes <32 x i8>, activation dword broadcast <8 x i32>)]: the chunk products that
     make one block. int8: chunk c holds elements 4c..4c+3 and meets activation dword c. int4:
     chunk c's low nibbles are elements 4c..4c+3 (dword c), its high nibbles 16+4c.. (dword 4+c);
-    the nibbles come out as unsigned bytes 0..15."""
+    the nibbles come out as unsigned bytes 0..15. int6: six chunks, the four nibble chunks as
+    int4's plus two of the 2-bit plane (chunk 4 + h: bits 2 c of its bytes are the high bits of
+    the codes in nibble chunk c's low (h = 0) or high (h = 1) nibbles); codes 0..63."""
     if bits == 8:
         return [(chunk, activation(c)) for c, chunk in enumerate(chunks)]
     low_mask, pairs, highs = _constant(BYTES, 15), [], []
-    for c, chunk in enumerate(chunks):
+    for c, chunk in enumerate(chunks[:4]):
         pairs.append((builder.and_(chunk, low_mask), activation(c)))
         highs.append((builder.and_(builder.lshr(chunk, _constant(BYTES, 4)), low_mask), activation(4 + c)))
+    if bits == 6:
+        two_bits = _constant(BYTES, 3)
+        for h, half in enumerate((pairs, highs)):
+            for c, (nibbles, x) in enumerate(half):
+                top = builder.and_(builder.lshr(chunks[4 + h], _constant(BYTES, 2 * c)), two_bits)
+                half[c] = (builder.or_(nibbles, builder.shl(top, _constant(BYTES, 4))), x)
     return pairs + highs
 
 
@@ -135,9 +151,9 @@ def _block_sum_vnni(builder, bits, pairs):
     """vpdpbusd on unsigned weight bytes; returns (lane sums, log2 of the bias to take off)."""
     sums = [_constant(LANES, 0)] * 2  # two chains: vpdpbusd's latency is several cycles
     for k, (weight, x) in enumerate(pairs):
-        unsigned = weight if bits == 4 else builder.xor(weight, _constant(BYTES, 0x80))
+        unsigned = weight if bits != 8 else builder.xor(weight, _constant(BYTES, 0x80))
         sums[k % 2] = _call(builder, "llvm.x86.avx512.vpdpbusd.256", LANES, [sums[k % 2], builder.bitcast(unsigned, LANES), x])
-    return builder.add(sums[0], sums[1]), (3 if bits == 4 else 7)
+    return builder.add(sums[0], sums[1]), BIAS_SHIFTS[bits]
 
 
 def _block_sum_avx2(builder, bits, pairs):
@@ -150,6 +166,14 @@ def _block_sum_avx2(builder, bits, pairs):
             product = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", shorts, [weight, builder.bitcast(x, BYTES)])
             total = product if total is None else builder.add(total, product)
         return _call(builder, "llvm.x86.avx2.pmadd.wd", LANES, [total, ones]), 3
+    if bits == 6:  # a chunk product is up to 2 x 63 x 127 = 16002 per int16 lane: two fit, three do not
+        products = [_call(builder, "llvm.x86.avx2.pmadd.ub.sw", shorts, [weight, builder.bitcast(x, BYTES)])
+                    for weight, x in pairs]
+        total = None
+        for k in range(0, len(products), 2):
+            lanes = _call(builder, "llvm.x86.avx2.pmadd.wd", LANES, [builder.add(products[k], products[k + 1]), ones])
+            total = lanes if total is None else builder.add(total, lanes)
+        return total, BIAS_SHIFTS[6]
     total = None
     for weight, x in pairs:  # |w| x sign(w) x: a pair is at most 2 x 128 x 127 = 32512
         magnitude = _call(builder, "llvm.abs.v32i8", BYTES, [weight, ir.Constant(I1, 0)])
@@ -160,10 +184,13 @@ def _block_sum_avx2(builder, bits, pairs):
     return total, None
 
 
+BIAS_SHIFTS = {4: 3, 6: 5, 8: 7}  # log2 of the bias of the unsigned weight bytes: 8, 32, 128
+
+
 def _signed(builder, bits, pairs):
     if bits == 8:
         return pairs
-    return [(builder.sub(weight, _constant(BYTES, 8)), x) for weight, x in pairs]
+    return [(builder.sub(weight, _constant(BYTES, 1 << BIAS_SHIFTS[bits])), x) for weight, x in pairs]
 
 
 def _block_sum_dotprod(builder, bits, pairs):
@@ -189,6 +216,11 @@ def _block_sum_generic(builder, bits, pairs):
         for product in products[1:]:
             total = builder.add(total, product)
         return builder.sext(_pair_sums(builder, _pair_sums(builder, total)), LANES), None
+    if bits == 6:  # 8 products of 32 x 127 per lane fit int16 (32512); their pair sums do not
+        total = products[0]
+        for product in products[1:]:
+            total = builder.add(total, product)
+        return _pair_sums(builder, _pair_sums(builder, builder.sext(total, ir.VectorType(I32, 32)))), None
     total = None  # int8: a pair of 128 x 127 products fits int16, four do not
     for product in products:
         lanes = _pair_sums(builder, builder.sext(_pair_sums(builder, product), ir.VectorType(I32, 16)))
@@ -230,8 +262,10 @@ def _tile_dot(n_tokens: int):
     @intrinsic
     def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
         bits = {types.uint8: 4, types.int8: 8}.get(getattr(codes, "dtype", None))
+        if bits == 4 and codes.ndim == 4:  # int6's view [G8, B, 6, 32]: nibbles and the 2-bit plane
+            bits = 6
         affine = getattr(scale_bits, "dtype", None) == types.uint8  # int4k: scale bytes, not float16 bits
-        if bits is None or (affine and bits != 4):
+        if bits is None or (affine and bits != 4) or codes.ndim != (4 if bits == 6 else 3):
             return None
         signature = types.void(codes, scale_bits, types.intp, x_codes, x_sums, x_scales, types.intp, types.intp, out)
 
@@ -243,12 +277,12 @@ def _tile_dot(n_tokens: int):
             zero = context.get_constant(types.intp, 0)
             floats = ir.VectorType(F32, ROWS)
             totals = [cgutils.alloca_once_value(builder, _constant(floats, 0.0)) for _ in range(n_tokens)]
-            n_blocks = cgutils.unpack_tuple(builder, arrays[0].shape, 3)[1]
+            n_blocks = cgutils.unpack_tuple(builder, arrays[0].shape, t[0].ndim)[1]
             with cgutils.for_range(builder, n_blocks) as loop:
                 b = loop.index
-                chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b, zero], BYTES)
+                chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b] + [zero] * (t[0].ndim - 2), BYTES)
                 chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
-                          for c in range(4 if bits == 4 else 8)]
+                          for c in range(CHUNKS[bits])]
                 if affine:  # scale_shift is 3: 8 blocks per super-block
                     super_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero], I8)
                     block_in_super = builder.trunc(builder.and_(b, context.get_constant(types.intp, 7)), I32)
@@ -289,6 +323,7 @@ def _tile_dot(n_tokens: int):
     return tile_dot
 
 
+CHUNKS = {4: 4, 6: 6, 8: 8}  # 32-byte weight chunks per block
 TILE_TOKENS = 4  # tokens per prefill tile: each weight chunk unpacked once serves four tokens
 tile_dot_1 = _tile_dot(1)
 tile_dot_4 = _tile_dot(TILE_TOKENS)

@@ -1,17 +1,17 @@
-"""Group-wise quantized matrices (int8, int4 and the affine int4k) and their exact storage layout.
+"""Group-wise quantized matrices (int8, int6, int4 and the affine int4k) and their exact storage layout.
 
 A `QuantizedWeight` stands in for `DenseWeight`: it has `shape` ([out, in]), `matmul(x)`
 (x [T, in] float32 -> x @ W^T [T, out] float32) and `rows(ids)` (dequantized W[ids]).
 `quantize(matrix, bits, group_size, weights=None, affine=False)` is the quantizer; `from_arrays`
 rebuilds a weight from stored arrays (possibly read-only memory maps, never copied or written)
 after validating them, because the Numba kernels trust their inputs. `scheme` is the compact
-file's name of the kind ("int8", "int4", "int4k").
+file's name of the kind ("int8", "int6", "int4", "int4k").
 
-Symmetric scheme (int4, int8): one float16 scale per group of `group_size` consecutive input
-elements of a row: w[n, k] ~= q[n, k] * scale[n, k // group_size], with q in [-8, 7] (int4) or
-[-128, 127] (int8). The codes are the absmax codes: q = clip(rint(w / s0)) (ties to even) for
+Symmetric scheme (int4, int6, int8): one float16 scale per group of `group_size` consecutive input
+elements of a row: w[n, k] ~= q[n, k] * scale[n, k // group_size], with q in [-8, 7] (int4),
+[-32, 31] (int6) or [-128, 127] (int8). The codes are the absmax codes: q = clip(rint(w / s0)) (ties to even) for
 the signed absmax scale s0, whose sign puts the group's largest-magnitude element towards the
-wider negative end (-8 / -128) and whose magnitude is the smallest float16 for which every
+wider negative end (-8 / -32 / -128) and whose magnitude is the smallest float16 for which every
 element rounds with error at most |s0| / 2; the stored scale is the float16 least-squares scale
 of those codes (weighted per input column by `weights` when given: calibration), or s0 where that
 is not more accurate (scale_fit.py). An all-zero group has scale 0.
@@ -35,6 +35,14 @@ have code 0 and scale 0.
   nibbles[g, b, 32 c + 4 r + i] = (q[n, 32 b + 4 c + i] + 8) | ((q[n, 32 b + 16 + 4 c + i] + 8) << 4)
   for c in 0..3, n = 8 g + r: the low nibbles of chunk c are elements 4c..4c+3 of the block, the
   high nibbles elements 16+4c..16+4c+3 (llama.cpp's Q4_0 keeps the same two halves per byte).
+- int6, arrays {"codes": uint8 [G8, B, 192], "scales": float16 [G8, K / group_size, 8]}: with
+  u = q + 32 (0..63), codes[g, b, :128] are int4's nibble array of the low 4 bits of u (u & 15
+  where int4 has q + 8), and codes[g, b, 128 + 32 h + 4 r + i] holds the high 2 bits of u of
+  elements 16 h + 4 j + i of block b of row 8 g + r at bits 2 j, 2 j + 1 (j in 0..3): the 2-bit
+  plane of half h (elements 0..15, 16..31) in the chunk order of the nibbles, so the code of
+  elements 4 c + i is (nibble chunk c & 15) | ((plane chunk 0 >> 2 c) & 3) << 4 and that of
+  16 + 4 c + i is (nibble chunk c >> 4) | ((plane chunk 1 >> 2 c) & 3) << 4. 6 bytes per row per
+  block, one 192-byte run of six 32-byte chunks per block of a row group.
 - scales[g, j, r] = the scale of elements j * group_size ... (j + 1) * group_size - 1 of row 8 g + r.
 - int4k, arrays {"nibbles": uint8 [G8, B, 128] as int4's but holding q itself (0..15), "scales":
   uint8 [G8, K / 256, 128]}: per row group and super-block s, bytes 0..15 are d of rows 0..7
@@ -43,8 +51,9 @@ have code 0 and scale 0.
   sc[8 g + r, 8 s + j] at bits 4 r, word 1 those of m, word 2 the high 2 bits of sc at bits 2 r
   and of m at bits 16 + 2 r. 144 bytes per row per super-block, as Q4_K.
 
-Every array is C-contiguous, little-endian. Bits per weight: 8 + 16/group_size (int8) and
-4 + 16/group_size (int4), e.g. 4.5 for int4 g32; 4.5 for int4k. Version 1 files stored each row on its own,
+Every array is C-contiguous, little-endian. Bits per weight: 8 + 16/group_size (int8),
+6 + 16/group_size (int6) and 4 + 16/group_size (int4), e.g. 4.5 for int4 g32, 6.5 for int6 g32;
+4.5 for int4k. int6 exists from compact format version 3 on. Version 1 files stored each row on its own,
 element e of every block contiguous (quants [N, 32, B], nibbles [N, 16, B] with element j in the
 low and j + 16 in the high nibble, scales [N, K / group_size]); `from_version_1` repacks such
 arrays into this layout in memory when an old file is loaded.
@@ -73,20 +82,22 @@ from .scale_fit import fit_scales
 
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
-BITS = (4, 8)
-SCHEMES = {"int8": (8, False), "int4": (4, False), "int4k": (4, True)}  # file scheme name -> (bits, affine)
+BITS = (4, 6, 8)
+SCHEMES = {"int8": (8, False), "int6": (6, False), "int4": (4, False), "int4k": (4, True)}  # file scheme name -> (bits, affine)
+CODE_ARRAYS = {8: "quants", 6: "codes", 4: "nibbles"}  # bits -> name of the stored code array
+CODE_BYTES = {8: 256, 6: 192, 4: 128}  # bytes of codes per block of a row group (32 elements x 8 rows)
 AFFINE_HEADER = 32  # bytes of d and dmin (8 rows x float16 each) before the sub-scale codes of a super-block
 AFFINE_SUB_BYTES = 12  # bytes of 6-bit scale and minimum codes per block of a row group
 
 
 def scheme_name(bits: int, affine: bool = False) -> str:
-    """The compact file's scheme name of a weight format ("int4", "int8", "int4k")."""
+    """The compact file's scheme name of a weight format ("int4", "int6", "int8", "int4k")."""
     return "int4k" if affine else f"int{bits}"
 
 
 def _check_format(bits: int, group_size: int, shape, affine: bool = False) -> tuple[int, int]:
     if bits not in BITS:
-        raise TinyExaoneError(f"quantized weights must have 4 or 8 bits, got {bits}")
+        raise TinyExaoneError(f"quantized weights must have 4, 6 or 8 bits, got {bits}")
     if group_size not in GROUP_SIZES:
         raise TinyExaoneError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
     if len(shape) != 2 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
@@ -112,19 +123,21 @@ def expected_arrays(bits: int, group_size: int, shape, version: int = 2,
         row_groups = -(-out_dim // ROWS)
         return {"nibbles": (np.dtype(np.uint8), (row_groups, blocks, 4 * ROWS * 4)),
                 "scales": (np.dtype(np.uint8), (row_groups, in_dim // SUPER_BLOCK, AFFINE_HEADER + 8 * AFFINE_SUB_BYTES))}
-    codes = "quants" if bits == 8 else "nibbles"
+    codes = CODE_ARRAYS[bits]
     dtype = np.dtype(np.int8 if bits == 8 else np.uint8)
     if version == 1:
+        if bits == 6:
+            raise TinyExaoneError("int6 weights do not exist in compact format version 1")
         return {codes: (dtype, (out_dim, BLOCK if bits == 8 else BLOCK // 2, blocks)),
                 "scales": (np.dtype(np.float16), (out_dim, n_groups))}
     row_groups = -(-out_dim // ROWS)
-    return {codes: (dtype, (row_groups, blocks, bits * ROWS * 4)),
+    return {codes: (dtype, (row_groups, blocks, CODE_BYTES[bits])),
             "scales": (np.dtype(np.float16), (row_groups, n_groups, ROWS))}
 
 
 def quantize(matrix: np.ndarray, bits: int, group_size: int, weights: np.ndarray | None = None,
              affine: bool = False) -> "QuantizedWeight":
-    """Quantize a float matrix [out, in] to the symmetric group-wise format, or with `affine` to
+    """Quantize a float matrix [out, in] to the symmetric group-wise format (int4, int6, int8), or with `affine` to
     int4k (bits 4, group_size 32); `weights` [in] (>= 0) weight each input column's squared error
     in the fit (the mean square of its activations, from calibration text)."""
     matrix = np.asarray(matrix)
@@ -185,9 +198,15 @@ def _pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
     if bits == 8:
         chunked = blocks.astype(np.int8).reshape(row_groups, ROWS, -1, 8, 4)  # [G8, r, B, c, i]
     else:
-        biased = (blocks + 8).astype(np.uint8)
-        nibbles = biased[..., :16] | (biased[..., 16:] << 4)  # [G8, r, B, 16]
+        biased = (blocks + (8 if bits == 4 else 32)).astype(np.uint8)  # 0..15 | 0..63
+        low = biased & 15
+        nibbles = low[..., :16] | (low[..., 16:] << 4)  # [G8, r, B, 16]
         chunked = nibbles.reshape(row_groups, ROWS, -1, 4, 4)  # [G8, r, B, c, i]
+        if bits == 6:  # the 2-bit plane: per half h, element 16 h + 4 j + i at bits 2 j of byte (h, r, i)
+            highs = (biased >> 4).reshape(row_groups, ROWS, -1, 2, 4, 4)  # [G8, r, B, h, j, i]
+            shifts = (2 * np.arange(4, dtype=np.uint8))[:, None]  # [j, 1]
+            plane = np.bitwise_or.reduce(highs << shifts, axis=4)  # [G8, r, B, h, i]
+            chunked = np.concatenate([chunked, plane], axis=3)  # [G8, r, B, 6 chunks, i]
     return np.ascontiguousarray(chunked.transpose(0, 2, 3, 1, 4)).reshape(row_groups, in_dim // BLOCK, -1)
 
 
@@ -197,18 +216,26 @@ def _pack(q: np.ndarray, bits: int, scales: np.ndarray) -> dict[str, np.ndarray]
     padded_scales = np.zeros((row_groups * ROWS, scales.shape[1]), np.float16)
     padded_scales[:q.shape[0]] = scales
     scale_groups = np.ascontiguousarray(padded_scales.reshape(row_groups, ROWS, -1).transpose(0, 2, 1))
-    return {"quants" if bits == 8 else "nibbles": _pack_codes(q, bits), "scales": scale_groups}
+    return {CODE_ARRAYS[bits]: _pack_codes(q, bits), "scales": scale_groups}
 
 
 def unpack_codes(codes: np.ndarray, rows, affine: bool = False) -> np.ndarray:
-    """Integer codes [len(rows), K] (int16) of the selected rows of stored code arrays (the NumPy
-    twin of the kernels' unpacking): int4 nibbles less 8, or with `affine` (int4k) as they are."""
+    """Integer codes [len(rows), K] (int16) of the selected rows of stored code arrays [G8, B, bytes]
+    (or int6's kernel view [G8, B, 6, 32]; the NumPy twin of the kernels' unpacking): int8 as
+    they are, int6 as the 6-bit codes less 32, int4 nibbles less 8, or with `affine` (int4k) as they are."""
     rows = np.asarray(rows)
+    codes = codes.reshape(codes.shape[0], codes.shape[1], -1)
     row_groups, n_blocks, chunk_bytes = codes.shape
     lanes = codes[rows // ROWS].reshape(len(rows), n_blocks, -1, ROWS, 4)  # [R, B, c, r, i]
     picked = lanes[np.arange(len(rows)), :, :, rows % ROWS, :]  # [R, B, c, i]
     if codes.dtype == np.int8:
         blocks = picked.reshape(len(rows), n_blocks, BLOCK).astype(np.int16)  # [R, B, 32]
+    elif chunk_bytes == CODE_BYTES[6]:
+        packed = picked[:, :, :4].reshape(len(rows), n_blocks, 16)  # [R, B, 16] nibbles
+        plane = picked[:, :, 4:].astype(np.int16)  # [R, B, h, i]
+        highs = (plane[:, :, :, None, :] >> (2 * np.arange(4))[:, None]) & 3  # [R, B, h, j, i]
+        low = np.concatenate([packed & 15, packed >> 4], axis=2).astype(np.int16)  # [R, B, 32]
+        blocks = low + (highs.reshape(len(rows), n_blocks, BLOCK) << 4) - 32  # [R, B, 32]
     else:
         packed = picked.reshape(len(rows), n_blocks, 16)  # [R, B, 16]
         blocks = np.concatenate([packed & 15, packed >> 4], axis=2).astype(np.int16) - (0 if affine else 8)  # [R, B, 32]
@@ -261,7 +288,10 @@ class QuantizedWeight:
         self.shape = (int(shape[0]), int(shape[1]))
         self.arrays = arrays
         # read-only views for the kernels: one compiled signature whether or not the file is a memmap
-        self._codes = _read_only(arrays["quants"] if bits == 8 else arrays["nibbles"])  # [G8, B, 256 | 128]
+        codes = arrays[CODE_ARRAYS[bits]]  # [G8, B, 256 | 192 | 128]
+        if bits == 6:  # the kernels tell int6 by its 4-D view: six 32-byte chunks per block
+            codes = codes.reshape(codes.shape[0], codes.shape[1], 6, 32)
+        self._codes = _read_only(codes)  # [G8, B, 256 | 128] or [G8, B, 6, 32]
         # symmetric: the float16 scales' bits [G8, G, 8] uint16; int4k: the scale bytes [G8, S, 128] uint8
         self._scale_bits = _read_only(arrays["scales"] if affine else arrays["scales"].view(np.uint16))
 

@@ -2,7 +2,7 @@
 
 For one group x [g] of a row (weights), column weights v [g] >= 0 (1 without calibration, the
 mean square of each input column's activations with it) and codes in [-qn, qn - 1] (qn = 8 for
-int4, 128 for int8), `fit_scales` returns
+int4, 32 for int6, 128 for int8), `fit_scales` returns
 
 1. the **absmax codes** q = clip(rint(x / s0)) (ties to even; 0 for an all-zero group), where s0
    is the plain absmax scale: signed so that the group's largest-magnitude element goes towards
