@@ -10,8 +10,10 @@ files) gets the one in --tokenizer (default: the real EXAONE 4.0 tokenizer in te
 /v1/completions request of --tokens tokens (greedy, or sampled at --temperature with top-p 0.95;
 distinct short prompts, so no prefix is shared), over plain HTTP. It prints, per count, the total tokens/s over the whole wall time
 (prefill included) and the decode tokens/s (tokens after each stream's first, over the time
-from the first stream's first token to the last stream's end), and their ratio to one stream.
-The rounds alternate stream counts, so a drifting machine affects every count alike.
+from the first stream's first token to the last stream's end), and their ratio to one stream:
+of the best round of each count, and round by round ("per round": the count's decode rate over
+one stream's in the same round). The rounds alternate stream counts, so a drifting machine affects
+every count alike.
 `--step-only` times `Model.forward_batch` itself instead (one decode step of N sequences after
 8 prompt tokens each, 10 steps), with no server: the ceiling batching can give.
 """
@@ -114,13 +116,14 @@ def main() -> None:
     server.shutdown_cleanly()
     print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds, "
           f"temperature {args.temperature}")
-    print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'tokens':>7}")
+    print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'per round':>18} {'tokens':>7}")
     base = max(d for _, d, _ in rates[counts[0]]) if counts[0] == 1 else None
     for n in counts:
         total, decode, generated = max(rates[n], key=lambda x: x[1])
         ratio = f"{decode / base:.2f}x" if base else "-"
-        print(f"{n:>7} {total:>12.1f} {decode:>13.1f} {ratio:>12} {generated:>7}")
-
+        per_round = ("/".join(f"{rates[n][r][1] / rates[1][r][1]:.2f}" for r in range(args.rounds))
+                     if counts[0] == 1 else "-")
+        print(f"{n:>7} {total:>12.1f} {decode:>13.1f} {ratio:>12} {per_round:>18} {generated:>7}")
 
 if __name__ == "__main__":
     main()
