@@ -2,7 +2,7 @@
 
 `write_synthetic_compact(out, config, bits, group_size, embedding_bits, seed, affine)` writes a
 valid compact file (same plan, quantization record and writer as `convert.py`; with `affine`
-the layer matrices whose input size allows it are int4k) whose quantized matrices hold random
+the layer matrices whose input size allows it are int4k, and an int6 head int6k) whose quantized matrices hold random
 codes and float16 scales around 0.01 (int4k: `benchmarks.random_affine_scales`), and whose norm weights are
 1 + N(0, 0.1^2). It streams row slices, so memory stays near one slice even for the real 1.2B
 shape (an 800 MB file), and it writes under a temporary name that is renamed when complete.
@@ -67,6 +67,8 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
         for name, scheme in plan.items():
             if scheme and name not in HEAD_NAMES and specs[name].shape[1] % SUPER_BLOCK == 0:
                 plan[name] = (4, 32, True)
+            elif scheme and scheme[0] == 6 and specs[name].shape[1] % SUPER_BLOCK == 0:
+                plan[name] = (6, 32, True)  # an int6 head becomes int6k
     shapes = {name: spec.shape for name, spec in model_tensors(parsed).items()}
     quantization = _quantization_record(plan, shapes, bits, group_size, embedding_bits)
     metadata = {"config.json": json.dumps(config, separators=(",", ":")),

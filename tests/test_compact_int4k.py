@@ -124,3 +124,23 @@ def test_int6_arrays_of_another_shape_are_a_clear_error(int6_file, damaged):
                                                              "tensors": tensors}, separators=(",", ":"))
     assert_one_line_error(damaged(rewrite_header(int6_file.read_bytes(), swap)), "inconsistent quantized arrays",
                           "needs arrays")
+
+
+def test_an_int6k_head_is_version_3_loads_and_matches_its_weights(tmp_path):
+    path = write_synthetic_compact(tmp_path / "e6k.tx", SHAPE, 4, 32, 6, seed=6, affine=True)
+    n, header = split(path.read_bytes())
+    assert header["__metadata__"]["format_version"] == "3"
+    embedding = json.loads(header["__metadata__"]["quantization"])["tensors"]["model.embed_tokens.weight"]
+    rows = -(-SHAPE["vocab_size"] // 8)
+    assert (embedding["scheme"], embedding["group_size"]) == ("int6k", 32)
+    assert header[embedding["arrays"]["codes"]]["shape"] == [rows, 8, 192]
+    assert header[embedding["arrays"]["scales"]]["dtype"] == "U8" and header[embedding["arrays"]["scales"]]["shape"] == [rows, 1, 144]
+    model = tinyexaone.load(path).model
+    head = model.weights.embed_tokens
+    assert head.scheme == "int6k"
+    dense = head.dequantize()
+    np.testing.assert_array_equal(head.rows(np.array([3, 0, 3])), dense[[3, 0, 3]])
+    x = np.random.default_rng(2).standard_normal((4, head.shape[1])).astype(np.float32)
+    exact = x @ dense.T
+    assert np.abs(head.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()
+    assert np.isfinite(model.forward(np.arange(1, 6))).all()

@@ -3,7 +3,7 @@
 Random codes and scales with a fresh seed per test (printed on failure), row counts that are not
 multiples of the 8-row groups, token counts on both sides of the 4-token tile, every scheme and
 group size (int6's nibbles and 2-bit plane, and the affine int4k kind: random nibbles, 6-bit
-codes and float16 d / dmin),
+codes and float16 d / dmin; int6k: int6's codes, random int8 sub-scales under float16 d),
 outputs poisoned with NaN before each call. The integer paths a CPU cannot run here
 are covered by the generic-path rerun below and, for AArch64 sdot, by the aarch64 check script.
 """
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from tinyexaone import integer_dot, kernels
-from tinyexaone.quantized import (AFFINE_HEADER, CODE_ARRAYS, QuantizedWeight, expected_arrays, matmul_fused, unpack_affine,
-                                  unpack_codes, unpack_scales)
+from tinyexaone.quantized import (AFFINE_HEADER, CODE_ARRAYS, SUB6_HEADER, QuantizedWeight, expected_arrays, matmul_fused,
+                                  unpack_affine, unpack_codes, unpack_scales, unpack_sub_scales)
 
 # (bits, group size, affine): the symmetric kinds and int4k
-SCHEMES = [(bits, group, False) for bits in (4, 6, 8) for group in (32, 64, 128)] + [(4, 32, True)]
+SCHEMES = [(bits, group, False) for bits in (4, 6, 8) for group in (32, 64, 128)] + [(4, 32, True), (6, 32, True)]
 TOLERANCE = 1e-5  # relative to the largest output magnitude: float32 rounding of a B-term sum
 
 
@@ -57,6 +57,8 @@ def random_weight(rng, bits, group_size, affine=False, max_rows=300, max_groups=
 def twin(weight, x):
     rows = np.arange(weight.shape[0])
     codes = unpack_codes(weight._codes, rows, weight.affine)
+    if weight.affine and weight.bits == 6:
+        return kernels.matmul_numpy(codes, unpack_sub_scales(weight.arrays["scales"], rows), x)
     if weight.affine:
         steps, offsets = unpack_affine(weight.arrays["scales"], rows)  # [N, B] each
         return kernels.matmul_numpy(codes, steps, x, offsets)
@@ -190,11 +192,31 @@ def test_int4k_sums_do_not_overflow_at_the_extremes(n_tokens):
             np.testing.assert_allclose(weight.matmul(x), np.full((n_tokens, 13), value * sign * n_cols), rtol=1e-6)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 4])
+def test_int6k_sums_do_not_overflow_at_the_extremes(n_tokens):
+    """int6k at its extreme codes (-32 and 31) under sub-scales +-127 (d = 1), against activations
+    +-1: every path sums signed half blocks of up to 32 x 127 x 16."""
+    n_cols = 256 * 2
+    shape = (13, n_cols)
+    arrays = {name: np.zeros(array_shape, dtype) for name, (dtype, array_shape)
+              in expected_arrays(6, 32, shape, affine=True).items()}
+    arrays["scales"][..., :SUB6_HEADER] = np.full(8, 1.0, np.float16).view(np.uint8)  # d = 1
+    for byte, code in ((0x00, -32), (0xFF, 31)):
+        arrays["codes"][:] = byte
+        for sub in (127, -127):
+            arrays["scales"][..., SUB6_HEADER:] = np.int8(sub).view(np.uint8)
+            weight = QuantizedWeight.from_arrays(6, 32, shape, arrays, affine=True)
+            np.testing.assert_array_equal(weight.dequantize(), np.full(shape, sub * code, np.float32))
+            for sign in (1.0, -1.0):
+                x = np.full((n_tokens, n_cols), sign, np.float32)
+                np.testing.assert_allclose(weight.matmul(x), np.full((n_tokens, 13), sub * code * sign * n_cols), rtol=1e-6)
+
+
 def test_non_finite_activations_give_non_finite_outputs():
     """A NaN or infinity in x must not vanish in the integer path: every output turns non-finite."""
     rng = np.random.default_rng(0)
     shape = (21, 256 * 2)
-    for bits, affine in ((4, False), (6, False), (8, False), (4, True)):
+    for bits, affine in ((4, False), (6, False), (8, False), (4, True), (6, True)):
         weight = QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
         for bad in (np.nan, np.inf):
             x = rng.standard_normal((5, shape[1])).astype(np.float32)
@@ -244,7 +266,8 @@ def test_fused_matmul_of_int4k_and_of_mixed_kinds(n_tokens):
     seed, rng = fresh_rng()
     n_cols = 256 * int(rng.integers(1, 4))
     shapes = [(int(rng.integers(200, 600)), n_cols) for _ in range(3)]
-    for kinds in ([(4, True)] * 3, [(4, True), (4, False), (8, False)], [(6, False), (4, True), (6, False)]):
+    for kinds in ([(4, True)] * 3, [(4, True), (4, False), (8, False)], [(6, False), (4, True), (6, False)], [(6, True)] * 3,
+                  [(6, True), (6, False), (4, True)]):
         weights = [QuantizedWeight.from_arrays(bits, 32, shape, random_arrays(rng, bits, 32, shape, affine), affine)
                    for (bits, affine), shape in zip(kinds, shapes)]
         x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)

@@ -291,19 +291,19 @@ def test_force_never_overwrites_a_source_file(synthetic_src, tmp_path, capsys, h
 # --- the mixed int4 recipe and calibration --------------------------------------------------------------------
 
 DEMO = ROOT / "models" / "exaone4-demo"
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def mixed_rule(name: str) -> tuple[str, int]:
-    """The mixed recipe as docs/quantization.md states it, for a model of input sizes 128/256."""
+    """The mixed recipe as docs/quantization.md states it, for a model of 4 layers and input sizes
+    128 (no super-blocks: int6 and int4 g32) and 256 (down_proj: int6k and int4k)."""
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        return "int8", 128
+        return "int6", 32
     layer, kind = int(name.split(".")[2]), name.split(".")[-2]
-    if layer < 3 and kind in ATTENTION:
-        return "int8", 128
-    if kind in ("gate_proj", "up_proj") or (kind == "down_proj" and layer >= 2):
-        return "int4", 64
-    return ("int4k", 32) if kind == "down_proj" else ("int4", 32)  # int4k where the input size is a multiple of 256
+    if kind == "down_proj":
+        return ("int6k", 32) if layer == 3 else ("int4k", 32)  # the last eighth of 4 layers: layer 3
+    if kind in ("k_proj", "v_proj") or (layer == 0 and kind == "q_proj"):
+        return "int6", 32
+    return "int4", 32
 
 
 def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
@@ -317,7 +317,7 @@ def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
         for name, spec in quant["tensors"].items():
             if spec["scheme"] != "float32":
                 head = name in ("model.embed_tokens.weight", "lm_head.weight")
-                expected = mixed_rule(name) if mixed or head else ("int4", 32)
+                expected = mixed_rule(name) if mixed else (("int8", 128) if head else ("int4", 32))
                 assert (spec["scheme"], spec["group_size"]) == expected, name
     # the API keeps one scheme unless asked
     whole = convert(src, tmp_path / "api.tx", show_progress=False)
@@ -325,15 +325,17 @@ def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
             if s["scheme"] == "int4"} == {32}
 
 
-def test_mixed_recipe_falls_back_to_the_group_size_where_a_larger_group_does_not_divide(tmp_path):
-    """The demo model's hidden size 192: int8 g128 becomes int8 g32 for the first layers' attention."""
+def test_mixed_recipe_falls_back_to_int6_and_int4_where_the_input_size_has_no_super_blocks(tmp_path):
+    """The demo model's input sizes 192 and 576: int6k becomes int6 g32 (the head, k/v, the last
+    layer's down_proj, layer 0's q_proj) and int4k int4 g32; int6 makes the file version 3."""
     report = convert(DEMO, tmp_path / "demo.tx", mixed=True, show_progress=False)
     tensors = open_compact(report.out).quantization["tensors"]
-    assert (tensors["model.layers.0.self_attn.q_proj.weight"]["scheme"],
-            tensors["model.layers.0.self_attn.q_proj.weight"]["group_size"]) == ("int8", 32)
-    assert tensors["model.layers.3.mlp.gate_proj.weight"]["group_size"] == 64  # 192 = 3 x 64
-    assert "int4k" not in {spec["scheme"] for spec in tensors.values()}  # 192 and 576: no multiples of 256
-    assert open_compact(report.out).format_version == 2
+    kinds = {name: (spec["scheme"], spec.get("group_size")) for name, spec in tensors.items()}
+    assert kinds["model.embed_tokens.weight"] == kinds["model.layers.0.self_attn.q_proj.weight"] == ("int6", 32)
+    assert kinds["model.layers.3.mlp.down_proj.weight"] == kinds["model.layers.2.self_attn.v_proj.weight"] == ("int6", 32)
+    assert kinds["model.layers.1.self_attn.q_proj.weight"] == kinds["model.layers.2.mlp.down_proj.weight"] == ("int4", 32)
+    assert not {"int4k", "int6k"} & {spec["scheme"] for spec in tensors.values()}  # 192 and 576: no multiples of 256
+    assert open_compact(report.out).format_version == 3
 
 
 def test_calibration_weights_are_the_mean_square_of_each_input_column(tmp_path):

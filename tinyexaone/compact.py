@@ -12,7 +12,7 @@ bytes computed with that field's 64 hex digits set to "0".
 
 `CompactWriter` streams arrays into a file after a reserved header region and writes the
 header last, with the oldest format version that can hold its schemes (`needed_version`: 3
-where a tensor is int4k or int6, else 2, so files of the older schemes stay readable by older readers). `open_compact(path)` reads the header once and validates all of it (format and
+where a tensor is int4k, int6 or int6k, else 2, so files of the older schemes stay readable by older readers). `open_compact(path)` reads the header once and validates all of it (format and
 version, checksum, dtypes, shapes, offsets inside the file, alignment, sizes, the quantization
 description against the tensor table of the config) before any tensor is touched, so a damaged
 or hostile file fails with one `TinyExaoneError` line. The `CompactFile` it returns gives each
@@ -39,7 +39,7 @@ from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
-FORMAT_VERSION = 3  # 2: rows interleaved by eights (quantized.py); 3: the int4k and int6 schemes; 1 and 2 are still read
+FORMAT_VERSION = 3  # 2: rows interleaved by eights (quantized.py); 3: the int4k, int6 and int6k schemes; 1 and 2 are still read
 ALIGNMENT = 64
 EMBEDDED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
@@ -47,8 +47,8 @@ EMBEDDED_FILES = (
 PADDING_PREFIX = "__padding__."
 CHECKSUM_KEY = "header_sha256"
 CHECKSUM_MARK = b'"header_sha256":"'
-QUANTIZED_SCHEMES = {"int8": 8, "int6": 6, "int4": 4, "int4k": 4}
-SCHEME_VERSIONS = {"int4k": 3, "int6": 3}  # schemes newer than version 1: the first version that has them
+QUANTIZED_SCHEMES = {"int8": 8, "int6": 6, "int4": 4, "int4k": 4, "int6k": 6}
+SCHEME_VERSIONS = {"int4k": 3, "int6": 3, "int6k": 3}  # schemes newer than version 1: the first version that has them
 GROUP_SIZES = (32, 64, 128)
 
 COMPACT_DTYPES = tuple(code for code in DTYPES if code != "BF16")  # a compact file stores no BF16

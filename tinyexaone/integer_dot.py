@@ -33,6 +33,11 @@ the 2-bit plane (half h: the high bits of elements 16 h + 4 j + i at bits 2 j), 
   vpmaddubsw lane is a pair of products, up to 2 x 63 x 127 = 16002 for int6, so int6 adds two
   chunks' pairs in int16 (32004) and widens them;
 - "dotprod": AArch64 sdot on signed codes (nibble - 8, int6 code - 32, or the int8 code);
+int6k (int6's codes, an int8 sub-scale per 16 elements under a float16 d per 256) needs a sum per
+half block: its 8 operand vectors split into elements 0..15 and 16..31, each half summed on
+signed codes u - 32 (vnni and avx2 as |w| x (x with w's sign), the others as for int6), so no
+bias (whose activation sum exists per block only) is needed, and a token's term is
+x_scale (d sub_0 float(S_0) + d sub_1 float(S_1));
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
@@ -258,6 +263,38 @@ def _affine_steps(builder, scale_pointer, block_in_super):
     return builder.fmul(d, six_bits(words[0], 0)), builder.fmul(dmin, six_bits(words[1], 16))
 
 
+def _signed_half_sum(builder, path, pairs):
+    """Lane sums of int6 operand pairs (codes u = 0..63 as the weight bytes) taken as u - 32,
+    with no bias to remove: int6k's half-block sums (4 pairs)."""
+    if path in ("generic", "dotprod"):
+        return BLOCK_SUMS[path](builder, 6, pairs)[0]
+    signed = _signed(builder, 6, pairs)
+    if path == "avx2":
+        return _block_sum_avx2(builder, 8, signed)[0]
+    total = _constant(LANES, 0)  # vnni: |w| x (x with w's sign), at most 4 x 32 x 127 per pair
+    for weight, x in signed:
+        magnitude = _call(builder, "llvm.abs.v32i8", BYTES, [weight, ir.Constant(I1, 0)])
+        signed_x = _call(builder, "llvm.x86.avx2.psign.b", BYTES, [builder.bitcast(x, BYTES), weight])
+        total = _call(builder, "llvm.x86.avx512.vpdpbusd.256", LANES, [total, builder.bitcast(magnitude, LANES),
+                                                                       builder.bitcast(signed_x, LANES)])
+    return total
+
+
+def _sub_scale_steps(builder, scale_pointer, block_in_super):
+    """(d sub_0, d sub_1) <8 x float> of one block of a row group from its int6k super-block bytes
+    (quantized.py): d as 8 float16, then per block 16 int8 sub-scales, half h of row r at 8 h + r."""
+    floats = ir.VectorType(F32, ROWS)
+    d = builder.fpext(builder.load(builder.bitcast(scale_pointer, ir.VectorType(ir.HalfType(), ROWS).as_pointer()),
+                                   align=1), floats)
+    at = builder.add(ir.Constant(I32, 16), builder.mul(block_in_super, ir.Constant(I32, 16)))
+    steps = []
+    for half in (0, 1):
+        pointer = builder.gep(scale_pointer, [builder.add(at, ir.Constant(I32, 8 * half))])
+        subs = builder.load(builder.bitcast(pointer, ir.VectorType(I8, ROWS).as_pointer()), align=1)
+        steps.append(builder.fmul(d, builder.sitofp(subs, floats)))
+    return steps
+
+
 def _tile_dot(n_tokens: int):
     @intrinsic
     def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
@@ -265,7 +302,7 @@ def _tile_dot(n_tokens: int):
         if bits == 4 and codes.ndim == 4:  # int6's view [G8, B, 6, 32]: nibbles and the 2-bit plane
             bits = 6
         affine = getattr(scale_bits, "dtype", None) == types.uint8  # int4k: scale bytes, not float16 bits
-        if bits is None or (affine and bits != 4) or codes.ndim != (4 if bits == 6 else 3):
+        if bits is None or (affine and bits == 8) or codes.ndim != (4 if bits == 6 else 3):
             return None
         signature = types.void(codes, scale_bits, types.intp, x_codes, x_sums, x_scales, types.intp, types.intp, out)
 
@@ -273,7 +310,8 @@ def _tile_dot(n_tokens: int):
             t = signature.args
             arrays = {i: context.make_array(t[i])(context, builder, args[i]) for i in (0, 1, 3, 4, 5, 8)}
             g, t0, scale_shift = args[2], args[6], args[7]
-            block_sum = BLOCK_SUMS[integer_dot_path()]
+            path = integer_dot_path()
+            block_sum = BLOCK_SUMS[path]
             zero = context.get_constant(types.intp, 0)
             floats = ir.VectorType(F32, ROWS)
             totals = [cgutils.alloca_once_value(builder, _constant(floats, 0.0)) for _ in range(n_tokens)]
@@ -286,7 +324,10 @@ def _tile_dot(n_tokens: int):
                 if affine:  # scale_shift is 3: 8 blocks per super-block
                     super_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero], I8)
                     block_in_super = builder.trunc(builder.and_(b, context.get_constant(types.intp, 7)), I32)
-                    row_scales, row_offsets = _affine_steps(builder, super_pointer, block_in_super)  # [8] each
+                    if bits == 6:  # int6k: the steps of the two halves
+                        row_scales, row_offsets = _sub_scale_steps(builder, super_pointer, block_in_super)  # [8] each
+                    else:
+                        row_scales, row_offsets = _affine_steps(builder, super_pointer, block_in_super)  # [8] each
                 else:
                     scales_pointer = _pointer(context, builder, t[1], arrays[1], [g, builder.lshr(b, scale_shift), zero],
                                               ir.VectorType(ir.HalfType(), ROWS))
@@ -298,8 +339,15 @@ def _tile_dot(n_tokens: int):
                     def activation(c, x_pointer=x_pointer):
                         return _splat(builder, builder.load(builder.gep(x_pointer, [ir.Constant(I32, c)]), align=1), ROWS)
 
-                    sums, bias_shift = block_sum(builder, bits, _operand_pairs(builder, bits, chunks, activation))
+                    pairs = _operand_pairs(builder, bits, chunks, activation)
                     x_scale = builder.load(_pointer(context, builder, t[5], arrays[5], [token, b], F32))
+                    if affine and bits == 6:  # int6k: x_scale (step_0 S_0 + step_1 S_1) over the two halves
+                        halves = [builder.sitofp(_signed_half_sum(builder, path, pairs[4 * h:4 * h + 4]), floats) for h in (0, 1)]
+                        term = builder.fmul(builder.fadd(builder.fmul(halves[0], row_scales), builder.fmul(halves[1], row_offsets)),
+                                            _splat(builder, x_scale, ROWS))
+                        builder.store(builder.fadd(builder.load(totals[k]), term), totals[k])
+                        continue
+                    sums, bias_shift = block_sum(builder, bits, pairs)
                     if affine or bias_shift is not None:
                         x_sum = builder.load(_pointer(context, builder, t[4], arrays[4], [token, b], I32))
                     if affine:  # w = step q - offset: x_scale (step sum(q x) - offset sum(x)), codes q = nibbles

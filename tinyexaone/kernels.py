@@ -216,9 +216,21 @@ def matmul_numpy(w_codes: np.ndarray, w_scales: np.ndarray, x: np.ndarray,
     w_codes [N, K] and float32 scales w_scales [N, G] (quantized.unpack_codes / unpack_scales),
     x quantized per 32-element block by `quantize_rows_numpy`. With `w_offsets` (int4k: codes
     0..15, w_scales and w_offsets [N, B] from quantized.unpack_affine) each block is
-    w = scale * code - offset, so its term is x_scale (scale sum(code x) - offset sum(x))."""
+    w = scale * code - offset, so its term is x_scale (scale sum(code x) - offset sum(x)). With
+    w_scales [N, 2 B] (int6k: one step per 16 elements, quantized.unpack_sub_scales) a block's
+    term is x_scale (step_0 sum_0(code x) + step_1 sum_1(code x)) over its two halves."""
     n_out = w_codes.shape[0]
     blocks = w_codes.reshape(n_out, -1, 32).astype(np.int64)  # [N, B, 32]
+    if w_scales.shape[1] == 2 * blocks.shape[1]:
+        out = np.empty((x.shape[0], n_out), np.float32)
+        halves = blocks.reshape(n_out, -1, 2, 16)  # [N, B, 2, 16]
+        steps = w_scales.astype(np.float32).reshape(n_out, -1, 2)  # [N, B, 2]
+        for t in range(x.shape[0]):
+            x_codes, x_scales = quantize_rows_numpy(x[t].reshape(-1, 32))  # [B, 32], [B]
+            half_sums = np.einsum("nbhe,bhe->nbh", halves, x_codes.reshape(-1, 2, 16).astype(np.int64))  # exact
+            terms = (half_sums.astype(np.float32) * steps).sum(axis=2, dtype=np.float32) * x_scales  # [N, B]
+            out[t] = terms.sum(axis=1, dtype=np.float64).astype(np.float32)
+        return out
     scales = np.repeat(w_scales.astype(np.float32), blocks.shape[1] // w_scales.shape[1], axis=1)  # [N, B]
     out = np.empty((x.shape[0], n_out), np.float32)
     for t in range(x.shape[0]):

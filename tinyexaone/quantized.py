@@ -1,11 +1,13 @@
-"""Group-wise quantized matrices (int8, int6, int4 and the affine int4k) and their exact storage layout.
+"""Group-wise quantized matrices (int8, int6, int4, the affine int4k and int6k) and their exact storage layout.
 
 A `QuantizedWeight` stands in for `DenseWeight`: it has `shape` ([out, in]), `matmul(x)`
 (x [T, in] float32 -> x @ W^T [T, out] float32) and `rows(ids)` (dequantized W[ids]).
 `quantize(matrix, bits, group_size, weights=None, affine=False)` is the quantizer; `from_arrays`
 rebuilds a weight from stored arrays (possibly read-only memory maps, never copied or written)
 after validating them, because the Numba kernels trust their inputs. `scheme` is the compact
-file's name of the kind ("int8", "int6", "int4", "int4k").
+file's name of the kind ("int8", "int6", "int4", "int4k", "int6k"). `affine=True` selects the
+two super-block kinds of 256 elements, int4k (bits 4) and int6k (bits 6; symmetric, not affine:
+the flag names the super-block form both share).
 
 Symmetric scheme (int4, int6, int8): one float16 scale per group of `group_size` consecutive input
 elements of a row: w[n, k] ~= q[n, k] * scale[n, k // group_size], with q in [-8, 7] (int4),
@@ -20,6 +22,11 @@ Affine scheme int4k (`affine=True`, bits 4, group_size 32, K a multiple of 256; 
 Q4_K at its 4.5 bits per weight): in super-block s of 256 elements, block j (of 32) is
 w ~= d[n, s] * sc[n, b] * q - dmin[n, s] * m[n, b] with b = 8 s + j, codes q in 0..15, 6-bit sc
 and m, float16 d and dmin (affine_fit.py chooses them).
+
+Super-block scheme int6k (`affine=True`, bits 6, group_size 32, K a multiple of 256; llama.cpp's
+Q6_K at its 6.5625 bits per weight): w ~= d[n, s] * sub[n, k // 16] * q[n, k], codes q in
+-32..31 stored as int6's, one int8 sub-scale per 16 elements and a float16 d per 256
+(scale_fit.fit_sub_scales chooses them).
 
 Layout (compact format version 2; int4k: version 3). Let N = out, K = in (a multiple of group_size, itself 32, 64
 or 128), B = K / 32 blocks of 32 consecutive elements per row (element k of a row is element
@@ -50,10 +57,14 @@ have code 0 and scale 0.
   little-endian uint32 words for block j of the super-block: word 0 holds the low 4 bits of
   sc[8 g + r, 8 s + j] at bits 4 r, word 1 those of m, word 2 the high 2 bits of sc at bits 2 r
   and of m at bits 16 + 2 r. 144 bytes per row per super-block, as Q4_K.
+- int6k, arrays {"codes": uint8 [G8, B, 192] as int6's, "scales": uint8 [G8, K / 256, 144]}: per
+  row group and super-block s, bytes 0..15 are d of rows 0..7 (float16), and byte
+  16 + 16 j + 8 h + r is sub[8 g + r, 16 (8 s + j) / 16 + h] as int8: block j's two halves h
+  (elements 0..15, 16..31). 210 bytes per row per super-block, as Q6_K.
 
 Every array is C-contiguous, little-endian. Bits per weight: 8 + 16/group_size (int8),
 6 + 16/group_size (int6) and 4 + 16/group_size (int4), e.g. 4.5 for int4 g32, 6.5 for int6 g32;
-4.5 for int4k. int6 exists from compact format version 3 on. Version 1 files stored each row on its own,
+4.5 for int4k, 6.5625 for int6k. int6, int4k and int6k exist from compact format version 3 on. Version 1 files stored each row on its own,
 element e of every block contiguous (quants [N, 32, B], nibbles [N, 16, B] with element j in the
 low and j + 16 in the high nibble, scales [N, K / group_size]); `from_version_1` repacks such
 arrays into this layout in memory when an old file is loaded.
@@ -78,21 +89,24 @@ from . import kernels
 from .affine_fit import SUPER_BLOCK, fit_affine
 from .integer_dot import ROWS
 from .errors import TinyExaoneError
-from .scale_fit import fit_scales
+from .scale_fit import fit_scales, fit_sub_scales
 
 BLOCK = 32  # elements per stored block; every group size is a multiple of it
 GROUP_SIZES = (32, 64, 128)
 BITS = (4, 6, 8)
-SCHEMES = {"int8": (8, False), "int6": (6, False), "int4": (4, False), "int4k": (4, True)}  # file scheme name -> (bits, affine)
+SCHEMES = {"int8": (8, False), "int6": (6, False), "int4": (4, False), "int4k": (4, True),
+           "int6k": (6, True)}  # file scheme name -> (bits, affine: the super-block kinds)
 CODE_ARRAYS = {8: "quants", 6: "codes", 4: "nibbles"}  # bits -> name of the stored code array
 CODE_BYTES = {8: 256, 6: 192, 4: 128}  # bytes of codes per block of a row group (32 elements x 8 rows)
 AFFINE_HEADER = 32  # bytes of d and dmin (8 rows x float16 each) before the sub-scale codes of a super-block
 AFFINE_SUB_BYTES = 12  # bytes of 6-bit scale and minimum codes per block of a row group
+SUB6_HEADER = 16  # int6k: bytes of d (8 rows x float16) before the sub-scales of a super-block
+SUB6_BLOCK_BYTES = 16  # int6k: int8 sub-scales per block of a row group (2 halves x 8 rows)
 
 
 def scheme_name(bits: int, affine: bool = False) -> str:
     """The compact file's scheme name of a weight format ("int4", "int6", "int8", "int4k")."""
-    return "int4k" if affine else f"int{bits}"
+    return f"int{bits}k" if affine else f"int{bits}"
 
 
 def _check_format(bits: int, group_size: int, shape, affine: bool = False) -> tuple[int, int]:
@@ -105,9 +119,9 @@ def _check_format(bits: int, group_size: int, shape, affine: bool = False) -> tu
     out_dim, in_dim = int(shape[0]), int(shape[1])
     if in_dim % group_size:
         raise TinyExaoneError(f"input size {in_dim} is not a multiple of the group size {group_size}")
-    if affine and (bits != 4 or group_size != BLOCK or in_dim % SUPER_BLOCK):
-        raise TinyExaoneError(f"int4k needs 4 bits, blocks of {BLOCK} and an input size that is a multiple of "
-                              f"{SUPER_BLOCK}, got int{bits} g{group_size} with input size {in_dim}")
+    if affine and (bits not in (4, 6) or group_size != BLOCK or in_dim % SUPER_BLOCK):
+        raise TinyExaoneError(f"int4k and int6k need 4 or 6 bits, blocks of {BLOCK} and an input size that is a "
+                              f"multiple of {SUPER_BLOCK}, got int{bits} g{group_size} with input size {in_dim}")
     return out_dim, in_dim
 
 
@@ -119,8 +133,11 @@ def expected_arrays(bits: int, group_size: int, shape, version: int = 2,
     blocks, n_groups = in_dim // BLOCK, in_dim // group_size
     if affine:
         if version == 1:
-            raise TinyExaoneError("int4k weights do not exist in compact format version 1")
+            raise TinyExaoneError(f"int{bits}k weights do not exist in compact format version 1")
         row_groups = -(-out_dim // ROWS)
+        if bits == 6:
+            return {"codes": (np.dtype(np.uint8), (row_groups, blocks, CODE_BYTES[6])),
+                    "scales": (np.dtype(np.uint8), (row_groups, in_dim // SUPER_BLOCK, SUB6_HEADER + 8 * SUB6_BLOCK_BYTES))}
         return {"nibbles": (np.dtype(np.uint8), (row_groups, blocks, 4 * ROWS * 4)),
                 "scales": (np.dtype(np.uint8), (row_groups, in_dim // SUPER_BLOCK, AFFINE_HEADER + 8 * AFFINE_SUB_BYTES))}
     codes = CODE_ARRAYS[bits]
@@ -144,6 +161,9 @@ def quantize(matrix: np.ndarray, bits: int, group_size: int, weights: np.ndarray
     out_dim, in_dim = _check_format(bits, group_size, matrix.shape, affine)
     if not np.issubdtype(matrix.dtype, np.floating):
         raise TinyExaoneError(f"can only quantize a float matrix, got {matrix.dtype}")
+    if affine and bits == 6:
+        arrays = _pack_sub_scaled(*fit_sub_scales(matrix, weights))
+        return QuantizedWeight(bits, group_size, (out_dim, in_dim), arrays, affine=True)
     if affine:
         arrays = _pack_affine(*fit_affine(matrix, weights))
         return QuantizedWeight(bits, group_size, (out_dim, in_dim), arrays, affine=True)
@@ -169,6 +189,29 @@ def _pack_affine(codes: np.ndarray, d: np.ndarray, dmin: np.ndarray, sc: np.ndar
     halves = [np.ascontiguousarray(lanes(h[:, :, None])[:, :, 0]).view(np.uint8) for h in (d, dmin)]  # [G8, S, 16]
     scales = np.concatenate(halves + [words.view(np.uint8).reshape(row_groups, n_super, -1)], axis=2)
     return {"nibbles": nibbles, "scales": np.ascontiguousarray(scales)}
+
+
+def _pack_sub_scaled(codes: np.ndarray, d: np.ndarray, sub: np.ndarray) -> dict[str, np.ndarray]:
+    """Stored int6k arrays (module doc) from codes [N, K] -32..31, d float16 [N, S] and the int8
+    sub-scales [N, K / 16] (scale_fit.fit_sub_scales)."""
+    out_dim, n_super = d.shape
+    row_groups = -(-out_dim // ROWS)
+    padded = lambda a: np.concatenate([a, np.zeros((row_groups * ROWS - out_dim,) + a.shape[1:], a.dtype)])  # noqa: E731
+    halves = np.ascontiguousarray(padded(d).reshape(row_groups, ROWS, n_super).transpose(0, 2, 1)).view(np.uint8)  # [G8, S, 16]
+    subs = padded(sub).reshape(row_groups, ROWS, n_super, 8, 2).transpose(0, 2, 3, 4, 1)  # [G8, S, j, h, r]
+    scales = np.concatenate([halves, subs.reshape(row_groups, n_super, -1).view(np.uint8)], axis=2)
+    return {"codes": _pack_codes(codes.astype(np.int16), 6), "scales": np.ascontiguousarray(scales)}
+
+
+def unpack_sub_scales(scales: np.ndarray, rows) -> np.ndarray:
+    """The steps d * sub float32 [len(rows), K / 16] of the selected rows from stored int6k scales
+    [G8, S, 144] (the kernels' float32 products): w = step * q per 16 elements."""
+    rows = np.asarray(rows)
+    picked = scales[rows // ROWS]  # [R, S, 144]
+    lane, picks = rows % ROWS, np.arange(len(rows))
+    d = picked[:, :, :SUB6_HEADER].copy().view(np.float16)[picks, :, lane]  # [R, S]
+    subs = picked[:, :, SUB6_HEADER:].view(np.int8).reshape(len(rows), -1, 8, 2, ROWS)[picks, :, :, :, lane]  # [R, S, j, h]
+    return (d.astype(np.float32)[:, :, None, None] * subs.astype(np.float32)).reshape(len(rows), -1)
 
 
 def unpack_affine(scales: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -318,6 +361,9 @@ class QuantizedWeight:
         """Dequantized rows W[ids] as float32 [len(ids), in] (embedding lookup, NumPy)."""
         ids = np.asarray(ids)
         codes = unpack_codes(self._codes, ids, self.affine).astype(np.float32)  # [R, K]
+        if self.affine and self.bits == 6:
+            steps = unpack_sub_scales(self.arrays["scales"], ids)  # [R, K / 16]
+            return (codes.reshape(len(ids), -1, 16) * steps[:, :, None]).reshape(len(ids), -1)
         if self.affine:
             steps, offsets = unpack_affine(self.arrays["scales"], ids)  # [R, B] each
             blocks = codes.reshape(len(ids), -1, BLOCK) * steps[:, :, None] - offsets[:, :, None]  # [R, B, 32]

@@ -19,6 +19,8 @@ refitted, the least error kept) lowers the weight error of int4 g32 by 5% on Gau
 raised the output KL against the float model by 13% on the trained demo model and 1% on a
 heavy-tailed random one, over six re-draws each; refitting only the scale lowered KL by 5%.
 
+`fit_sub_scales` makes int6k's two-level scales (quantized.py) from this rule at groups of 16.
+
 `fit_scales_numpy` is the plain NumPy statement of the rule (float64), the reference the tests
 hold the kernel to; `fit_scales` runs it as a parallel Numba kernel, one row per task, whose
 sums may be reassociated (vectorized) while divisions and roundings stay exact, so the two can
@@ -130,3 +132,28 @@ def fit_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> 
     with COMPUTE_LOCK:
         _fit_rows(matrix, v, float(2 ** (bits - 1)), group_size, scale_bits, codes)
     return scale_bits.view(np.float16), codes
+
+
+SUB_BLOCK = 16  # int6k: elements per int8 sub-scale
+SUPER = 256  # int6k: elements per float16 d
+
+
+def fit_sub_scales(matrix: np.ndarray, weights=None, fit=fit_scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int6k's (codes int8 [N, K] in -32..31, d float16 [N, K / 256], sub-scales int8 [N, K / 16])
+    of matrix [N, K] (K a multiple of 256; llama.cpp's Q6_K idea): each block of 16 gets the
+    module doc's scale s at 6 bits (`fit`, fit_scales or fit_scales_numpy), each 256 a float16
+    d = max |s| / 127 (rounded to float16) and the sub-scales rint(s / d) in -127..127, and the
+    codes are then rounded again against the stored step float32(d) * sub (clipped to -32..31; 0
+    where the step is 0), so w ~= d * sub * q."""
+    scales, _ = fit(matrix, 6, SUB_BLOCK, weights)  # [N, K / 16] float16
+    n_rows, in_dim = matrix.shape
+    per_super = scales.astype(np.float32).reshape(n_rows, in_dim // SUPER, SUPER // SUB_BLOCK)  # [N, S, 16]
+    d = (np.abs(per_super).max(axis=2) / np.float32(127.0)).astype(np.float16)  # [N, S]
+    d32 = d.astype(np.float32)[:, :, None]
+    safe = np.where(d32 > 0, d32, np.float32(1.0))
+    sub = np.where(d32 > 0, np.clip(np.rint(per_super / safe), -127, 127), 0).astype(np.int8)  # [N, S, 16]
+    steps = (d32 * sub.astype(np.float32)).reshape(n_rows, -1, 1)  # [N, K / 16, 1]
+    x = np.asarray(matrix, np.float32).reshape(n_rows, -1, SUB_BLOCK)  # [N, K / 16, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.where(steps != 0, np.clip(np.rint(x / np.where(steps != 0, steps, 1)), -32, 31), 0)
+    return codes.astype(np.int8).reshape(n_rows, in_dim), d, sub.reshape(n_rows, -1)
