@@ -65,8 +65,8 @@ def test_gguf_and_compact_files_read_back_as_their_weights(tmp_path):
     matrices, types, kernel_model = quality.compact_matrices(tmp_path / "demo.tx")
     layer0 = kernel_model.weights.layers[0]
     np.testing.assert_array_equal(matrices["model.layers.0.self_attn.q_proj.weight"], layer0.q_proj.dequantize())
-    assert types["model.layers.0.self_attn.q_proj.weight"] == "int8 g32"
-    assert types["model.layers.3.mlp.up_proj.weight"] == "int4 g64"
+    assert types["model.layers.0.self_attn.q_proj.weight"] == "int6 g32"  # the demo's 192 columns: int6, not int6k
+    assert types["model.layers.3.mlp.up_proj.weight"] == "int4 g32"
 
 
 def test_a_model_compared_with_itself_does_not_drift(tmp_path, capsys):

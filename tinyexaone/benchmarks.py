@@ -4,9 +4,10 @@
 split over that many threads) so kernel throughput can be quoted as a share of it.
 `blas_rate()` measures the float32 multiply-add rate of NumPy's BLAS at a prefill shape: the
 compute ceiling a prefill of dequantized weights could reach on this machine.
-`random_weight(bits, group_size, shape, affine=False)` builds a `QuantizedWeight` (int4k with
-`affine`) with random codes and scales directly (no float intermediate), so real 1.2B shapes cost
-only their stored size; `random_affine_scales` makes int4k's scale bytes.
+`random_weight(bits, group_size, shape, affine=False)` builds a `QuantizedWeight` (int4k, or int6k
+at 6 bits, with `affine`) with random codes and scales directly (no float intermediate), so real 1.2B shapes cost
+only their stored size; `random_affine_scales` makes int4k's scale bytes (also valid int6k bytes:
+float16 d first, any int8 sub-scales).
 `time_matvec` / `time_matmul` time `QuantizedWeight.matmul` for one or many input rows and
 return seconds, billions of weights per second and GB/s of weight bytes. Timings are the best
 of several repeats, which filters out interference from other processes on a shared machine.

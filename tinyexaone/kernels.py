@@ -6,9 +6,9 @@ read-only memory maps are fine. Scales are passed as the raw bits of their float
 (a uint16 view): Numba has no float16 type, so the IR widens them with LLVM's own
 `fpext half -> float`.
 
-One definition serves int4, int6, int8 and int4k (the code array's dtype and dimensions pick the unpacking, the
-scale array's the per-block float step: float16 bits for the symmetric kinds, the super-block
-bytes of int4k, see integer_dot.py), decode and prefill alike:
+One definition serves int4, int6, int8, int4k and int6k (the code array's dtype and dimensions
+pick the unpacking, the scale array's the per-block float step: float16 bits for the symmetric
+kinds, the super-block bytes of int4k and int6k, see integer_dot.py), decode and prefill alike:
 - `quantize_activations(x, x_codes, x_sums, x_scales)`: x [T, 32 B] float32 -> int8 codes per
   32-element block with a float32 scale (max|x| / 127, round to nearest:
   `quantize_rows_numpy` on rows of 32 is the exact rule) and each block's code sum, as llama.cpp

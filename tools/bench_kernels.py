@@ -1,7 +1,7 @@
 """Time the quantized matvec kernels at the real EXAONE-4.0-1.2B shapes (not part of the tests).
 
 Usage: python tools/bench_kernels.py [--threads N] [--repeats N] [--tokens T] [--schemes 4:32,4k:32,8:32]
-(`4k:32` is the affine int4k kind.)
+(`4k:32` is the affine int4k kind, `6:32` int6, `6k:32` int6k.)
 Prints the read bandwidth of this machine and, per scheme and shape, G weights/s, GB/s of
 weight bytes and their share of the read bandwidth measured in the same run.
 """
