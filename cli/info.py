@@ -78,7 +78,7 @@ def _describe_compact(path: Path, verify: bool) -> None:
     click.echo(f"model       {path}  (tinyexaone compact file, format version {compact.format_version})")
     _describe_config(compact.config)
     click.echo(f"quantized   layers int{quant.get('bits')} g{quant.get('group_size')}, embedding "
-               f"{embed['scheme']} g{embed['group_size']}, norms float32 (symmetric, float16 scales); "
+               f"{embed['scheme']} g{embed['group_size']}, norms float32; "
                f"{8 * matrix_bytes / max(matrix_params, 1):.3f} bits per matrix weight")
     click.echo(f"tensors     {len(tensors)} model tensors ({', '.join(f'{n} {s}' for s, n in schemes.items())}) "
                f"in {len(compact.entries)} arrays, {params:,} parameters")

@@ -36,10 +36,13 @@ DEFAULTS = {"bits": 4, "group_size": 32, "embedding_bits": 8}  # for a Hugging F
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Weights sharing one scale [default: 32].")
 @click.option("--embedding-bits", type=click.Choice(["8", "4"]), default=None,
-              help="Bits of the embedding (also the output head) and of an untied lm_head [default: 8; a GGUF's own].")
+              help="Bits of the embedding (also the output head) and of an untied lm_head [default: 8, but 6 "
+                   "(int6k) in the mixed int4 recipe unless 4 is given; a GGUF's own].")
 @click.option("--recipe", type=click.Choice(["mixed", "uniform"]), default="mixed", show_default=True,
-              help="int4 only. mixed: the first three layers' attention in int8, the MLP in groups of 64 "
-                   "(docs/quantization.md); uniform: every layer matrix at --bits and --group-size.")
+              help="int4 only. mixed: the head, every k_proj/v_proj, the first and last eighth's down_proj "
+                   "and layer 0's q_proj in 6 bits (int6k), the rest in int4k, where input sizes are multiples "
+                   "of 256 (else int6 / int4 g32; docs/quantization.md); uniform: every layer matrix at --bits "
+                   "and --group-size.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="UTF-8 text whose activations weight each input column's error in the scale fit "
                    "(Hugging Face sources; the first 4,096 tokens).")

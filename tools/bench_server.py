@@ -6,7 +6,8 @@ Usage: python tools/bench_server.py MODEL [--streams 1,2,4] [--tokens 64] [--thr
 MODEL is any model path `tinyexaone` takes (e.g. the synthetic 1.2B file `tinyexaone bench
 --synthetic 1.2b` writes into its cache folder); a model without a tokenizer (the synthetic
 files) gets the one in --tokenizer (default: the real EXAONE 4.0 tokenizer in tests/fixtures). A server runs in this process on a free
-127.0.0.1 port; for each stream count, that many clients at once each stream one
+127.0.0.1 port and the clients in a child process (as real clients are: not sharing the
+server's interpreter lock); for each stream count, that many clients at once each stream one
 /v1/completions request of --tokens tokens (greedy, or sampled at --temperature with top-p 0.95;
 distinct short prompts, so no prefix is shared), over plain HTTP. It prints, per count, the total tokens/s over the whole wall time
 (prefill included) and the decode tokens/s (tokens after each stream's first, over the time
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import threading
 import time
 from pathlib import Path
@@ -108,11 +110,12 @@ def main() -> None:
     server = Server(engine, "127.0.0.1", 0, log=lambda line: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = server.server_address[:2]
-    measure(address, 1, 4, -1, args.temperature)  # compile and warm up
-    rates = {n: [] for n in counts}
-    for r in range(args.rounds):
-        for n in counts:
-            rates[n].append(measure(address, n, args.tokens, r * 100 + n, args.temperature))
+    with multiprocessing.get_context("spawn").Pool(1) as clients:
+        clients.apply(measure, (address, 1, 4, -1, args.temperature))  # compile and warm up
+        rates = {n: [] for n in counts}
+        for r in range(args.rounds):
+            for n in counts:
+                rates[n].append(clients.apply(measure, (address, n, args.tokens, r * 100 + n, args.temperature)))
     server.shutdown_cleanly()
     print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds, "
           f"temperature {args.temperature}")
