@@ -53,8 +53,11 @@ def cache_folder() -> Path:
 WRITE_SYNTHETIC_SCRIPT = """
 import json, sys
 from tinyexaone.quant.synthetic import write_synthetic_compact
-write_synthetic_compact(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+write_synthetic_compact(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 """
+# bits of the synthetic file's embedding (also its tied head) per layer bits: as in llama.cpp's own
+# files it is compared with, whose Q4_0 keeps the tied embedding in q6_K (6.56 bits) and Q8_0 in q8_0
+SYNTHETIC_EMBEDDING_BITS = {4: 6, 8: 8}
 
 
 def synthetic_model(shape: str, bits: int, group_size: int) -> Path:
@@ -63,12 +66,14 @@ def synthetic_model(shape: str, bits: int, group_size: int) -> Path:
 
     folder = cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"synthetic-{shape}-int{bits}-g{group_size}-v{FORMAT_VERSION}.tx"
+    embedding_bits = SYNTHETIC_EMBEDDING_BITS[bits]
+    path = folder / f"synthetic-{shape}-int{bits}-g{group_size}-e{embedding_bits}-v{FORMAT_VERSION}.tx"
     if not path.exists():
         click.echo(f"writing {path} (once) ...", err=True)
         # in a child process, so its buffers do not count in this process's peak RSS figures
         config = json.dumps(dict(EXAONE_4_0_1_2B, **SYNTHETIC_SHAPES[shape]))
-        done = subprocess.run([sys.executable, "-c", WRITE_SYNTHETIC_SCRIPT, str(path), config, str(bits), str(group_size)],
+        done = subprocess.run([sys.executable, "-c", WRITE_SYNTHETIC_SCRIPT, str(path), config, str(bits), str(group_size),
+                               str(embedding_bits)],
                               capture_output=True, text=True, cwd=tempfile.gettempdir())
         if done.returncode:
             raise TinyExaoneError(f"could not write {path}: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
