@@ -49,16 +49,24 @@ def test_an_int4k_file_is_version_3_with_the_documented_arrays(int4k_file):
     assert open_compact(int4k_file).format_version == 3
 
 
-def test_int4k_tensors_load_and_their_kernels_match_their_weights(int4k_file):
-    model = tinyexaone.load(int4k_file).model
-    rng = np.random.default_rng(0)
-    for weight in (model.weights.layers[0].q_proj, model.weights.layers[1].down_proj):
-        assert weight.scheme == "int4k"
-        x = rng.standard_normal((5, weight.shape[1])).astype(np.float32)
-        exact = x @ weight.dequantize().T
-        assert np.abs(weight.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()  # activation rounding only
+def assert_kernel_matches_weights(weight, n_tokens: int, seed: int) -> None:
+    """The weight's kernel product equals x times its dequantized matrix, up to activation rounding."""
+    x = np.random.default_rng(seed).standard_normal((n_tokens, weight.shape[1])).astype(np.float32)
+    exact = x @ weight.dequantize().T
+    assert np.abs(weight.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()
+
+
+def assert_forward_is_finite(model) -> None:
     logits = model.forward(np.arange(1, 9))
     assert logits.shape == (8, SHAPE["vocab_size"]) and np.isfinite(logits).all()
+
+
+def test_int4k_tensors_load_and_their_kernels_match_their_weights(int4k_file):
+    model = tinyexaone.load(int4k_file).model
+    for weight in (model.weights.layers[0].q_proj, model.weights.layers[1].down_proj):
+        assert weight.scheme == "int4k"
+        assert_kernel_matches_weights(weight, 5, seed=0)
+    assert_forward_is_finite(model)
 
 
 def test_int4k_in_a_version_2_file_is_a_clear_error(int4k_file, damaged):
@@ -103,11 +111,8 @@ def test_an_int6_head_loads_and_its_kernels_and_lookups_match_its_weights(int6_f
     dense = head.dequantize()  # [V, hidden]
     ids = np.array([5, 0, SHAPE["vocab_size"] - 1, 5])
     np.testing.assert_array_equal(head.rows(ids), dense[ids])
-    x = np.random.default_rng(1).standard_normal((3, head.shape[1])).astype(np.float32)
-    exact = x @ dense.T
-    assert np.abs(head.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()  # activation rounding only
-    logits = model.forward(np.arange(1, 9))
-    assert logits.shape == (8, SHAPE["vocab_size"]) and np.isfinite(logits).all()
+    assert_kernel_matches_weights(head, 3, seed=1)
+    assert_forward_is_finite(model)
 
 
 def test_int6_in_a_version_2_file_is_a_clear_error(int6_file, damaged):
@@ -140,7 +145,5 @@ def test_an_int6k_head_is_version_3_loads_and_matches_its_weights(tmp_path):
     assert head.scheme == "int6k"
     dense = head.dequantize()
     np.testing.assert_array_equal(head.rows(np.array([3, 0, 3])), dense[[3, 0, 3]])
-    x = np.random.default_rng(2).standard_normal((4, head.shape[1])).astype(np.float32)
-    exact = x @ dense.T
-    assert np.abs(head.matmul(x) - exact).max() <= 0.02 * np.abs(exact).max()
-    assert np.isfinite(model.forward(np.arange(1, 6))).all()
+    assert_kernel_matches_weights(head, 4, seed=2)
+    assert_forward_is_finite(model)

@@ -37,6 +37,7 @@ from numba import njit, prange
 from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, half_to_float
 from .layer_kernels import float_to_half
+from .scale_fit import column_weights
 
 BLOCK = 32
 SUPER_BLOCK = 256
@@ -56,13 +57,7 @@ def _check(matrix: np.ndarray, weights) -> np.ndarray:
         raise TinyExaoneError("cannot quantize a matrix with NaN or infinite values")
     if np.abs(matrix).max(initial=0.0) > FLOAT16_MAX:
         raise TinyExaoneError(f"weights are too large for int4k's float16 scales (|w| > {FLOAT16_MAX:.0f})")
-    in_dim = matrix.shape[1]
-    if weights is None:
-        return np.ones(in_dim)
-    weights = np.asarray(weights, np.float64)
-    if weights.shape != (in_dim,) or not np.isfinite(weights).all() or (weights < 0).any():
-        raise TinyExaoneError(f"column weights must be {in_dim} finite non-negative numbers")
-    return weights
+    return column_weights(weights, matrix.shape[1])
 
 
 def _to_half(values: np.ndarray) -> np.ndarray:

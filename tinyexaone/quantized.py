@@ -78,7 +78,7 @@ The kernels' integer part is the same for int4 and int4k; only the per-block flo
 
 `matmul` enters the Numba kernels (kernels.py) under `kernels.COMPUTE_LOCK`, so calls from
 several Python threads are serialised (Numba's workqueue layer aborts on concurrent use).
-`matmul_fused` runs matrices that share one decode input (q/k/v, gate/up) in one launch.
+`matmul_fused` runs matrices that share one decode input (q/k/v, gate/up) in one launch per kind.
 """
 
 from __future__ import annotations
@@ -398,16 +398,14 @@ def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
     """[w.matmul(x) for w in weights] for matrices sharing their input x [T, in] (q/k/v, gate/up),
     written into `outs` when given (validated by the caller).
 
-    x is quantized once; QuantizedWeights of one width run as a single kernel launch: on the
-    calling thread when the whole product is small (SERIAL_BELOW multiply-adds), else in
+    x is quantized once for all QuantizedWeights of its width; those of one kind (bits, affine)
+    run as a single kernel launch (the recipe's int4k q_proj beside int6k k/v_proj makes two): on
+    the calling thread when the whole product is small (SERIAL_BELOW multiply-adds), else in
     parallel under COMPUTE_LOCK. Anything else falls back to one matmul per weight."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     first = weights[0]
-    same_format = all(
-        isinstance(w, QuantizedWeight) and (w.bits, w.affine) == (first.bits, first.affine) and w.shape[1] == first.shape[1]
-        for w in weights
-    )
-    if not same_format or x.ndim != 2 or x.shape[1] != first.shape[1]:
+    quantized = all(isinstance(w, QuantizedWeight) and w.shape[1] == first.shape[1] for w in weights)
+    if not quantized or x.ndim != 2 or x.shape[1] != first.shape[1]:
         return [w.matmul(x) for w in weights]
     if outs is None:
         outs = [np.empty((x.shape[0], w.shape[0]), np.float32) for w in weights]
@@ -416,14 +414,20 @@ def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
         for w, out in zip(weights, outs):
             kernels.matmul_serial(w._codes, w._scale_bits, x_codes, x_sums, x_scales, out)
         return list(outs)
+    kinds: dict[tuple, list[int]] = {}  # (bits, affine) -> indices of the weights of that kind, in order
+    for i, w in enumerate(weights):
+        kinds.setdefault((w.bits, w.affine), []).append(i)
     with kernels.COMPUTE_LOCK:
         x_codes, x_sums, x_scales = _quantized_input(x, serial=x.shape[0] < 4)
-        if len(weights) == 1:
-            kernels.matmul(first._codes, first._scale_bits, x_codes, x_sums, x_scales, outs[0],
-                           kernels.chunk_count(first._codes.shape[0]))
-        else:
-            kernels.matmul_fused(tuple(w._codes for w in weights), tuple(w._scale_bits for w in weights), x_codes,
-                                 x_sums, x_scales, tuple(outs), kernels.chunk_count(sum(w._codes.shape[0] for w in weights)))
+        for group in kinds.values():
+            if len(group) == 1:
+                w = weights[group[0]]
+                kernels.matmul(w._codes, w._scale_bits, x_codes, x_sums, x_scales, outs[group[0]],
+                               kernels.chunk_count(w._codes.shape[0]))
+            else:
+                kernels.matmul_fused(tuple(weights[i]._codes for i in group), tuple(weights[i]._scale_bits for i in group),
+                                     x_codes, x_sums, x_scales, tuple(outs[i] for i in group),
+                                     kernels.chunk_count(sum(weights[i]._codes.shape[0] for i in group)))
     return list(outs)
 
 

@@ -48,7 +48,12 @@ def _check(matrix: np.ndarray, weights, bits: int) -> np.ndarray:
     limit = FLOAT16_MAX * (2 ** (bits - 1) - 1)  # the fitted scale stays a finite float16
     if np.abs(matrix).max(initial=0.0) > limit:
         raise TinyExaoneError(f"weights are too large for float16 quantization scales (|w| > {limit:.0f} at int{bits})")
-    in_dim = matrix.shape[1]
+    return column_weights(weights, matrix.shape[1])
+
+
+def column_weights(weights, in_dim: int) -> np.ndarray:
+    """The calibration weights of a matrix's in_dim input columns as float64 [in_dim] (ones when
+    None), after checking they are finite and non-negative (every fit here and in affine_fit.py)."""
     if weights is None:
         return np.ones(in_dim)
     weights = np.asarray(weights, np.float64)
