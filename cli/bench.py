@@ -3,7 +3,8 @@
 One run measures, on a model (`--model`: a compact file, or a Hugging Face directory whose
 BF16 weights run in place) or a synthetic compact file of the real EXAONE-4.0-1.2B
 shape (`--synthetic 1.2b`, built once from random codes into a cache folder, no float
-checkpoint in between): load time; time to first token of a short prompt in a fresh process
+checkpoint in between): load time and where the weights are (read into memory, how much of them
+in huge pages, or with `--mmap` in the file's memory map); time to first token of a short prompt in a fresh process
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
 tok/s for 64, 512 and 2,048 tokens; decode tok/s for 128 tokens from an empty context and after
 512 and 4,096 tokens; peak RSS at the 512-token context; the KV cache type (`--cache-type`, f16
@@ -32,8 +33,9 @@ import numpy as np
 
 from tinyexaone.compact import FORMAT_VERSION
 from tinyexaone.errors import TinyExaoneError
+from tinyexaone.resident import huge_page_bytes
 
-from .options import CACHE_TYPE_FLAG
+from .options import CACHE_TYPE_FLAG, MMAP_FLAG
 
 SYNTHETIC_SHAPES = {
     "1.2b": {},
@@ -118,7 +120,7 @@ import json, sys, time
 start = time.perf_counter()
 import numba, tinyexaone
 numba.set_num_threads(int(sys.argv[2]))
-model = tinyexaone.load(sys.argv[1])
+model = tinyexaone.load(sys.argv[1], mmap=sys.argv[4] == "mmap")
 cache = model.new_cache(cache_type=sys.argv[3])
 model.forward(list(range(1, 9)), cache, last_only=True)
 model.forward([9], cache)
@@ -126,10 +128,11 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def time_first_token(path: Path, threads: int, numba_cache: str, cache_type: str) -> float:
+def time_first_token(path: Path, threads: int, numba_cache: str, cache_type: str, mmap: bool) -> float:
     """Seconds from interpreter start to the first decoded token of an 8-token prompt."""
     env = dict(os.environ, NUMBA_CACHE_DIR=numba_cache)
-    done = subprocess.run([sys.executable, "-c", FIRST_TOKEN_SCRIPT, str(path), str(threads), cache_type], env=env,
+    done = subprocess.run([sys.executable, "-c", FIRST_TOKEN_SCRIPT, str(path), str(threads), cache_type,
+                           "mmap" if mmap else "memory"], env=env,
                           capture_output=True, text=True, cwd=tempfile.gettempdir())
     if done.returncode:
         raise TinyExaoneError(f"first-token measurement failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -184,7 +187,16 @@ def time_torch_layers(config, context: int, n_tokens: int) -> float | None:
         return (time.perf_counter() - start) / n_tokens
 
 
-def run_bench(path: Path, threads: int, quick: bool, cache_type: str) -> dict:
+def weights_place(model) -> str:
+    """Where the weights are: in memory (and how much in huge pages) or in the file's memory map."""
+    if model.weights.mapped_files:
+        return "memory-mapped file"
+    codes = getattr(model.weights.lm_head, "_codes", None)
+    huge = None if codes is None else huge_page_bytes(codes)
+    return "in memory" + ("" if huge is None else f", {huge / 1e6:.0f} MB in huge pages")
+
+
+def run_bench(path: Path, threads: int, quick: bool, cache_type: str, mmap: bool = False) -> dict:
     import numba
 
     from tinyexaone.benchmarks import blas_rate, read_bandwidth
@@ -199,14 +211,15 @@ def run_bench(path: Path, threads: int, quick: bool, cache_type: str) -> dict:
     result = {"model": str(path), "threads": threads, "file_mb": sum(f.stat().st_size for f in files) / 1e6,
               **{f"kernel_{name}": value for name, value in kernel_paths().items()}}
     start = time.perf_counter()
-    model, _ = open_model(path)  # the forward pass alone: no tokenizer
+    model, _ = open_model(path, mmap=mmap)  # the forward pass alone: no tokenizer
     result["load_s"] = time.perf_counter() - start
     result["rss_after_load_mb"] = peak_rss_mb()
+    result["weights_place"] = weights_place(model)
     bytes_per_token = decode_bytes_per_token(model)
     result["decode_mb_per_token"] = bytes_per_token / 1e6
     with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
-        result["first_token_cold_s"] = time_first_token(path, threads, numba_cache, cache_type)
-        result["first_token_warm_s"] = time_first_token(path, threads, numba_cache, cache_type)
+        result["first_token_cold_s"] = time_first_token(path, threads, numba_cache, cache_type, mmap)
+        result["first_token_warm_s"] = time_first_token(path, threads, numba_cache, cache_type, mmap)
     for n in (3, 8):  # compile or load the kernels in this process: one-token and four-token tiles
         time_prefill(model, n, rng, cache_type)
     time_decode(model, 1, 2, rng, cache_type)
@@ -243,6 +256,7 @@ ROWS = [
     ("weights read per token", "decode_mb_per_token", "{:.1f} MB"),
     ("bandwidth floor", "floor_tok_s", "{:.1f} tok/s"),
     ("load", "load_s", "{:.2f} s"),
+    ("weights", "weights_place", "{}"),
     ("RSS after load", "rss_after_load_mb", "{:.0f} MB"),
     ("first token, cold Numba cache", "first_token_cold_s", "{:.1f} s"),
     ("first token, warm Numba cache", "first_token_warm_s", "{:.2f} s"),
@@ -281,9 +295,10 @@ def print_table(result: dict) -> None:
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Numba threads (default: all).")
 @CACHE_TYPE_FLAG
+@MMAP_FLAG
 @click.option("--quick", is_flag=True, help="Fewer and shorter runs (for tests).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model_path, synthetic, bits, group_size, threads, cache_type, quick, as_json):
+def bench(model_path, synthetic, bits, group_size, threads, cache_type, mmap, quick, as_json):
     """Measure load, first-token, prefill and decode speed against the bandwidth floor."""
     import numba
 
@@ -297,7 +312,7 @@ def bench(model_path, synthetic, bits, group_size, threads, cache_type, quick, a
     elif not model_path.exists():
         raise TinyExaoneError(f"{model_path}: no such file or directory")
     model_path = model_path.resolve()  # the first-token runs start in another directory
-    result = run_bench(model_path, threads, quick, cache_type or DEFAULT_CACHE_TYPE)
+    result = run_bench(model_path, threads, quick, cache_type or DEFAULT_CACHE_TYPE, mmap)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -511,7 +511,7 @@ def _banner(app: ChatApp, resolved, model, threads: int | None, toolbox) -> None
 @click.option("--tools", "tools_file", type=click.Path(path_type=Path), default=None, metavar="FILE.py",
               help="Python file whose public top-level functions the model may call.")
 @click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set or output is not a terminal).")
-def chat(model, system, think, ctx_size, threads, tools_file, no_color, json_schema_file, grammar_file, **flags):
+def chat(model, system, think, ctx_size, mmap, threads, tools_file, no_color, json_schema_file, grammar_file, **flags):
     """Chat with a model interactively (or one message per line through a pipe)."""
     install_sigterm_exit()
     system = valid_text(system, "--system")
@@ -522,7 +522,7 @@ def chat(model, system, think, ctx_size, threads, tools_file, no_color, json_sch
     toolbox = load_tools(tools_file) if tools_file is not None else None
     structured = structured_output(json_schema_file, grammar_file, chat=True)
     threads_used = apply_threads(threads)
-    loaded, resolved = load_model(model)
+    loaded, resolved = load_model(model, mmap=mmap)
     options = {**sampling_options(flags), **structured}
     session = loaded.chat_session(system=system, tools=toolbox.schemas if toolbox else None, enable_thinking=think,
                                   context_size=context_size(loaded, ctx_size), **options)

@@ -51,7 +51,8 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--raw", is_flag=True, help="Continue the prompt as plain text, without the chat template.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: content, reasoning_content, tool_calls, finish_reason, stats.")
-def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, json_schema_file, grammar_file, **flags):
+def generate(model, system, think, ctx_size, mmap, threads, prompt, raw, as_json, json_schema_file, grammar_file,
+             **flags):
     """Generate one reply to --prompt and print it."""
     install_sigterm_exit()
     prompt, system = _read_prompt(valid_text(prompt, "--prompt")), valid_text(system, "--system")
@@ -59,7 +60,7 @@ def generate(model, system, think, ctx_size, threads, prompt, raw, as_json, json
         raise TinyExaoneError("--system, --think and --reasoning-budget need the chat template; drop --raw")
     structured = structured_output(json_schema_file, grammar_file, chat=not raw)
     apply_threads(threads)
-    loaded, _ = load_model(model, chat_template=not raw)
+    loaded, _ = load_model(model, chat_template=not raw, mmap=mmap)
     options = {**sampling_options(flags), **structured}
     options["context_size"] = context_size(loaded, ctx_size)
     show = sanitize if sys.stdout.isatty() else (lambda text: text)

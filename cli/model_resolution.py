@@ -78,11 +78,11 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     raise TinyExaoneError(f"{spec}: no such file or directory")
 
 
-def load_model(spec: str | None, chat_template: bool = True):
+def load_model(spec: str | None, chat_template: bool = True, mmap: bool = False):
     """(Model, ResolvedModel) for `--model spec`; the model must have a tokenizer, and a chat
-    template unless `chat_template` is False (raw text generation)."""
+    template unless `chat_template` is False (raw text generation); `mmap` is --mmap."""
     resolved = resolve_model(spec)
-    model = tinyexaone.load(resolved.path)
+    model = tinyexaone.load(resolved.path, mmap=mmap)
     if model.tokenizer is None:
         raise TinyExaoneError(f"{resolved.label}: the model has no tokenizer (tokenizer.json, or tokenizer.* "
                               f"metadata in a GGUF), so it cannot turn text into tokens")

@@ -1,12 +1,13 @@
 """Flags shared by `chat` and `generate`, named as llama.cpp and mlx-lm users know them.
 
 `generation_options` is a decorator adding --model, --system, --think/--no-think, the sampling
-flags, --max-tokens, --ctx-size, --cache-type, --threads and --reasoning-budget. Values are
+flags, --max-tokens, --ctx-size, --cache-type, --mmap, --threads and --reasoning-budget. Values are
 checked by `Number` and `OneOf`, which raise TinyExaoneError (one line, exit code 2 via
 cli.main) instead of click's multi-line usage error. `sampling_options(params)` turns the
 parsed flags into keyword options of the generation API (flags left unset are omitted, so the
 API's model-card defaults apply, which differ with thinking on and off). `apply_threads(n)`
-maps --threads onto Numba. `CACHE_TYPE_FLAG` is --cache-type alone (bench takes it too).
+maps --threads onto Numba. `CACHE_TYPE_FLAG` is --cache-type alone and `MMAP_FLAG` --mmap alone
+(bench and serve take them too).
 `structured_output_options` adds --json-schema FILE and --grammar FILE (Lark or GBNF), and
 `structured_output(json_schema, grammar, chat)` reads them (at most MAX_GRAMMAR_BYTES, UTF-8, the
 schema JSON) into the API's `response_format` (chat) or `grammar` (raw text) option.
@@ -75,6 +76,10 @@ class OneOf(click.ParamType):
         return check_option(self.option, value, label=param.opts[0], shown=repr(value)[:40])
 
 
+MMAP_FLAG = click.option(
+    "--mmap", is_flag=True,
+    help="Keep a compact file's weights in its memory map instead of reading them into memory: loads at once "
+         "and shares pages between processes, but decodes slower.")
 CACHE_TYPE_FLAG = click.option(
     "--cache-type", type=OneOf("cache_type"), default=None,
     help="KV cache type: f16 (default), f32, or q8 (int8 with one scale per token and KV head).")
@@ -109,6 +114,7 @@ def generation_options(command):
         click.option("--ctx-size", "-c", type=Number("context_size", zero_is_default=True), default=0, show_default=True,
                      help="Context size in tokens; 0 = the model's maximum."),
         CACHE_TYPE_FLAG,
+        MMAP_FLAG,
         click.option("--threads", "-t", type=Number("threads"), default=None,
                      help="Threads for the Numba kernels (at most what Numba started with)."),
         click.option("--reasoning-budget", type=Number("reasoning_budget"), default=None,

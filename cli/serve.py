@@ -20,7 +20,7 @@ from tinyexaone.openai_api import REASONING_FORMATS
 from tinyexaone.server import Server
 
 from .model_resolution import load_model
-from .options import CACHE_TYPE_FLAG, Number, apply_threads, context_size
+from .options import CACHE_TYPE_FLAG, MMAP_FLAG, Number, apply_threads, context_size
 
 
 @click.command()
@@ -44,11 +44,12 @@ from .options import CACHE_TYPE_FLAG, Number, apply_threads, context_size
 @click.option("--prompt-cache-mb", type=click.IntRange(0, 1 << 20), default=1024, show_default=True,
               help="Memory for the KV caches kept between requests (prefix reuse).")
 @CACHE_TYPE_FLAG
+@MMAP_FLAG
 def serve(model, host, port, api_key, ctx_size, threads, parallel, cors, reasoning_format, prompt_cache_mb,
-          cache_type):
+          cache_type, mmap):
     """Serve the OpenAI chat-completions API and a chat page in the browser."""
     apply_threads(threads)
-    loaded, resolved = load_model(model)
+    loaded, resolved = load_model(model, mmap=mmap)
     engine = Engine(loaded, resolved.label, context_size(loaded, ctx_size), parallel=parallel,
                     cache_type=cache_type or "f16", prompt_cache_bytes=prompt_cache_mb << 20)
     try:

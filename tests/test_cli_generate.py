@@ -76,6 +76,11 @@ def test_greedy_output_is_the_same_on_every_run(greedy_output, run_here, model_d
     assert data["content"] == greedy_output[0].rstrip("\n")
     assert data["stats"]["prompt_tokens"] > 0 and data["stats"]["generated_tokens"] <= 24
     assert data["finish_reason"] in ("stop", "length")
+    # a compact file read into memory (the default) and memory-mapped (--mmap) give the same reply
+    compact = Path(__file__).resolve().parents[1] / "models" / "exaone4-demo" / "exaone4-demo-int8.tx"
+    replies = [run_here("generate", "-m", str(compact), "-p", PROMPT, "--temp", "0", "-n", "12", *flag)
+               for flag in ((), ("--mmap",))]
+    assert replies[0][0] == 0 and replies[0][1].strip() and replies[0][1] == replies[1][1], replies
 
 
 def test_seeded_sampling_repeats_and_raw_mode(run_here, model_dir):

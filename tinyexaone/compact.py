@@ -16,7 +16,8 @@ where a tensor is int4k, int6 or int6k, else 2, so files of the older schemes st
 version, checksum, dtypes, shapes, offsets inside the file, alignment, sizes, the quantization
 description against the tensor table of the config) before any tensor is touched, so a damaged
 or hostile file fails with one `TinyExaoneError` line. The `CompactFile` it returns gives each
-stored array as a read-only view of one memory map (`array(name)`, nothing copied), the
+stored array as a read-only view (`array(name)`, nothing copied per array) of one memory map of the
+file, or, after `read_into_memory()`, of one resident copy of its data region (resident.py), the
 quantization record, and the embedded texts (`files`); turning them into weights and a
 tokenizer is the loader's job (loading.py). `verify_data` checks the data checksums.
 """
@@ -35,6 +36,7 @@ import numpy as np
 
 from .config import Exaone4Config, parse_config
 from .errors import TinyExaoneError
+from .resident import read_resident
 from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry, fail, is_count, read_header
 from .tensors import model_tensors
 
@@ -178,6 +180,7 @@ class CompactFile:
         self.quantization = quantization  # {"bits", "group_size", "embedding_bits", "tensors": {name: spec}}
         self._map: mmap.mmap | None = None
         self.mapped_file: MappedFile | None = None  # for size checks, once the map exists
+        self._resident: np.ndarray | None = None  # [data bytes] uint8 once read_into_memory ran
 
     @property
     def format_version(self) -> int:
@@ -189,12 +192,33 @@ class CompactFile:
         names = ("config.json",) + EMBEDDED_FILES
         return {name: self.metadata[name] for name in names if name in self.metadata}
 
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+    def read_into_memory(self) -> None:
+        """Read the whole data region into resident memory (resident.py): `array` then returns views
+        of that copy, and the file is never mapped."""
+        if self._map is not None:
+            raise TinyExaoneError(f"{self.path}: already memory-mapped")
+        self._resident = read_resident(self.path, self.data_start, self.file_size - self.data_start)
+
+    @property
+    def resident(self) -> np.ndarray | None:
+        """The in-memory copy of the data region, when read_into_memory ran."""
+        return self._resident
+
     def array(self, name: str) -> np.ndarray:
-        """The stored array as a read-only NumPy view of the file's memory map (no copy)."""
+        """The stored array as a read-only NumPy view of the in-memory copy of the data region, or
+        else of the file's memory map (no copy either way)."""
         entry = self.entries[name]
         dtype = DTYPES[entry.dtype]
         if entry.nbytes == 0:
             return np.zeros(entry.shape, dtype)
+        count = entry.nbytes // dtype.itemsize
+        if self._resident is not None:
+            return self._resident[entry.start - self.data_start : entry.start - self.data_start + entry.nbytes].view(
+                dtype).reshape(entry.shape)
         if self._map is None:
             mapped = MappedFile(self.path, self.file_size)
             try:
@@ -204,7 +228,6 @@ class CompactFile:
             if len(self._map) != self.file_size:
                 raise TinyExaoneError(f"{self.path}: the file changed size while being opened")
             self.mapped_file = mapped
-        count = entry.nbytes // dtype.itemsize
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.start).reshape(entry.shape)
 
 

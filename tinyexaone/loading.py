@@ -10,10 +10,13 @@ weight: a matrix (`MatrixWeight`) or a norm vector. `build_weights` asks the sou
 tensor of the table, so every kind fills `ModelWeights` the same way. Every header is read and
 validated once, before any weight byte is read: the directory's safetensors headers are checked
 against the table, the compact header against the table and its own checksums (compact.py), the
-GGUF header with every size bounded (gguf_file.py). Matrices stay in the file's memory map where
-their layout allows: F32 as zero-copy float32 views, BF16 as `Bf16Weight` over the mapped bits,
-F16 widened up front, compact arrays as `QuantizedWeight` views; a GGUF's quantized tensors are
-moved into our layout in memory (gguf_source.py says how, and logs what it requantized). The
+GGUF header with every size bounded (gguf_file.py). A compact file's data region is read into
+memory in one piece (resident.py: huge pages where the OS gives them, decode's fastest place),
+unless `mmap=True` or it does not fit in the available memory, and its arrays become
+`QuantizedWeight` views of that copy or of the file's memory map. A directory's matrices stay in
+the file's memory map where their layout allows: F32 as zero-copy float32 views, BF16 as
+`Bf16Weight` over the mapped bits, F16 widened up front; a GGUF's quantized tensors are moved
+into our layout in memory (gguf_source.py says how, and logs what it requantized). The
 tokenizer comes from the directory's files, the compact file's embedded texts or the GGUF
 metadata, built on first use. A wrong or damaged model fails fast with one `TinyExaoneError`
 line naming the problem.
@@ -34,6 +37,7 @@ from .errors import TinyExaoneError
 from .gguf_source import GgufSource
 from .model import Model
 from .quantized import SCHEMES, QuantizedWeight, from_version_1
+from .resident import fits_in_memory
 from .safetensors_file import fail
 from .tensors import TensorSpec, build_weights
 from .tokenizer import read_tokenizer_files, tokenizer_from_files
@@ -69,11 +73,14 @@ class DirectorySource:
 
 
 class CompactSource:
-    """A compact file: its header (read once), memory-mapped arrays, embedded texts."""
+    """A compact file: its header (read once), its arrays (read into memory, or memory-mapped with
+    `mmap` or when they do not fit), embedded texts."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mmap: bool = False):
         self.compact: CompactFile = open_compact(path)
         self.config: Exaone4Config = self.compact.config
+        if not mmap and fits_in_memory(self.compact.file_size):
+            self.compact.read_into_memory()
 
     def _spec(self, spec: TensorSpec) -> dict:
         return self.compact.quantization["tensors"][spec.name]
@@ -106,7 +113,7 @@ class CompactSource:
         return lambda: tokenizer_from_files(files, f"{self.compact.path} (embedded files)")
 
 
-def open_source(path) -> DirectorySource | CompactSource | GgufSource:
+def open_source(path, mmap: bool = False) -> DirectorySource | CompactSource | GgufSource:
     path = Path(path)
     if not path.exists():
         raise TinyExaoneError(f"{path}: no such file or directory")
@@ -124,7 +131,7 @@ def open_source(path) -> DirectorySource | CompactSource | GgufSource:
     if start[8:9] != b"{":  # a safetensors header's JSON begins right after its 8-byte length
         raise TinyExaoneError(f"{path}: not a model (neither a tinyexaone compact file nor a Hugging Face model "
                               f"directory)")
-    return CompactSource(path)
+    return CompactSource(path, mmap)
 
 
 def model_path(spec, revision: str | None = None) -> Path:
@@ -139,10 +146,11 @@ def model_path(spec, revision: str | None = None) -> Path:
     return hub.resolve(reference).path if reference is not None else path
 
 
-def open_model(path, revision: str | None = None) -> tuple[Model, object]:
+def open_model(path, revision: str | None = None, mmap: bool = False) -> tuple[Model, object]:
     """(Model, tokenizer_loader) for the model at `path`; tokenizer_loader() builds its tokenizer,
-    and is None when the model has none."""
-    source = open_source(model_path(path, revision))
+    and is None when the model has none. `mmap` keeps a compact file's weights in its memory map
+    instead of reading them into memory."""
+    source = open_source(model_path(path, revision), mmap)
     weights = build_weights(source.config, source.matrix, source.norm)
     weights.mapped_files = source.mapped_files()  # made while the weights were built
     if isinstance(source, GgufSource):
@@ -150,8 +158,10 @@ def open_model(path, revision: str | None = None) -> tuple[Model, object]:
     return Model(source.config, weights), source.tokenizer_loader()
 
 
-def load(path, revision: str | None = None) -> ChatModel:
+def load(path, revision: str | None = None, mmap: bool = False) -> ChatModel:
     """Load an EXAONE 4 model from a Hugging Face model directory, a compact file, a GGUF file or
-    a Hub reference (`revision`: its branch, tag or commit)."""
-    model, tokenizer_loader = open_model(path, revision)
+    a Hub reference (`revision`: its branch, tag or commit). A compact file's weights are read
+    into memory (huge pages where the OS gives them: decode is faster there), unless `mmap` is
+    set or they do not fit in the memory available; then they stay in the file's memory map."""
+    model, tokenizer_loader = open_model(path, revision, mmap)
     return ChatModel(model, tokenizer_loader=tokenizer_loader)
