@@ -11,11 +11,13 @@ random byte-level mutations of the file, and well-formed re-sealed headers with 
 tensor entry or of the quantization/integrity records replaced by another JSON value.
 """
 
+import base64
 import hashlib
 import importlib.util
 import json
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from byte_mutations import BYTE_MUTATIONS, header_intact, header_length, mutate_
 
 import tinyexaone
 from tinyexaone.cli.main import main
+from tinyexaone import compact as compact_module
 from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.errors import TinyExaoneError
 from tinyexaone.quant.convert import convert
@@ -227,11 +230,45 @@ def test_tokenizer_files_are_embedded_and_attached(source, tmp_path):
         assert json.loads(files[name]) == json.loads(text) if name.endswith(".json") else files[name] == text, name
     from safetensors import safe_open
 
-    with safe_open(str(out), framework="numpy") as f:  # a header with non-ASCII UTF-8 text
-        assert f.metadata()["tokenizer.json"] == files["tokenizer.json"]
+    with safe_open(str(out), framework="numpy") as f:  # format version 4: stored compressed, base64
+        metadata = f.metadata()
+    assert metadata["format_version"] == "4"
+    stored = metadata["tokenizer.json"]
+    assert zlib.decompress(base64.b64decode(stored)).decode("utf-8") == files["tokenizer.json"]
+    assert len(stored) < len(files["tokenizer.json"].encode("utf-8")) / 2
     expected = tinyexaone.load_tokenizer(FIXTURE_TOKENIZER).encode("안녕하세요, EXAONE!")
     assert tinyexaone.load(out).tokenizer.encode("안녕하세요, EXAONE!") == expected
     assert tinyexaone.load_tokenizer(out).encode("안녕하세요, EXAONE!") == expected
+
+
+def test_version_3_files_with_plain_embedded_files_still_load():
+    """The shipped demo files were written before version 4: their embedded texts are plain."""
+    demo = Path(__file__).resolve().parents[1] / "models" / "exaone4-demo"
+    for name in ("exaone4-demo-int4.tx", "exaone4-demo-int8.tx"):
+        compact = open_compact(demo / name)
+        assert compact.format_version < 4 and compact.files["tokenizer.json"].startswith("{")
+        assert tinyexaone.load(demo / name).tokenizer.encode("hello") == tinyexaone.load_tokenizer(demo).encode("hello")
+
+
+@pytest.mark.parametrize("stored, message", [
+    ("not base64 at all!", "not valid compressed"),
+    (base64.b64encode(b"\x00" * 40).decode(), "not valid compressed"),  # base64, but no zlib stream
+    (base64.b64encode(zlib.compress(b'{"a": 1}')[:-3]).decode(), "cut short"),
+    (base64.b64encode(zlib.compress(b'{"a": 1}') + b"junk").decode(), "followed by junk"),
+    (base64.b64encode(zlib.compress(b"\xff\xfe not UTF-8")).decode(), "not valid compressed UTF-8"),
+    (base64.b64encode(zlib.compress(b" " * (compact_module.MAX_EMBEDDED_BYTES + 1))).decode(), "larger than 64 MB"),
+])
+def test_a_damaged_compressed_embedded_file_is_one_error(source, tmp_path, stored, message):
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    shutil.copyfile(FIXTURE_TOKENIZER / "tokenizer.json", src / "tokenizer.json")
+    out = tmp_path / "with-tokenizer.tx"
+    convert(src, out, bits=8, group_size=128, show_progress=False)
+
+    def replace(header):
+        header["__metadata__"]["tokenizer.json"] = stored
+    out.write_bytes(rewrite_header(out.read_bytes(), replace))
+    assert_one_line_error(out, "embedded file 'tokenizer.json'", message)
 
 
 def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
@@ -251,8 +288,8 @@ def test_a_broken_embedded_tokenizer_names_the_compact_file(source, tmp_path):
 
 def test_a_newer_format_version_is_a_clear_error(compact, damaged):
     def bump(header):
-        header["__metadata__"]["format_version"] = "4"
-    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 4", "newer", "upgrade")
+        header["__metadata__"]["format_version"] = "5"
+    assert_one_line_error(damaged(rewrite_header(compact.read_bytes(), bump)), "version 5", "newer", "upgrade")
 
 
 @pytest.mark.parametrize("cut", ["empty", "prefix", "header", "first_tensor", "last_byte"])

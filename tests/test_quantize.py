@@ -327,7 +327,7 @@ def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
 
 def test_mixed_recipe_falls_back_to_int6_and_int4_where_the_input_size_has_no_super_blocks(tmp_path):
     """The demo model's input sizes 192 and 576: int6k becomes int6 g32 (the head, k/v, the last
-    layer's down_proj, layer 0's q_proj) and int4k int4 g32; int6 makes the file version 3."""
+    layer's down_proj, layer 0's q_proj) and int4k int4 g32; the embedded tokenizer makes the file version 4."""
     report = convert(DEMO, tmp_path / "demo.tx", mixed=True, show_progress=False)
     tensors = open_compact(report.out).quantization["tensors"]
     kinds = {name: (spec["scheme"], spec.get("group_size")) for name, spec in tensors.items()}
@@ -335,7 +335,7 @@ def test_mixed_recipe_falls_back_to_int6_and_int4_where_the_input_size_has_no_su
     assert kinds["model.layers.3.mlp.down_proj.weight"] == kinds["model.layers.2.self_attn.v_proj.weight"] == ("int6", 32)
     assert kinds["model.layers.1.self_attn.q_proj.weight"] == kinds["model.layers.2.mlp.down_proj.weight"] == ("int4", 32)
     assert not {"int4k", "int6k"} & {spec["scheme"] for spec in tensors.values()}  # 192 and 576: no multiples of 256
-    assert open_compact(report.out).format_version == 3
+    assert open_compact(report.out).format_version == 4  # int6 needs 3; the embedded tokenizer, compressed, 4
 
 
 def test_calibration_weights_are_the_mean_square_of_each_input_column(tmp_path):

@@ -1,4 +1,4 @@
-"""The one-file compact model format ("tinyexaone-compact", version 3): writer and zero-copy reader.
+"""The one-file compact model format ("tinyexaone-compact", version 4): writer and zero-copy reader.
 
 A compact file is a valid safetensors file (docs/format.md is the full specification): an
 8-byte little-endian header length N, N bytes of JSON padded with spaces, then the tensor data.
@@ -11,8 +11,10 @@ plus a SHA-256 of the whole data region) and `header_sha256`, a SHA-256 of the f
 bytes computed with that field's 64 hex digits set to "0".
 
 `CompactWriter` streams arrays into a file after a reserved header region and writes the
-header last, with the oldest format version that can hold its schemes (`needed_version`: 3
-where a tensor is int4k, int6 or int6k, else 2, so files of the older schemes stay readable by older readers). `open_compact(path)` reads the header once and validates all of it (format and
+header last, with the oldest format version that can hold it: 4 when it embeds tokenizer or
+template files (stored zlib-compressed, base64 in the metadata: about a fifth of their size),
+else what its schemes need (`needed_version`: 3 where a tensor is int4k, int6 or int6k, else 2,
+so such files stay readable by older readers). `open_compact(path)` reads the header once and validates all of it (format and
 version, checksum, dtypes, shapes, offsets inside the file, alignment, sizes, the quantization
 description against the tensor table of the config) before any tensor is touched, so a damaged
 or hostile file fails with one `TinyExaoneError` line. The `CompactFile` it returns gives each
@@ -24,6 +26,8 @@ tokenizer is the loader's job (loading.py). `verify_data` checks the data checks
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import mmap
@@ -41,7 +45,8 @@ from .safetensors_file import DTYPES, MappedFile, SafetensorsHeader, TensorEntry
 from .tensors import model_tensors
 
 FORMAT_NAME = "tinyexaone-compact"
-FORMAT_VERSION = 3  # 2: rows interleaved by eights (quantized.py); 3: the int4k, int6 and int6k schemes; 1 and 2 are still read
+FORMAT_VERSION = 4  # 2: rows interleaved by eights (quantized.py); 3: the int4k, int6 and int6k schemes; 4: embedded
+# files compressed; 1 to 3 are still read
 ALIGNMENT = 64
 EMBEDDED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
@@ -51,6 +56,8 @@ CHECKSUM_KEY = "header_sha256"
 CHECKSUM_MARK = b'"header_sha256":"'
 QUANTIZED_SCHEMES = {"int8": 8, "int6": 6, "int4": 4, "int4k": 4, "int6k": 6}
 SCHEME_VERSIONS = {"int4k": 3, "int6": 3, "int6k": 3}  # schemes newer than version 1: the first version that has them
+COMPRESSED_FILES_VERSION = 4  # from this version on, EMBEDDED_FILES are stored as base64 of their zlib-compressed UTF-8
+MAX_EMBEDDED_BYTES = 64 << 20  # the largest embedded file a reader decompresses
 GROUP_SIZES = (32, 64, 128)
 
 COMPACT_DTYPES = tuple(code for code in DTYPES if code != "BF16")  # a compact file stores no BF16
@@ -62,9 +69,30 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def needed_version(quantization: dict) -> int:
-    """The format version a file of this quantization record is written as (module doc)."""
+    """The format version the schemes of this quantization record need (module doc); a writer
+    with embedded files raises it to COMPRESSED_FILES_VERSION."""
     schemes = {spec.get("scheme") for spec in quantization["tensors"].values()}
     return max([2] + [SCHEME_VERSIONS[s] for s in schemes if s in SCHEME_VERSIONS])
+
+
+def encode_embedded(text: str) -> str:
+    """An embedded file's metadata value from format version 4 on: base64 of zlib of its UTF-8."""
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), 9)).decode("ascii")
+
+
+def decode_embedded(path: Path, name: str, value: str) -> str:
+    """The text of an embedded file stored by `encode_embedded`, at most MAX_EMBEDDED_BYTES."""
+    try:
+        packed = base64.b64decode(value, validate=True)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(packed, MAX_EMBEDDED_BYTES)
+        if inflater.unconsumed_tail:
+            fail(path, f"embedded file '{name}' is larger than {MAX_EMBEDDED_BYTES >> 20} MB")
+        if not inflater.eof or inflater.unused_data:
+            fail(path, f"embedded file '{name}' is damaged (its compressed data is cut short or followed by junk)")
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError, zlib.error):  # ValueError: non-ASCII base64, or UnicodeDecodeError
+        fail(path, f"embedded file '{name}' is damaged (not valid compressed UTF-8 text)")
 
 
 def _dtype_code(dtype: np.dtype) -> str:
@@ -84,12 +112,17 @@ class CompactWriter:
     `metadata` holds every `__metadata__` string except the format keys and the integrity
     record, and `tensor_names` every array name that will be added; both size the header region
     reserved at the start (numbers are assumed to have at most 16 digits, so the bound is safe).
+    The embedded files among the metadata (EMBEDDED_FILES) are stored compressed, which makes the
+    file format version 4 (`format_version` is what its schemes need, from `needed_version`).
     """
 
     def __init__(self, file, metadata: dict[str, str], tensor_names: list[str], format_version: int = 2):
         self.file = file
-        self.format_version = format_version
         self.metadata = dict(metadata)
+        embedded = [name for name in EMBEDDED_FILES if name in self.metadata]
+        for name in embedded:
+            self.metadata[name] = encode_embedded(self.metadata[name])
+        self.format_version = max(format_version, COMPRESSED_FILES_VERSION) if embedded else format_version
         self.planned = set(tensor_names)
         budget = len(json.dumps(self.metadata, ensure_ascii=False).encode("utf-8")) + 1024 + 64 * 3
         budget += sum(2 * len(json.dumps(name)) + 320 for name in tensor_names)  # entry + integrity + padding
@@ -170,7 +203,7 @@ class CompactFile:
     """A validated compact file: metadata, config, quantization record, lazily memory-mapped arrays."""
 
     def __init__(self, header: SafetensorsHeader, entries: dict[str, CompactEntry], config: Exaone4Config,
-                 quantization: dict):
+                 quantization: dict, files: dict[str, str]):
         self.path = header.path
         self.file_size = header.file_size
         self.header_len = header.header_len
@@ -178,6 +211,7 @@ class CompactFile:
         self.entries = entries  # every non-padding tensor
         self.config = config
         self.quantization = quantization  # {"bits", "group_size", "embedding_bits", "tensors": {name: spec}}
+        self._files = files  # config.json and the embedded files present, as text
         self._map: mmap.mmap | None = None
         self.mapped_file: MappedFile | None = None  # for size checks, once the map exists
         self._resident: np.ndarray | None = None  # [data bytes] uint8 once read_into_memory ran
@@ -188,9 +222,8 @@ class CompactFile:
 
     @property
     def files(self) -> dict[str, str]:
-        """The embedded files present, by file name (config.json included)."""
-        names = ("config.json",) + EMBEDDED_FILES
-        return {name: self.metadata[name] for name in names if name in self.metadata}
+        """The embedded files present, by file name (config.json included), as text."""
+        return dict(self._files)
 
     @property
     def data_start(self) -> int:
@@ -364,9 +397,15 @@ def open_compact(path) -> CompactFile:
         fail(path, "embedded config.json is not valid JSON")
     except TinyExaoneError as exc:
         fail(path, f"embedded {exc}")
+    version = int(header.metadata["format_version"])
+    files = {"config.json": config_text}
+    for name in EMBEDDED_FILES:
+        if name in header.metadata:
+            value = header.metadata[name]
+            files[name] = decode_embedded(path, name, value) if version >= COMPRESSED_FILES_VERSION else value
     quantization = _json_field(path, header.metadata, "quantization")
-    _check_quantization(path, quantization, config, entries, int(header.metadata["format_version"]))
-    return CompactFile(header, entries, config, quantization)
+    _check_quantization(path, quantization, config, entries, version)
+    return CompactFile(header, entries, config, quantization, files)
 
 
 def verify_data(compact: CompactFile) -> str:
