@@ -26,7 +26,7 @@ def test_bench_runs_and_reports_every_figure(tmp_path, capsys):
                 "prefill_128_tok_s", "decode_tok_s", "decode_after_64_tok_s", "decode_after_128_tok_s", "peak_rss_mb", "bandwidth_gbs", "floor_tok_s",
                 "decode_pct_of_floor", "blas_gmacs", "prefill_floor_tok_s", "prefill_pct_of_floor", "float32_numpy_ratio"):
         assert isinstance(result[key], float) and result[key] > 0, key
-    assert (tmp_path / "cache" / "bench" / "synthetic-tiny-int4-g32-e6-v3.tx").is_file()
+    assert (tmp_path / "cache" / "bench" / "synthetic-tiny-int4-g32-e6-v4.tx").is_file()
     assert result["kernel_integer_dot"] in PATHS and result["kernel_cpu"]
     assert result["kv_cache_type"] == "f16" and result["prefill_floor_tokens"] == 64
     assert result["weights_place"].startswith("in memory")
