@@ -77,7 +77,11 @@ def _describe_compact(path: Path, verify: bool) -> None:
     matrix_bytes = sum(compact.entries[a].nbytes for spec in matrices for a in spec["arrays"].values())
     click.echo(f"model       {path}  (tinyexaone compact file, format version {compact.format_version})")
     _describe_config(compact.config)
-    click.echo(f"quantized   layers int{quant.get('bits')} g{quant.get('group_size')}, embedding "
+    layer_kinds = Counter(f"{spec['scheme']} g{spec['group_size']}" for name, spec in tensors.items()
+                          if name.startswith("model.layers.") and spec["scheme"] != "float32")
+    layers = (next(iter(layer_kinds)) if len(layer_kinds) == 1
+              else "mixed (" + ", ".join(f"{n} {kind}" for kind, n in layer_kinds.most_common()) + ")")
+    click.echo(f"quantized   layers {layers}, embedding "
                f"{embed['scheme']} g{embed['group_size']}, norms float32; "
                f"{8 * matrix_bytes / max(matrix_params, 1):.3f} bits per matrix weight")
     click.echo(f"tensors     {len(tensors)} model tensors ({', '.join(f'{n} {s}' for s, n in schemes.items())}) "

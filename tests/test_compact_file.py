@@ -449,6 +449,19 @@ def test_info_describes_compact_files_and_directories(compact, source, capsys):
     assert code == 0 and "Hugging Face directory" in out and "hidden 128" in out
 
 
+def test_info_lists_the_layer_kinds_of_a_mixed_file(source, tmp_path, capsys):
+    out = tmp_path / "mixed.tx"
+    convert(source, out, bits=4, group_size=32, mixed=True, show_progress=False)
+    kinds = [spec["scheme"] for name, spec in open_compact(out).quantization["tensors"].items()
+             if name.startswith("model.layers.") and spec["scheme"] != "float32"]
+    code, text, _ = run_cli(capsys, "info", out)
+    assert code == 0
+    line = next(line for line in text.splitlines() if line.startswith("quantized"))
+    for kind in set(kinds):
+        assert f"{kinds.count(kind)} {kind} g32" in line, line
+    assert "layers mixed (" in line and len(set(kinds)) > 1
+
+
 def test_info_verify_on_damaged_data_is_one_line(compact, damaged, capsys):
     raw = bytearray(compact.read_bytes())
     raw[-3] ^= 0xFF
