@@ -236,8 +236,11 @@ def exp_nonpositive(x):
     return scaled if x >= np.float32(-87.0) else np.float32(0.0)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def silu_mul(gate, up, out):
+    """out = silu(gate) * up, element by element (out may be gate). error_model="numpy": without
+    it every division carries Python's zero-division check, which keeps the loop from
+    vectorising (about 9x slower)."""
     rows, width = gate.shape
     for t in range(rows):
         for i in range(width):
