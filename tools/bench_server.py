@@ -15,8 +15,11 @@ from the first stream's first token to the last stream's end), and their ratio t
 of the best round of each count, and round by round ("per round": the count's decode rate over
 one stream's in the same round). The rounds alternate stream counts, so a drifting machine affects
 every count alike.
-`--step-only` times `Model.forward_batch` itself instead (one decode step of N sequences after
-8 prompt tokens each, 10 steps), with no server: the ceiling batching can give.
+After the server rounds, the same process times `Model.forward_batch` itself for each count (one
+decode step of N sequences after 8 prompt tokens each, 10 steps, no server: the ceiling batching
+can give), and on Linux it reports the CPU time the process spent outside the compute thread and
+Numba's worker threads (HTTP, sampling, streaming), per generated token. `--step-only` runs only
+the step timing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -82,6 +86,25 @@ def time_steps(model, batch: int, steps: int = 10) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def thread_cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) of each live thread of this process, by thread id (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def process_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -110,23 +133,38 @@ def main() -> None:
     server = Server(engine, "127.0.0.1", 0, log=lambda line: None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = server.server_address[:2]
+    linux = os.path.isdir("/proc/self/task")
     with multiprocessing.get_context("spawn").Pool(1) as clients:
         clients.apply(measure, (address, 1, 4, -1, args.temperature))  # compile and warm up
+        python_threads = {t.native_id for t in threading.enumerate()}
+        model_threads = ({t for t in thread_cpu_seconds() if t not in python_threads}  # Numba's workers
+                         | {engine.scheduler._thread.native_id}) if linux else set()
         rates = {n: [] for n in counts}
+        overhead = {n: [] for n in counts}  # CPU seconds outside the model's threads, per token
         for r in range(args.rounds):
             for n in counts:
+                before, total_before = (thread_cpu_seconds(), process_cpu_seconds()) if linux else ({}, 0.0)
                 rates[n].append(clients.apply(measure, (address, n, args.tokens, r * 100 + n, args.temperature)))
+                if linux:
+                    after = thread_cpu_seconds()
+                    model = sum(after.get(t, 0.0) - before.get(t, 0.0) for t in model_threads)
+                    overhead[n].append((process_cpu_seconds() - total_before - model) / rates[n][-1][2])
     server.shutdown_cleanly()
+    steps = {n: min(time_steps(chat_model.model, n) for _ in range(2)) for n in counts}
     print(f"model {args.model}, threads {args.threads}, {args.tokens} tokens per stream, {args.rounds} rounds, "
           f"temperature {args.temperature}")
-    print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'per round':>18} {'tokens':>7}")
+    print(f"{'streams':>7} {'total tok/s':>12} {'decode tok/s':>13} {'decode vs 1':>12} {'per round':>18} {'tokens':>7}"
+          f" {'other CPU/token':>16} {'step alone':>11} {'step vs 1':>10}")
     base = max(d for _, d, _ in rates[counts[0]]) if counts[0] == 1 else None
     for n in counts:
         total, decode, generated = max(rates[n], key=lambda x: x[1])
         ratio = f"{decode / base:.2f}x" if base else "-"
         per_round = ("/".join(f"{rates[n][r][1] / rates[1][r][1]:.2f}" for r in range(args.rounds))
                      if counts[0] == 1 else "-")
-        print(f"{n:>7} {total:>12.1f} {decode:>13.1f} {ratio:>12} {per_round:>18} {generated:>7}")
+        other = f"{1000 * sum(overhead[n]) / len(overhead[n]):.2f} ms" if overhead[n] else "-"
+        step_ratio = f"{steps[counts[0]] / steps[n] * n / counts[0]:.2f}x"
+        print(f"{n:>7} {total:>12.1f} {decode:>13.1f} {ratio:>12} {per_round:>18} {generated:>7} {other:>16}"
+              f" {steps[n] * 1000:>8.1f} ms {step_ratio:>10}")
 
 if __name__ == "__main__":
     main()
