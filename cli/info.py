@@ -77,8 +77,9 @@ def _describe_compact(path: Path, verify: bool) -> None:
     matrix_bytes = sum(compact.entries[a].nbytes for spec in matrices for a in spec["arrays"].values())
     click.echo(f"model       {path}  (tinyexaone compact file, format version {compact.format_version})")
     _describe_config(compact.config)
-    layer_kinds = Counter(f"{spec['scheme']} g{spec['group_size']}" for name, spec in tensors.items()
-                          if name.startswith("model.layers.") and spec["scheme"] != "float32")
+    layer_matrices = [name for name, spec in model_tensors(compact.config).items()
+                      if spec.layer is not None and spec.is_matrix]
+    layer_kinds = Counter(f"{tensors[name]['scheme']} g{tensors[name]['group_size']}" for name in layer_matrices)
     layers = (next(iter(layer_kinds)) if len(layer_kinds) == 1
               else "mixed (" + ", ".join(f"{n} {kind}" for kind, n in layer_kinds.most_common()) + ")")
     click.echo(f"quantized   layers {layers}, embedding "

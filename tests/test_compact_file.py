@@ -35,6 +35,7 @@ from tinyexaone.errors import TinyExaoneError
 from tinyexaone.quant.convert import convert
 from tinyexaone.model import Model
 from tinyexaone.quantized import quantize
+from tinyexaone.tensors import model_tensors
 from tinyexaone.weights import DenseWeight, LayerWeights, ModelWeights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -452,8 +453,9 @@ def test_info_describes_compact_files_and_directories(compact, source, capsys):
 def test_info_lists_the_layer_kinds_of_a_mixed_file(source, tmp_path, capsys):
     out = tmp_path / "mixed.tx"
     convert(source, out, bits=4, group_size=32, mixed=True, show_progress=False)
-    kinds = [spec["scheme"] for name, spec in open_compact(out).quantization["tensors"].items()
-             if name.startswith("model.layers.") and spec["scheme"] != "float32"]
+    compact = open_compact(out)
+    kinds = [compact.quantization["tensors"][name]["scheme"] for name, spec in model_tensors(compact.config).items()
+             if spec.layer is not None and spec.is_matrix]
     code, text, _ = run_cli(capsys, "info", out)
     assert code == 0
     line = next(line for line in text.splitlines() if line.startswith("quantized"))
