@@ -8,15 +8,20 @@ v [K] >= 0 (ones without calibration; with it the mean square of each input colu
 activations):
 
 1. per block x [32]: the range [lo, hi] = [min(min x, 0), max x] (the range always holds 0, so
-   the minimum is never negative); for each of the `STEPS` trial scales (15 + t) / (hi - lo),
-   t = -1, -0.9, ..., 1, the codes l = clip(rint((x - lo) * scale), 0, 15), then the weighted
-   least-squares (a, c) of x ~= a l + c (c forced to 0 and a refitted when the fit puts c above
-   0; where the weighted codes take one level, so no line is determined, a = sum v l x / sum v l^2,
-   c = 0 for a positive weighted sum of x, else a = 0 and c = its weighted mean); the pair with the least weighted squared error sum v (a l + c - x)^2 is kept (the first
-   on a tie), as a = max(a, 0) and m = max(-c, 0). (The idea of llama.cpp's make_qkx2_quants,
-   written from its description, with the unweighted error: on Gaussian weights
-   numpy.random.default_rng(0) 1024x2048 it gives 0.0712 relative error against Q4_K's 0.0713;
-   weighting elements by |x| as llama.cpp does gave 0.0717.)
+   the minimum is never negative). A block with hi = lo (all zero, or one negative value) is
+   (a, c) = (0, lo) exactly. Otherwise the first candidate is the range itself, a = (hi - lo) / 15
+   and c = lo with the codes clip(rint((x - lo) * 15 / (hi - lo)), 0, 15); then, for each of the
+   `STEPS` trials t = -1, -0.9, ..., 1, with b the minimum c of the best candidate so far (lo at
+   first; skipped while hi <= b), the codes l = clip(rint((x - b) * (15 + t) / (hi - b)), 0, 15)
+   and the weighted least-squares (a, c) of x ~= a l + c (c forced to 0 and a refitted when the
+   fit puts c above 0; where the weighted codes take one level, so no line is determined,
+   a = sum v l x / sum v l^2, c = 0 for a positive weighted sum of x, else a = 0 and c = its
+   weighted mean). A candidate replaces the best when its weighted squared error
+   sum v (a l + c - x)^2 is lower (the first on a tie); the best is kept as a = max(a, 0) and
+   m = max(-c, 0). (llama.cpp's make_qkx2_quants, whose trials start from the best minimum so
+   far, with the unweighted error: on Gaussian weights numpy.random.default_rng(0) 1024x2048 it
+   gives 0.0708 relative error against Q4_K's 0.0713; trials that all start from lo gave 0.0712,
+   and weighting elements by rms + |x| as llama.cpp does reproduces Q4_K's own codes.)
 2. per super-block: d = max_j a_j / 63 and dmin = max_j m_j / 63, each rounded to float16
    (through float32, to nearest), sc_j = clip(rint(a_j / d), 0, 63), m_j = clip(rint(m_j / dmin),
    0, 63) (0 where d or dmin is 0);
@@ -73,14 +78,18 @@ def fit_affine_numpy(matrix: np.ndarray, weights=None):
     x = matrix.astype(np.float64).reshape(-1, BLOCK)  # [N * B, 32]
     v = np.tile(v.reshape(-1, BLOCK), (n_rows, 1))  # [N * B, 32]
     lo, hi = np.minimum(x.min(axis=1), 0.0), x.max(axis=1)  # [N * B]
-    span = np.where(hi > lo, hi - lo, 1.0)
-    best = np.full(len(x), np.inf)
-    best_a, best_c = np.zeros(len(x)), np.zeros(len(x))
+    flat = hi <= lo  # all zero, or one negative value: (0, lo) exactly
+    span = np.where(flat, 1.0, hi - lo)
+    l = np.clip(np.rint((x - lo[:, None]) * (LEVELS / span)[:, None]), 0.0, LEVELS)  # the range's codes [N * B, 32]
+    best_a, best_c = np.where(flat, 0.0, span / LEVELS), lo.copy()
+    best = (v * (best_a[:, None] * l + best_c[:, None] - x) ** 2).sum(axis=1)
+    w, wx = v.sum(axis=1), (v * x).sum(axis=1)
     for step in range(STEPS):
-        scale = (LEVELS - 1.0 + 0.1 * step) / span
-        l = np.clip(np.rint((x - lo[:, None]) * scale[:, None]), 0.0, LEVELS)  # [N * B, 32]
-        w, wl, wll = v.sum(axis=1), (v * l).sum(axis=1), (v * l * l).sum(axis=1)
-        wx, wlx = (v * x).sum(axis=1), (v * l * x).sum(axis=1)
+        base = best_c  # the best minimum so far
+        open_ = ~flat & (hi > base)
+        scale = (LEVELS - 1.0 + 0.1 * step) / np.where(open_, hi - base, 1.0)
+        l = np.clip(np.rint((x - base[:, None]) * scale[:, None]), 0.0, LEVELS)  # [N * B, 32]
+        wl, wll, wlx = (v * l).sum(axis=1), (v * l * l).sum(axis=1), (v * l * x).sum(axis=1)
         det = w * wll - wl * wl
         solvable = det > SINGULAR * w * wll
         safe = np.where(solvable, det, 1.0)
@@ -91,7 +100,7 @@ def fit_affine_numpy(matrix: np.ndarray, weights=None):
         c = np.where(through_zero, 0.0, np.where(solvable, c, np.minimum(wx / np.where(w > 0, w, 1.0), 0.0)))
         c = np.minimum(c, 0.0)
         error = (v * (a[:, None] * l + c[:, None] - x) ** 2).sum(axis=1)
-        better = error < best
+        better = open_ & (error < best)
         best, best_a, best_c = np.where(better, error, best), np.where(better, a, best_a), np.where(better, c, best_c)
     a = np.maximum(best_a, 0.0).reshape(-1, SUPER_BLOCK // BLOCK)  # [N * S, 8]
     m = np.maximum(-best_c, 0.0).reshape(-1, SUPER_BLOCK // BLOCK)
@@ -109,20 +118,31 @@ def fit_affine_numpy(matrix: np.ndarray, weights=None):
 def _fit_block(x, v):
     """(a, m) of block x [32] with column weights v [32]: step 1 of the module doc."""
     lo, hi = 0.0, -np.inf
+    w = wx = 0.0
     for i in range(x.size):
-        lo, hi = min(lo, np.float64(x[i])), max(hi, np.float64(x[i]))
-    span = hi - lo if hi > lo else 1.0
-    best, best_a, best_c = np.inf, 0.0, 0.0
+        value = np.float64(x[i])
+        lo, hi = min(lo, value), max(hi, value)
+        w += v[i]
+        wx += v[i] * value
+    if hi <= lo:
+        return 0.0, -lo
+    best_a, best_c = (hi - lo) / LEVELS, lo  # the range's candidate
+    best = 0.0
+    for i in range(x.size):
+        value = np.float64(x[i])
+        l = min(max(np.rint((value - lo) * (LEVELS / (hi - lo))), 0.0), LEVELS)
+        best += v[i] * (best_a * l + best_c - value) ** 2
     for step in range(STEPS):
-        scale = (LEVELS - 1.0 + 0.1 * step) / span
-        w = wl = wll = wx = wlx = 0.0
+        base = best_c  # the best minimum so far
+        if hi <= base:
+            continue
+        scale = (LEVELS - 1.0 + 0.1 * step) / (hi - base)
+        wl = wll = wlx = 0.0
         for i in range(x.size):
             value = np.float64(x[i])
-            l = min(max(np.rint((value - lo) * scale), 0.0), LEVELS)
-            w += v[i]
+            l = min(max(np.rint((value - base) * scale), 0.0), LEVELS)
             wl += v[i] * l
             wll += v[i] * l * l
-            wx += v[i] * value
             wlx += v[i] * l * value
         det = w * wll - wl * wl
         solvable = det > SINGULAR * w * wll
@@ -134,7 +154,7 @@ def _fit_block(x, v):
         error = 0.0
         for i in range(x.size):
             value = np.float64(x[i])
-            l = min(max(np.rint((value - lo) * scale), 0.0), LEVELS)
+            l = min(max(np.rint((value - base) * scale), 0.0), LEVELS)
             error += v[i] * (a * l + c - value) ** 2
         if error < best:
             best, best_a, best_c = error, a, c

@@ -19,12 +19,23 @@ refitted, the least error kept) lowers the weight error of int4 g32 by 5% on Gau
 raised the output KL against the float model by 13% on the trained demo model and 1% on a
 heavy-tailed random one, over six re-draws each; refitting only the scale lowered KL by 5%.
 
-`fit_sub_scales` makes int6k's two-level scales (quantized.py) from this rule at groups of 16.
+**Searched scales** (`fit_search_scales`, int6k's groups of 16; llama.cpp's make_qx_quants with
+its x^2 element weights, as its Q6_K uses): a group of zeros has scale 0 and codes 0; otherwise,
+with M the group's element of largest magnitude (the first on a tie) and element weights
+u = v x^2, each trial t of 0, -9, ..., -1, 1, ..., 9 takes the codes l = clip(rint(x (-(qn + t / 10) / M)),
+-qn, qn - 1) and their weighted least-squares scale s_t = sum u x l / sum u l^2 (0 where
+sum u l^2 = 0); the trial with the largest s_t sum u x l (the weighted squared error its codes
+remove; the first trial always counts, then only a larger value replaces it) gives the scale,
+rounded to float16. On Student-t(4) weights int6k goes from 0.0238 (this module's plain rule at
+groups of 16) to 0.0229 relative error, Q6_K's own.
 
-`fit_scales_numpy` is the plain NumPy statement of the rule (float64), the reference the tests
-hold the kernel to; `fit_scales` runs it as a parallel Numba kernel, one row per task, whose
-sums may be reassociated (vectorized) while divisions and roundings stay exact, so the two can
-differ only where E(s) and E(s0) tie to rounding. Both raise TinyExaoneError for NaN/infinite
+`fit_sub_scales` makes int6k's two-level scales (quantized.py) from the searched scales.
+
+`fit_scales_numpy` and `fit_search_scales_numpy` are the plain NumPy statements of the rules
+(float64), the references the tests hold the kernels to; `fit_scales` and `fit_search_scales` run
+them as parallel Numba kernels, one row per task, whose sums may be reassociated (vectorized)
+while divisions and roundings stay exact, so kernel and statement can differ only where two
+errors tie to rounding. All raise TinyExaoneError for NaN/infinite
 weights, weights whose scales would overflow float16, and bad column weights.
 """
 
@@ -41,11 +52,11 @@ FLOAT16_MAX = 65504.0
 SUMS = {"reassoc", "nsz", "contract"}  # fast-math for sums only: no reciprocal division (arcp), no nnan/ninf
 
 
-def _check(matrix: np.ndarray, weights, bits: int) -> np.ndarray:
+def _check(matrix: np.ndarray, weights, bits: int, headroom: int = 1) -> np.ndarray:
     """The column weights (float64 [K], ones when None) after checking the matrix and them."""
     if not np.isfinite(matrix).all():
         raise TinyExaoneError("cannot quantize a matrix with NaN or infinite values")
-    limit = FLOAT16_MAX * (2 ** (bits - 1) - 1)  # the fitted scale stays a finite float16
+    limit = FLOAT16_MAX * (2 ** (bits - 1) - headroom)  # the fitted scale stays a finite float16
     if np.abs(matrix).max(initial=0.0) > limit:
         raise TinyExaoneError(f"weights are too large for float16 quantization scales (|w| > {limit:.0f} at int{bits})")
     return column_weights(weights, matrix.shape[1])
@@ -139,14 +150,87 @@ def fit_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> 
     return scale_bits.view(np.float16), codes
 
 
+SEARCH_TRIALS = (0,) + tuple(t for t in range(-9, 10) if t)  # tenths added to qn, in llama.cpp's order
+SEARCH_HEADROOM = 2  # |w| <= 65504 (qn - 2): a searched scale (about |M| / (qn - 0.9)) stays a finite float16
+
+
+def fit_search_scales_numpy(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scales float16 [N, K / group_size], codes int8 [N, K]: those of the chosen trial) of matrix
+    [N, K] by the searched rule (module doc)."""
+    v = _check(matrix, weights, bits, SEARCH_HEADROOM)
+    n_rows, in_dim = matrix.shape
+    qn = 2 ** (bits - 1)
+    x = matrix.astype(np.float64).reshape(n_rows, in_dim // group_size, group_size)  # [N, G, g]
+    u = v.reshape(in_dim // group_size, group_size) * x * x  # element weights [N, G, g]
+    top = np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)  # [N, G, 1]
+    safe_top = np.where(top == 0, 1.0, top)
+    best = np.full(top.shape[:2], -1.0)  # the first trial is always taken
+    scales, codes = np.zeros(top.shape[:2]), np.zeros(x.shape)
+    for t in SEARCH_TRIALS:
+        inverse = -(qn + 0.1 * t) / safe_top  # [N, G, 1]
+        l = np.where(top == 0, 0.0, np.clip(np.rint(x * inverse), -qn, qn - 1))  # [N, G, g]
+        ulx, ull = (u * x * l).sum(axis=-1), (u * l * l).sum(axis=-1)
+        fitted = np.where(ull > 0, ulx / np.where(ull > 0, ull, 1.0), 0.0)
+        better = fitted * ulx > best  # (sum u x l)^2 / sum u l^2: the error its codes remove
+        best, scales = np.where(better, fitted * ulx, best), np.where(better, fitted, scales)
+        codes = np.where(better[..., None], l, codes)
+    return scales.astype(np.float32).astype(np.float16), codes.astype(np.int8).reshape(n_rows, in_dim)
+
+
+@njit(nogil=True, cache=True, fastmath=SUMS)
+def _search_group(x, v, qn: float, codes) -> np.uint16:
+    """The float16 bits of group x's searched scale (the module doc's rule); writes its codes."""
+    top = 0.0
+    for i in range(x.size):
+        if abs(np.float64(x[i])) > abs(top):
+            top = np.float64(x[i])
+    best, scale = -1.0, 0.0
+    for t in SEARCH_TRIALS:
+        inverse = -(qn + 0.1 * t) / top if top != 0.0 else 0.0
+        ulx = ull = 0.0
+        for i in range(x.size):
+            value = np.float64(x[i])
+            l = min(max(np.rint(value * inverse), -qn), qn - 1.0)
+            u = v[i] * value * value
+            ulx += u * value * l
+            ull += u * l * l
+        fitted = ulx / ull if ull > 0 else 0.0
+        if fitted * ulx > best:
+            best, scale = fitted * ulx, fitted
+            for i in range(x.size):
+                codes[i] = np.int8(min(max(np.rint(np.float64(x[i]) * inverse), -qn), qn - 1.0))
+    return float_to_half(np.float32(scale))
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _search_rows(matrix, v, qn, group_size, scale_bits, codes):
+    n_rows, in_dim = matrix.shape
+    for n in prange(n_rows):
+        for j in range(in_dim // group_size):
+            group = slice(j * group_size, (j + 1) * group_size)
+            scale_bits[n, j] = _search_group(matrix[n, group], v[group], qn, codes[n, group])
+
+
+def fit_search_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """fit_search_scales_numpy's result from the Numba kernel (float32 or float64 matrix [N, K])."""
+    v = _check(matrix, weights, bits, SEARCH_HEADROOM)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32 if matrix.dtype == np.float32 else np.float64)
+    n_rows, in_dim = matrix.shape
+    scale_bits = np.empty((n_rows, in_dim // group_size), np.uint16)
+    codes = np.empty((n_rows, in_dim), np.int8)
+    with COMPUTE_LOCK:
+        _search_rows(matrix, v, float(2 ** (bits - 1)), group_size, scale_bits, codes)
+    return scale_bits.view(np.float16), codes
+
+
 SUB_BLOCK = 16  # int6k: elements per int8 sub-scale
 SUPER = 256  # int6k: elements per float16 d
 
 
-def fit_sub_scales(matrix: np.ndarray, weights=None, fit=fit_scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_sub_scales(matrix: np.ndarray, weights=None, fit=fit_search_scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """int6k's (codes int8 [N, K] in -32..31, d float16 [N, K / 256], sub-scales int8 [N, K / 16])
-    of matrix [N, K] (K a multiple of 256; llama.cpp's Q6_K idea): each block of 16 gets the
-    module doc's scale s at 6 bits (`fit`, fit_scales or fit_scales_numpy), each 256 a float16
+    of matrix [N, K] (K a multiple of 256; llama.cpp's Q6_K scheme): each block of 16 gets the
+    module doc's searched scale s at 6 bits (`fit`: fit_search_scales or fit_search_scales_numpy), each 256 a float16
     d = max |s| / 127 (rounded to float16) and the sub-scales rint(s / d) in -127..127, and the
     codes are then rounded again against the stored step float32(d) * sub (clipped to -32..31; 0
     where the step is 0), so w ~= d * sub * q."""
