@@ -41,7 +41,7 @@ DEFAULTS = {"bits": 4, "group_size": 32, "embedding_bits": 8}  # for a Hugging F
 @click.option("--recipe", type=click.Choice(["mixed", "uniform"]), default="mixed", show_default=True,
               help="int4 only. mixed: the head, every k_proj/v_proj, the first and last eighth's down_proj "
                    "and layer 0's q_proj in 6 bits (int6k), the rest in int4k, where input sizes are multiples "
-                   "of 256 (else int6 / int4 g32; docs/quantization.md); uniform: every layer matrix at --bits "
+                   "of 256 (else int6 / int4 g32 and the head int8; docs/quantization.md); uniform: every layer matrix at --bits "
                    "and --group-size.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="UTF-8 text whose activations weight each input column's error in the scale fit "

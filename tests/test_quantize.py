@@ -295,9 +295,9 @@ DEMO = ROOT / "models" / "exaone4-demo"
 
 def mixed_rule(name: str) -> tuple[str, int]:
     """The mixed recipe as docs/quantization.md states it, for a model of 4 layers and input sizes
-    128 (no super-blocks: int6 and int4 g32) and 256 (down_proj: int6k and int4k)."""
+    128 (no super-blocks: int6 and int4 g32, the head int8 g64) and 256 (down_proj: int6k and int4k)."""
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        return "int6", 32
+        return "int8", 64
     layer, kind = int(name.split(".")[2]), name.split(".")[-2]
     if kind == "down_proj":
         return ("int6k", 32) if layer == 3 else ("int4k", 32)  # the last eighth of 4 layers: layer 3
@@ -326,16 +326,37 @@ def test_the_command_line_default_is_the_mixed_recipe(tmp_path, capsys):
 
 
 def test_mixed_recipe_falls_back_to_int6_and_int4_where_the_input_size_has_no_super_blocks(tmp_path):
-    """The demo model's input sizes 192 and 576: int6k becomes int6 g32 (the head, k/v, the last
-    layer's down_proj, layer 0's q_proj) and int4k int4 g32; the embedded tokenizer makes the file version 4."""
+    """The demo model's input sizes 192 and 576: int6k becomes int6 g32 (k/v, the last layer's
+    down_proj, layer 0's q_proj), int4k int4 g32 and the head int8 g64 (192 = 3 x 64); the embedded
+    tokenizer makes the file version 4."""
     report = convert(DEMO, tmp_path / "demo.tx", mixed=True, show_progress=False)
     tensors = open_compact(report.out).quantization["tensors"]
     kinds = {name: (spec["scheme"], spec.get("group_size")) for name, spec in tensors.items()}
-    assert kinds["model.embed_tokens.weight"] == kinds["model.layers.0.self_attn.q_proj.weight"] == ("int6", 32)
+    assert kinds["model.embed_tokens.weight"] == ("int8", 64)
+    assert kinds["model.layers.0.self_attn.q_proj.weight"] == ("int6", 32)
     assert kinds["model.layers.3.mlp.down_proj.weight"] == kinds["model.layers.2.self_attn.v_proj.weight"] == ("int6", 32)
     assert kinds["model.layers.1.self_attn.q_proj.weight"] == kinds["model.layers.2.mlp.down_proj.weight"] == ("int4", 32)
     assert not {"int4k", "int6k"} & {spec["scheme"] for spec in tensors.values()}  # 192 and 576: no multiples of 256
     assert open_compact(report.out).format_version == 4  # int6 needs 3; the embedded tokenizer, compressed, 4
+
+
+def test_mixed_head_without_super_blocks_is_int8_g64_or_g32(tmp_path):
+    """An untied model of hidden size 96 (a multiple of 32, not of 64): both heads int8 g32; layer
+    matrices as the recipe states (down_proj's input 256 has super-blocks)."""
+    config = dict(SYNTHETIC, hidden_size=96, num_attention_heads=3, num_key_value_heads=1, num_hidden_layers=4,
+                  layer_types=["full_attention"] * 4)
+    src = synthetic.write_synthetic_checkpoint(tmp_path / "src", config, seed=3)
+    tensors = open_compact(convert(src, tmp_path / "out.tx", mixed=True, show_progress=False).out).quantization["tensors"]
+    for name, spec in tensors.items():
+        if spec["scheme"] == "float32":
+            continue
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            expected = ("int8", 32)
+        else:
+            layer, kind = int(name.split(".")[2]), name.split(".")[-2]
+            six = kind in ("k_proj", "v_proj") or (kind == "down_proj" and layer == 3) or (kind, layer) == ("q_proj", 0)
+            expected = ((("int6k" if six else "int4k"), 32) if kind == "down_proj" else (("int6" if six else "int4"), 32))
+        assert (spec["scheme"], spec["group_size"]) == expected, name
 
 
 def test_calibration_weights_are_the_mean_square_of_each_input_column(tmp_path):
