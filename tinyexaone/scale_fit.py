@@ -178,27 +178,32 @@ def fit_search_scales_numpy(matrix: np.ndarray, bits: int, group_size: int, weig
 
 
 @njit(nogil=True, cache=True, fastmath=SUMS)
-def _search_group(x, v, qn: float, codes) -> np.uint16:
-    """The float16 bits of group x's searched scale (the module doc's rule); writes its codes."""
+def _search_group(x, v, qn: float, codes, u, ux) -> np.uint16:
+    """The float16 bits of group x's searched scale (the module doc's rule); writes its codes.
+    u, ux: scratch [g] for the element weights v x^2 and v x^3."""
     top = 0.0
     for i in range(x.size):
-        if abs(np.float64(x[i])) > abs(top):
-            top = np.float64(x[i])
-    best, scale = -1.0, 0.0
+        value = np.float64(x[i])
+        if abs(value) > abs(top):
+            top = value
+        u[i] = v[i] * value * value
+        ux[i] = u[i] * value
+    if top == 0.0:
+        codes[:] = 0
+        return np.uint16(0)
+    best, scale, chosen = -1.0, 0.0, 0.0
     for t in SEARCH_TRIALS:
-        inverse = -(qn + 0.1 * t) / top if top != 0.0 else 0.0
+        inverse = -(qn + 0.1 * t) / top
         ulx = ull = 0.0
         for i in range(x.size):
-            value = np.float64(x[i])
-            l = min(max(np.rint(value * inverse), -qn), qn - 1.0)
-            u = v[i] * value * value
-            ulx += u * value * l
-            ull += u * l * l
+            l = min(max(np.rint(np.float64(x[i]) * inverse), -qn), qn - 1.0)
+            ulx += ux[i] * l
+            ull += u[i] * l * l
         fitted = ulx / ull if ull > 0 else 0.0
         if fitted * ulx > best:
-            best, scale = fitted * ulx, fitted
-            for i in range(x.size):
-                codes[i] = np.int8(min(max(np.rint(np.float64(x[i]) * inverse), -qn), qn - 1.0))
+            best, scale, chosen = fitted * ulx, fitted, inverse
+    for i in range(x.size):
+        codes[i] = np.int8(min(max(np.rint(np.float64(x[i]) * chosen), -qn), qn - 1.0))
     return float_to_half(np.float32(scale))
 
 
@@ -206,9 +211,10 @@ def _search_group(x, v, qn: float, codes) -> np.uint16:
 def _search_rows(matrix, v, qn, group_size, scale_bits, codes):
     n_rows, in_dim = matrix.shape
     for n in prange(n_rows):
+        u, ux = np.empty(group_size), np.empty(group_size)
         for j in range(in_dim // group_size):
             group = slice(j * group_size, (j + 1) * group_size)
-            scale_bits[n, j] = _search_group(matrix[n, group], v[group], qn, codes[n, group])
+            scale_bits[n, j] = _search_group(matrix[n, group], v[group], qn, codes[n, group], u, ux)
 
 
 def fit_search_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
