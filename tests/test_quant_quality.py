@@ -86,3 +86,24 @@ def test_a_model_compared_with_itself_does_not_drift(tmp_path, capsys):
     gguf_kl, tx_kl = float(rows[("demo.gguf", "float")][4]), float(rows[("demo.tx", "weights")][4])
     assert gguf_kl < 1e-4 < tx_kl < 0.05  # F32 copies (and one Q8_0) against int4
     assert f"{Q8_TENSOR}: demo.tx int4 g32" in out and "demo.gguf Q8_0" in out
+
+
+def test_jitter_moves_every_matrix_by_its_scale_and_nothing_else(tmp_path):
+    """`jitter` on the demo model (bf16): the files beside the weights copied, each matrix x (1 +
+    0.001 N(0, 1)) (relative change 0.001 within sampling), the norms bit for bit, the same seed
+    the same bytes and another seed other ones."""
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        quality.write_jittered(DEMO, tmp_path / name, seed, 1e-3)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (DEMO / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()
+    original, jittered = tinyexaone.load(DEMO).model, tinyexaone.load(tmp_path / "a").model
+    for name, spec in model_tensors(original.config).items():
+        owner = [m.weights if spec.layer is None else m.weights.layers[spec.layer] for m in (original, jittered)]
+        before, after = (getattr(o, spec.field) for o in owner)
+        if spec.is_matrix:
+            before, after = before.dequantize().astype(np.float64), after.dequantize().astype(np.float64)
+            relative = np.sqrt(np.sum((after - before) ** 2) / np.sum(before ** 2))
+            assert 0.0009 < relative < 0.0011, name
+        else:
+            np.testing.assert_array_equal(after, before, err_msg=name)
