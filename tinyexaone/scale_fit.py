@@ -138,16 +138,20 @@ def _fit_rows(matrix, v, qn, group_size, scale_bits, codes):
             scale_bits[n, j] = _fit_group(matrix[n, group], v[group], qn, codes[n, group])
 
 
-def fit_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
-    """fit_scales_numpy's result from the Numba kernel (float32 or float64 matrix [N, K])."""
-    v = _check(matrix, weights, bits)
+def _run_rows(kernel, matrix: np.ndarray, v, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float16 scales [N, K / group_size], int8 codes [N, K]) from a row-fitting kernel."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32 if matrix.dtype == np.float32 else np.float64)
     n_rows, in_dim = matrix.shape
     scale_bits = np.empty((n_rows, in_dim // group_size), np.uint16)
     codes = np.empty((n_rows, in_dim), np.int8)
     with COMPUTE_LOCK:
-        _fit_rows(matrix, v, float(2 ** (bits - 1)), group_size, scale_bits, codes)
+        kernel(matrix, v, float(2 ** (bits - 1)), group_size, scale_bits, codes)
     return scale_bits.view(np.float16), codes
+
+
+def fit_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """fit_scales_numpy's result from the Numba kernel (float32 or float64 matrix [N, K])."""
+    return _run_rows(_fit_rows, matrix, _check(matrix, weights, bits), bits, group_size)
 
 
 SEARCH_TRIALS = (0,) + tuple(t for t in range(-9, 10) if t)  # tenths added to qn, in llama.cpp's order
@@ -219,14 +223,7 @@ def _search_rows(matrix, v, qn, group_size, scale_bits, codes):
 
 def fit_search_scales(matrix: np.ndarray, bits: int, group_size: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """fit_search_scales_numpy's result from the Numba kernel (float32 or float64 matrix [N, K])."""
-    v = _check(matrix, weights, bits, SEARCH_HEADROOM)
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32 if matrix.dtype == np.float32 else np.float64)
-    n_rows, in_dim = matrix.shape
-    scale_bits = np.empty((n_rows, in_dim // group_size), np.uint16)
-    codes = np.empty((n_rows, in_dim), np.int8)
-    with COMPUTE_LOCK:
-        _search_rows(matrix, v, float(2 ** (bits - 1)), group_size, scale_bits, codes)
-    return scale_bits.view(np.float16), codes
+    return _run_rows(_search_rows, matrix, _check(matrix, weights, bits, SEARCH_HEADROOM), bits, group_size)
 
 
 SUB_BLOCK = 16  # int6k: elements per int8 sub-scale
