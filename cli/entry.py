@@ -7,7 +7,7 @@ which keeps this module's own import instant. `signals.exit_interrupted` is the 
 command line ends on Ctrl-C.
 """
 
-from tinyexaone.signals import exit_interrupted, redeliver_swallowed_interrupts
+from tinyexaone.signals import exit_interrupted, interrupt_seen, redeliver_swallowed_interrupts
 
 
 def run() -> None:
@@ -16,4 +16,8 @@ def run() -> None:
         from .main import main
     except KeyboardInterrupt:
         exit_interrupted()
+    except Exception:
+        if interrupt_seen():
+            exit_interrupted()
+        raise
     main()

@@ -15,7 +15,7 @@ import sys
 import click
 
 from tinyexaone.errors import TinyExaoneError
-from tinyexaone.signals import exit_interrupted
+from tinyexaone.signals import exit_interrupted, interrupt_seen
 
 from .bench import bench
 from .chat import chat
@@ -68,10 +68,12 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         exit_interrupted()
-    except SystemError as exc:  # a Ctrl-C inside a Python callback of compiled Numba code
-        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+    except OSError as exc:  # every file error of ours is a TinyExaoneError: this is stdout
+        if interrupt_seen():
+            exit_interrupted()
+        _output_lost(exc)
+    except Exception as exc:  # a Ctrl-C inside Numba's compiler can surface as its own error
+        if interrupt_seen() or isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
             exit_interrupted()
         raise
-    except OSError as exc:  # every file error of ours is a TinyExaoneError: this is stdout
-        _output_lost(exc)
     sys.exit(0)
