@@ -41,14 +41,12 @@ x_scale (d sub_0 float(S_0) + d sub_1 float(S_1));
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
-consecutive groups, contiguous), so there is no software prefetch: asking for the bytes 1 KB
-ahead of each block made no difference to decode (five interleaved pairs of
-`python tools/profile_decode.py FILE --threads 2` on the synthetic 1.2B int4 file, Zen 4: 31.1 /
-32.2 / 32.2 / 37.4 / 33.3 tok/s without, 30.7 / 32.2 / 32.3 / 33.0 / 30.5 with), nor did 4 KB
-ahead for one or four tokens a step (three interleaved pairs of `python tools/bench_server.py FILE
---step-only --streams 1,4 --threads 1`: 55.3 / 51.2 / 52.1 ms per one-token step without, 55.8 /
-60.4 / 54.4 with; four tokens 75.5 / 81.7 / 77.8 against 80.8 / 80.3 / 78.5). The NumPy twin
-is kernels.matmul_numpy.
+consecutive groups, contiguous), and each block asks for the cache lines PREFETCH_BYTES (8 KB)
+ahead of it: the hardware prefetcher alone keeps too few lines in flight. Decode of the
+synthetic 1.2B int4 file on Zen 4, five alternating pairs of `python tools/profile_decode.py
+FILE --threads 2 --tokens 64` (each variant with its own NUMBA_CACHE_DIR): 49.5-50.2 tok/s
+without, 55.7-57.0 with 8 KB (4 KB and 16 KB were slower than 8 KB on one large matrix). The
+NumPy twin is kernels.matmul_numpy.
 """
 
 from __future__ import annotations
@@ -295,6 +293,21 @@ def _sub_scale_steps(builder, scale_pointer, block_in_super):
     return steps
 
 
+PREFETCH_BYTES = 8192  # how far ahead of a block its row group's weight bytes are asked for
+
+
+def _prefetch_ahead(builder, chunk_pointer, block_bytes):
+    """Ask for the cache lines PREFETCH_BYTES past this block (llvm.prefetch: a hint that never
+    faults, so past the array's end is harmless): a thread's weight bytes are one sequential
+    stream, and the hardware prefetcher alone keeps too few of its lines in flight."""
+    raw = builder.bitcast(chunk_pointer, I8.as_pointer())
+    prefetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [raw.type, I32, I32, I32]), "llvm.prefetch.p0i8")
+    for line in range(0, block_bytes, 64):  # read, high locality, data cache
+        builder.call(prefetch, [builder.gep(raw, [ir.Constant(I32, PREFETCH_BYTES + line)]), ir.Constant(I32, 0),
+                                ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def _tile_dot(n_tokens: int):
     @intrinsic
     def tile_dot(typingctx, codes, scale_bits, g, x_codes, x_sums, x_scales, t0, scale_shift, out):
@@ -319,6 +332,7 @@ def _tile_dot(n_tokens: int):
             with cgutils.for_range(builder, n_blocks) as loop:
                 b = loop.index
                 chunk_pointer = _pointer(context, builder, t[0], arrays[0], [g, b] + [zero] * (t[0].ndim - 2), BYTES)
+                _prefetch_ahead(builder, chunk_pointer, CHUNKS[bits] * 32)
                 chunks = [builder.load(builder.gep(chunk_pointer, [ir.Constant(I32, c)]), align=1)
                           for c in range(CHUNKS[bits])]
                 if affine:  # scale_shift is 3: 8 blocks per super-block
