@@ -243,6 +243,14 @@ class KVCache:
         for layer in self.layers:
             layer.length = 0
 
+    def keep(self, name: str, make):
+        """The object stored under `name` with this sequence, made by `make()` the first time
+        (decode's work buffers for one batch size)."""
+        kept = self._scratch.get(name)
+        if kept is None:
+            kept = self._scratch[name] = make()
+        return kept
+
     def scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 work buffer of at least `shape`, kept with this sequence so that decoding
         allocates nothing per token (and sequences on other threads never share one)."""

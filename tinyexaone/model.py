@@ -35,6 +35,8 @@ back to where it was (or emptied when a ring buffer cannot roll back), never lef
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .cache import DEFAULT_CACHE_TYPE, KVCache, cache_layout, new_kv_cache
@@ -44,7 +46,7 @@ from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
 from .layer_kernels import (
     add_rms_norm, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_store, silu_mul,
 )
-from .quantized import matmul_fused
+from .quantized import activation_buffers, plan_matmuls
 from .rope import apply_rope, cos_sin, inverse_frequencies
 from .weights import LayerWeights, ModelWeights
 
@@ -99,6 +101,10 @@ class Model:
         self.weights = weights
         self.inv_freq = inverse_frequencies(config.rope, config.head_dim)  # [head_dim/2]
         self.cache_layout = cache_layout(config)
+        self.decode_matmuls = [_LayerMatmuls(plan_matmuls([layer.q_proj, layer.k_proj, layer.v_proj]),
+                                             plan_matmuls([layer.o_proj]),
+                                             plan_matmuls([layer.gate_proj, layer.up_proj]),
+                                             plan_matmuls([layer.down_proj])) for layer in weights.layers]
 
     def new_cache(self, max_tokens: int | None = None, cache_type: str = DEFAULT_CACHE_TYPE) -> KVCache:
         """An empty cache for one sequence; `max_tokens` caps it below max_position_embeddings;
@@ -206,12 +212,11 @@ class Model:
         heads, kv_heads, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
         batch = len(ids)
         cos, sin = cos_sin(self.inv_freq, np.asarray(positions))  # [B, head_dim] each
-        h = w.embed_tokens.rows(ids)  # [B, hidden]
-        # work buffers kept with the first sequence, one pair per batch size: no allocation per token
-        attended = caches[0].scratch(f"attended-{batch}", (batch, heads, d))  # [B, heads, d]
-        activated = caches[0].scratch(f"activated-{batch}", (batch, cfg.intermediate_size))  # [B, intermediate]
-        for i, layer in enumerate(w.layers):
-            q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # [B, heads*d], [B, kv*d] x2
+        h = np.ascontiguousarray(w.embed_tokens.rows(ids), dtype=np.float32)  # [B, hidden]
+        # work buffers kept with the first sequence, one set per batch size: no allocation per token
+        buf = caches[0].keep(f"decode-{batch}", lambda: _DecodeBuffers(cfg, batch))
+        for i, (layer, matmuls) in enumerate(zip(w.layers, self.decode_matmuls)):
+            q, k, v = matmuls.qkv(h, buf.qkv, buf.hidden_inputs)  # [B, heads*d], [B, kv*d] x2
             q, k, v = q.reshape(batch, heads, d), k.reshape(batch, kv_heads, d), v.reshape(batch, kv_heads, d)
             for b, cache in enumerate(caches):
                 layer_cache = cache.layers[i]
@@ -223,15 +228,46 @@ class Model:
                 first, n_keys, modulo = layer_cache.visible()
                 scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
                 if n_keys * heads * d < SERIAL_BELOW:
-                    attention_decode_serial(q[b], *buffers, first, n_keys, modulo, scores, attended[b])
+                    attention_decode_serial(q[b], *buffers, first, n_keys, modulo, scores, buf.attended[b])
                 else:
                     with COMPUTE_LOCK:
-                        attention_decode(q[b], *buffers, first, n_keys, modulo, scores, attended[b])
-            add_rms_norm(h, layer.o_proj.matmul(attended.reshape(batch, heads * d)), layer.post_attention_layernorm, eps)
-            gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [B, intermediate] each
-            silu_mul(gate, up, activated)
-            add_rms_norm(h, layer.down_proj.matmul(activated), layer.post_feedforward_layernorm, eps)
+                        attention_decode(q[b], *buffers, first, n_keys, modulo, scores, buf.attended[b])
+            (o,) = matmuls.o(buf.attended.reshape(batch, heads * d), buf.o, buf.attended_inputs)  # [B, hidden]
+            add_rms_norm(h, o, layer.post_attention_layernorm, eps)
+            gate, up = matmuls.gate_up(h, buf.gate_up, buf.hidden_inputs)  # [B, intermediate] each
+            silu_mul(gate, up, buf.activated)
+            (down,) = matmuls.down(buf.activated, buf.down, buf.activated_inputs)  # [B, hidden]
+            add_rms_norm(h, down, layer.post_feedforward_layernorm, eps)
         return rms_norm(h, w.norm, eps)  # [B, hidden]
+
+
+class _LayerMatmuls(NamedTuple):
+    """One layer's decode matrix products, planned once (quantized.plan_matmuls)."""
+    qkv: object  # [q_proj, k_proj, v_proj]
+    o: object
+    gate_up: object  # [gate_proj, up_proj]
+    down: object
+
+
+class _DecodeBuffers:
+    """Decode's work arrays for B tokens, reused by every layer and step: the products' outputs,
+    attention's output, the activated MLP input, and each matrix input as the kernels read it."""
+
+    def __init__(self, cfg: Exaone4Config, batch: int):
+        heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        hidden, intermediate = cfg.hidden_size, cfg.intermediate_size
+
+        def rows(width):
+            return np.empty((batch, width), np.float32)
+
+        self.qkv = (rows(heads * d), rows(kv_heads * d), rows(kv_heads * d))  # [B, heads*d], [B, kv*d] x2
+        self.o, self.down = (rows(hidden),), (rows(hidden),)  # [B, hidden]
+        self.gate_up = (rows(intermediate), rows(intermediate))  # [B, intermediate] each
+        self.attended = np.empty((batch, heads, d), np.float32)  # [B, heads, d]
+        self.activated = rows(intermediate)  # [B, intermediate]
+        self.hidden_inputs = activation_buffers(batch, hidden)
+        self.attended_inputs = activation_buffers(batch, heads * d)
+        self.activated_inputs = activation_buffers(batch, intermediate)
 
 
 def _roll_back(cache: KVCache, length: int) -> None:

@@ -78,7 +78,8 @@ The kernels' integer part is the same for int4 and int4k; only the per-block flo
 
 `matmul` enters the Numba kernels (kernels.py) under `kernels.COMPUTE_LOCK`, so calls from
 several Python threads are serialised (Numba's workqueue layer aborts on concurrent use).
-`matmul_fused` runs matrices that share one decode input (q/k/v, gate/up) in one launch per kind.
+`matmul_fused` runs matrices that share one decode input (q/k/v, gate/up) in one launch per kind;
+`FusedMatmul` is the same planned once, for decode.
 """
 
 from __future__ import annotations
@@ -384,24 +385,86 @@ class QuantizedWeight:
         return matmul_fused([self], x, [out])[0]
 
 
+def activation_buffers(n_tokens: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty buffers for x [n_tokens, n_in] quantized as the kernels read it: codes [T, B, 32]
+    int8, code sums [T, B] int32, scales [T, B] float32 (B = n_in / 32 blocks)."""
+    n_blocks = n_in // BLOCK
+    return (np.empty((n_tokens, n_blocks, BLOCK), np.int8), np.empty((n_tokens, n_blocks), np.int32),
+            np.empty((n_tokens, n_blocks), np.float32))
+
+
 def _quantized_input(x: np.ndarray, serial: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x [T, K] float32 as the kernels' activation codes [T, B, 32], sums [T, B], scales [T, B]."""
-    n_tokens, n_blocks = x.shape[0], x.shape[1] // BLOCK
-    x_codes = np.empty((n_tokens, n_blocks, BLOCK), np.int8)
-    x_sums = np.empty((n_tokens, n_blocks), np.int32)
-    x_scales = np.empty((n_tokens, n_blocks), np.float32)
-    (kernels.quantize_activations_serial if serial else kernels.quantize_activations)(x, x_codes, x_sums, x_scales)
-    return x_codes, x_sums, x_scales
+    inputs = activation_buffers(x.shape[0], x.shape[1])
+    (kernels.quantize_activations_serial if serial else kernels.quantize_activations)(x, *inputs)
+    return inputs
+
+
+class FusedMatmul:
+    """x @ W_m^T for QuantizedWeights W_m of one input width that share their input (q/k/v,
+    gate/up), planned once: the weights are grouped by kind (bits, affine) and each group runs
+    as a single kernel launch (the recipe's int4k q_proj beside int6k k/v_proj makes two), on the
+    calling thread when the whole product is small (SERIAL_BELOW multiply-adds), else in
+    parallel under COMPUTE_LOCK. `plan(x, outs, inputs)` trusts its caller: x [T, in] float32
+    and C-contiguous, outs one C-contiguous float32 [T, out_m] per weight, inputs
+    `activation_buffers(T, in)`; it writes outs (and inputs) and returns outs. Decode keeps one
+    plan per layer matrix set and reuses its buffers, so a token costs no Python beyond the calls."""
+
+    def __init__(self, weights):
+        weights = tuple(weights)
+        if not weights or not all(isinstance(w, QuantizedWeight) and w.shape[1] == weights[0].shape[1] for w in weights):
+            raise TinyExaoneError("FusedMatmul needs quantized weights of one input width")
+        self.weights = weights
+        self.n_in = weights[0].shape[1]
+        self.multiply_adds = sum(w.shape[0] * w.shape[1] for w in weights)  # per token
+        kinds: dict[tuple, list[int]] = {}  # (bits, affine) -> indices of the weights of that kind, in order
+        for i, w in enumerate(weights):
+            kinds.setdefault((w.bits, w.affine), []).append(i)
+        self.groups = [(tuple(group), tuple(weights[i]._codes for i in group), tuple(weights[i]._scale_bits for i in group),
+                        kernels.chunk_count(sum(weights[i]._codes.shape[0] for i in group))) for group in kinds.values()]
+
+    def __call__(self, x: np.ndarray, outs, inputs):
+        n_tokens = x.shape[0]
+        if n_tokens * self.multiply_adds < kernels.SERIAL_BELOW:
+            kernels.quantize_activations_serial(x, *inputs)
+            for w, out in zip(self.weights, outs):
+                kernels.matmul_serial(w._codes, w._scale_bits, *inputs, out)
+            return outs
+        with kernels.COMPUTE_LOCK:
+            (kernels.quantize_activations_serial if n_tokens < 4 else kernels.quantize_activations)(x, *inputs)
+            for group, codes, scale_bits, n_chunks in self.groups:
+                if len(group) == 1:
+                    kernels.matmul(codes[0], scale_bits[0], *inputs, outs[group[0]], n_chunks)
+                else:
+                    kernels.matmul_fused(codes, scale_bits, *inputs, tuple(outs[i] for i in group), n_chunks)
+        return outs
+
+
+class EachMatmul:
+    """`FusedMatmul`'s calling convention for weights it cannot take (float or bf16): one
+    `w.matmul(x)` per weight, copied into outs; `inputs` is not used."""
+
+    def __init__(self, weights):
+        self.weights = tuple(weights)
+
+    def __call__(self, x: np.ndarray, outs, inputs):
+        for w, out in zip(self.weights, outs):
+            out[:] = w.matmul(x)
+        return outs
+
+
+def plan_matmuls(weights) -> FusedMatmul | EachMatmul:
+    """A FusedMatmul for quantized weights of one input width, else an EachMatmul."""
+    weights = tuple(weights)
+    if all(isinstance(w, QuantizedWeight) and w.shape[1] == weights[0].shape[1] for w in weights):
+        return FusedMatmul(weights)
+    return EachMatmul(weights)
 
 
 def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
     """[w.matmul(x) for w in weights] for matrices sharing their input x [T, in] (q/k/v, gate/up),
-    written into `outs` when given (validated by the caller).
-
-    x is quantized once for all QuantizedWeights of its width; those of one kind (bits, affine)
-    run as a single kernel launch (the recipe's int4k q_proj beside int6k k/v_proj makes two): on
-    the calling thread when the whole product is small (SERIAL_BELOW multiply-adds), else in
-    parallel under COMPUTE_LOCK. Anything else falls back to one matmul per weight."""
+    written into `outs` when given (validated by the caller): a `FusedMatmul` when all are
+    QuantizedWeights of x's width, else one matmul per weight."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     first = weights[0]
     quantized = all(isinstance(w, QuantizedWeight) and w.shape[1] == first.shape[1] for w in weights)
@@ -409,26 +472,7 @@ def matmul_fused(weights, x: np.ndarray, outs=None) -> list[np.ndarray]:
         return [w.matmul(x) for w in weights]
     if outs is None:
         outs = [np.empty((x.shape[0], w.shape[0]), np.float32) for w in weights]
-    if x.shape[0] * sum(w.shape[0] * w.shape[1] for w in weights) < kernels.SERIAL_BELOW:
-        x_codes, x_sums, x_scales = _quantized_input(x, serial=True)
-        for w, out in zip(weights, outs):
-            kernels.matmul_serial(w._codes, w._scale_bits, x_codes, x_sums, x_scales, out)
-        return list(outs)
-    kinds: dict[tuple, list[int]] = {}  # (bits, affine) -> indices of the weights of that kind, in order
-    for i, w in enumerate(weights):
-        kinds.setdefault((w.bits, w.affine), []).append(i)
-    with kernels.COMPUTE_LOCK:
-        x_codes, x_sums, x_scales = _quantized_input(x, serial=x.shape[0] < 4)
-        for group in kinds.values():
-            if len(group) == 1:
-                w = weights[group[0]]
-                kernels.matmul(w._codes, w._scale_bits, x_codes, x_sums, x_scales, outs[group[0]],
-                               kernels.chunk_count(w._codes.shape[0]))
-            else:
-                kernels.matmul_fused(tuple(weights[i]._codes for i in group), tuple(weights[i]._scale_bits for i in group),
-                                     x_codes, x_sums, x_scales, tuple(outs[i] for i in group),
-                                     kernels.chunk_count(sum(weights[i]._codes.shape[0] for i in group)))
-    return list(outs)
+    return list(FusedMatmul(weights)(x, outs, activation_buffers(x.shape[0], x.shape[1])))
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Usage: python tools/profile_decode.py MODEL [--threads N] [--tokens N]
 MODEL is any model path `tinyexaone` takes (e.g. the synthetic 1.2B file `tinyexaone bench
 --synthetic 1.2b` writes into its cache folder). Decodes --tokens single tokens after a short
 prompt and prints tok/s and the milliseconds per token in quantized matmuls of the layers, in
-the head, and outside both (attention, norms, Python), timed around `quantized.matmul_fused`.
+the head, and outside both (attention, norms, Python), timed around `quantized.FusedMatmul` calls.
 """
 
 import argparse
@@ -13,7 +13,6 @@ import time
 import numba
 import numpy as np
 
-from tinyexaone import model as model_module
 from tinyexaone import quantized
 from tinyexaone.loading import open_model
 
@@ -28,15 +27,15 @@ def main() -> None:
     model, _ = open_model(args.model)
     head_rows = model.weights.lm_head.shape[0]
     seconds = {"layers": 0.0, "head": 0.0}
-    untimed = quantized.matmul_fused
+    untimed = quantized.FusedMatmul.__call__
 
-    def timed(weights, x, outs=None):
+    def timed(plan, x, outs, inputs):
         start = time.perf_counter()
-        result = untimed(weights, x, outs)
-        seconds["head" if weights[0].shape[0] == head_rows else "layers"] += time.perf_counter() - start
+        result = untimed(plan, x, outs, inputs)
+        seconds["head" if plan.weights[0].shape[0] == head_rows else "layers"] += time.perf_counter() - start
         return result
 
-    quantized.matmul_fused = model_module.matmul_fused = timed
+    quantized.FusedMatmul.__call__ = timed
     cache = model.new_cache()
     rng = np.random.default_rng(0)
     model.forward(rng.integers(0, model.config.vocab_size, 8), cache)
