@@ -238,7 +238,8 @@ def exp_nonpositive(x):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def silu_mul(gate, up, out):
-    """out = silu(gate) * up, element by element (out may be gate). error_model="numpy": without
+    """out = silu(gate) * up, element by element (out may be gate, but then the loop does not vectorise:
+    6.7 ms against 1.7 ms for [512, 4096] on Zen 4). error_model="numpy": without
     it every division carries Python's zero-division check, which keeps the loop from
     vectorising (about 9x slower)."""
     rows, width = gate.shape

@@ -203,8 +203,9 @@ class Model:
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         gate, up = layer.gate_proj.matmul(h), layer.up_proj.matmul(h)  # [T, intermediate] each
-        silu_mul(gate, up, gate)  # silu(gate) * up in place, the Numba twin of `silu(gate) * up`
-        return layer.down_proj.matmul(gate)  # [T, hidden]
+        activated = np.empty_like(gate)  # a separate output: written over its input, the loop does not vectorise
+        silu_mul(gate, up, activated)  # the Numba twin of `silu(gate) * up`
+        return layer.down_proj.matmul(activated)  # [T, hidden]
 
     def _decode_hidden(self, ids: np.ndarray, caches: list[KVCache], positions: list[int]) -> np.ndarray:
         """The final-normed hidden states [B, hidden] of B new tokens, token b at positions[b] of caches[b]."""
