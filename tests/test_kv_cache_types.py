@@ -91,16 +91,18 @@ def test_half_round_trips():
 
 
 @njit
-def _store_rows(x, codes, scales):
+def _store_rows(x, keys, key_scales, values, value_scales):
     for s in range(x.shape[0]):
         for g in range(x.shape[1]):
-            lk._store_row(x[s, g], codes, scales, s, g)
+            lk._store_key(x[s, g], keys, key_scales, g, s)
+            lk._store_value(x[s, g], values, value_scales, g, s)
 
 
-def poisoned_buffers(code_dtype, n, kv_heads, d):
-    codes = np.full((n, kv_heads, d), 0x55, code_dtype) if code_dtype != np.float32 else np.full(
-        (n, kv_heads, d), np.nan, np.float32)
-    scales = np.full((n, kv_heads), np.nan, np.float32) if code_dtype == np.int8 else None
+def poisoned_buffers(code_dtype, n, kv_heads, d, keys):
+    """NaN (f32) or 0x55 codes in the key ([kv_heads, d, n]) or value ([kv_heads, n, d]) layout."""
+    shape = (kv_heads, d, n) if keys else (kv_heads, n, d)
+    codes = np.full(shape, 0x55, code_dtype) if code_dtype != np.float32 else np.full(shape, np.nan, np.float32)
+    scales = np.full((kv_heads, n), np.nan, np.float32) if code_dtype == np.int8 else None
     return codes, scales
 
 
@@ -118,16 +120,20 @@ def awkward_rows(rng, n, kv_heads, d) -> np.ndarray:
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
 @pytest.mark.parametrize("n, kv_heads, d", [(7, 3, 17), (5, 1, 64), (9, 2, 1)])
 def test_store_row_matches_encode_rows_numpy_bit_for_bit(cache_type, n, kv_heads, d):
-    """The decode kernel's store (Numba) and the prefill's encoding (NumPy) write the same bits."""
+    """The decode kernel's stores (Numba), of keys and of values, and the prefill's encoding
+    (NumPy) write the same bits, each in its layout."""
     rng, seed = fresh_rng()
     x = awkward_rows(rng, max(n, 4), kv_heads, d)
     dtype = CODE_DTYPES[cache_type]
-    codes, scales = poisoned_buffers(dtype, len(x), kv_heads, d)
-    _store_rows(x, codes, scales)
-    expected_codes, expected_scales = lk.encode_rows_numpy(x, dtype)
-    np.testing.assert_array_equal(codes.view(np.uint8), expected_codes.view(np.uint8), err_msg=f"seed {seed}")
-    if cache_type == "q8":
-        np.testing.assert_array_equal(scales.view(np.uint32), expected_scales.view(np.uint32), err_msg=f"seed {seed}")
+    keys, values = poisoned_buffers(dtype, len(x), kv_heads, d, True), poisoned_buffers(dtype, len(x), kv_heads, d, False)
+    _store_rows(x, *keys, *values)
+    rows = lk.encode_rows_numpy(x, dtype)
+    for (codes, scales), (expected_codes, expected_scales) in ((keys, lk.key_layout(*rows)),
+                                                               (values, lk.value_layout(*rows))):
+        np.testing.assert_array_equal(codes.view(np.uint8), expected_codes.view(np.uint8), err_msg=f"seed {seed}")
+        if cache_type == "q8":
+            np.testing.assert_array_equal(scales.view(np.uint32), expected_scales.view(np.uint32),
+                                          err_msg=f"seed {seed}")
 
 
 def test_q8_rule():
@@ -151,9 +157,17 @@ def test_q8_rule():
 
 
 def encoded(x: np.ndarray, cache_type: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(codes, scales, decoded float32) of x in `cache_type`."""
+    """(codes, scales, decoded float32) of x [n, kv_heads, d] in `cache_type`, positions first."""
     codes, scales = lk.encode_rows_numpy(x, CODE_DTYPES[cache_type])
     return codes, scales, lk.decode_rows_numpy(codes, scales)
+
+
+def encoded_kv(keys: np.ndarray, values: np.ndarray, cache_type: str):
+    """(key codes, key scales, value codes, value scales) in the kernels' layouts, and the
+    decoded float32 keys and values [n, kv_heads, d]."""
+    k_codes, k_scales, k_float = encoded(keys, cache_type)
+    v_codes, v_scales, v_float = encoded(values, cache_type)
+    return (*lk.key_layout(k_codes, k_scales), *lk.value_layout(v_codes, v_scales)), k_float, v_float
 
 
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
@@ -167,14 +181,12 @@ def encoded(x: np.ndarray, cache_type: str) -> tuple[np.ndarray, np.ndarray | No
 def test_attention_decode_reads_each_type(cache_type, heads, kv_heads, d, capacity, first, n, modulo):
     rng, seed = fresh_rng()
     q = rng.standard_normal((heads, d)).astype(np.float32)
-    keys, key_scales, keys_f = encoded((rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32),
-                                       cache_type)
-    values, value_scales, values_f = encoded(rng.standard_normal((capacity, kv_heads, d)).astype(np.float32),
-                                             cache_type)
+    buffers, keys_f, values_f = encoded_kv((rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32),
+                                           rng.standard_normal((capacity, kv_heads, d)).astype(np.float32), cache_type)
     out, serial, expected = (np.full((heads, d), np.nan, np.float32) for _ in range(3))
     scores = np.full((heads, capacity), np.nan, np.float32)
-    lk.attention_decode(q, keys, key_scales, values, value_scales, first, n, modulo, scores, out)
-    lk.attention_decode_serial(q, keys, key_scales, values, value_scales, first, n, modulo, scores, serial)
+    lk.attention_decode(q, *buffers, first, n, modulo, scores, out)
+    lk.attention_decode_serial(q, *buffers, first, n, modulo, scores, serial)
     lk.attention_decode_numpy(q, keys_f, values_f, first, n, modulo, scores, expected)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
     np.testing.assert_allclose(serial, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
@@ -193,18 +205,21 @@ def test_attention_prefill_reads_each_type(cache_type, heads, kv_heads, d, n_que
 
     rng, seed = fresh_rng()
     q = rng.standard_normal((n_queries, heads, d)).astype(np.float32)
-    keys, key_scales, keys_f = encoded((rng.standard_normal((n_stored, kv_heads, d)) * 3).astype(np.float32),
-                                       cache_type)
-    values, value_scales, values_f = encoded(rng.standard_normal((n_stored, kv_heads, d)).astype(np.float32),
-                                             cache_type)
+    buffers, keys_f, values_f = encoded_kv((rng.standard_normal((n_stored, kv_heads, d)) * 3).astype(np.float32),
+                                           rng.standard_normal((n_stored, kv_heads, d)).astype(np.float32), cache_type)
     out = np.full((n_queries, heads, d), np.nan, np.float32)
-    lk.attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, 3, out)
+    lk.attention_prefill(q, *buffers, first_query_pos, first_key_pos, window, 3, out)
     expected = attention(q, keys_f, values_f, first_query_pos, first_key_pos, window or None)
     np.testing.assert_allclose(out.reshape(n_queries, -1), expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
 
-def decoded_row(codes, scales, slot) -> np.ndarray:
-    return lk.decode_rows_numpy(codes[slot], None if scales is None else scales[slot])
+def decoded_position(codes, scales, slot, keys) -> np.ndarray:
+    """Position `slot` of key ([kv_heads, d, n]) or value ([kv_heads, n, d]) buffers, decoded: [kv_heads, d]."""
+    return lk.decode_rows_numpy(codes[:, :, slot] if keys else codes[:, slot], None if scales is None else scales[:, slot])
+
+
+def other_positions(codes, slot, keys) -> np.ndarray:
+    return np.delete(codes, slot, axis=2 if keys else 1)
 
 
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
@@ -218,21 +233,21 @@ def test_qk_norm_rope_store_writes_each_type(cache_type):
     angles = np.tile(rng.random(d // 2).astype(np.float32) * 100, 2)
     cos, sin = np.cos(angles), np.sin(angles)
     dtype = CODE_DTYPES[cache_type]
-    ours = [*poisoned_buffers(dtype, 5, kv_heads, d), *poisoned_buffers(dtype, 5, kv_heads, d)]
-    twin = [*poisoned_buffers(dtype, 5, kv_heads, d), *poisoned_buffers(dtype, 5, kv_heads, d)]
+    ours = [*poisoned_buffers(dtype, 5, kv_heads, d, True), *poisoned_buffers(dtype, 5, kv_heads, d, False)]
+    twin = [*poisoned_buffers(dtype, 5, kv_heads, d, True), *poisoned_buffers(dtype, 5, kv_heads, d, False)]
     q2, k2 = q.copy(), k.copy()
     lk.qk_norm_rope_store(q, k, v, qn, kn, cos, sin, 1e-5, True, *ours, slot)
     lk.qk_norm_rope_store_numpy(q2, k2, v, qn, kn, cos, sin, 1e-5, True, *twin, slot)
     np.testing.assert_allclose(q, q2, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
     rtol = 2.0**-10 if cache_type == "f16" else 1e-5
-    for codes, scales, codes2, scales2 in ((*ours[:2], *twin[:2]), (*ours[2:], *twin[2:])):
-        got, want = decoded_row(codes, scales, slot), decoded_row(codes2, scales2, slot)  # [kv_heads, d]
-        step = 0 if scales2 is None else 1.001 * scales2[slot][:, None]
+    for keys, codes, scales, codes2, scales2 in ((True, *ours[:2], *twin[:2]), (False, *ours[2:], *twin[2:])):
+        got, want = decoded_position(codes, scales, slot, keys), decoded_position(codes2, scales2, slot, keys)  # [kv_heads, d]
+        step = 0 if scales2 is None else 1.001 * scales2[:, slot][:, None]
         assert (np.abs(got - want) <= step + rtol * np.abs(want) + 1e-6).all(), f"seed {seed}"
-        others = codes[[i for i in range(5) if i != slot]]
+        others = other_positions(codes, slot, keys)
         assert (np.isnan(others) if dtype == np.float32 else others == 0x55).all()
-        assert scales is None or np.isnan(np.delete(scales, slot, axis=0)).all()
-    np.testing.assert_array_equal(ours[2][slot].view(np.uint8), twin[2][slot].view(np.uint8))  # v: the same bits
+        assert scales is None or np.isnan(np.delete(scales, slot, axis=1)).all()
+    np.testing.assert_array_equal(ours[2][:, slot].view(np.uint8), twin[2][:, slot].view(np.uint8))  # v: the same bits
 
 
 def fill(cache, rng, kv_heads, d, prefill: int, decode: int) -> np.ndarray:
@@ -240,7 +255,9 @@ def fill(cache, rng, kv_heads, d, prefill: int, decode: int) -> np.ndarray:
     does; returns every token's float32 keys [prefill + decode, kv_heads, d] (values are -keys)."""
     x = rng.standard_normal((prefill + decode, kv_heads, d)).astype(np.float32)
     if prefill:
-        keys, values = cache.extend(x[:prefill], -x[:prefill])  # every new row, in the cache's type
+        keys, values, first = cache.extend(x[:prefill], -x[:prefill])  # every new row, in the cache's type
+        assert first == 0
+        keys, values = keys[:prefill], values[:prefill]
         np.testing.assert_array_equal(keys.decoded(), encoded(x[:prefill], cache.cache_type)[2])
         np.testing.assert_array_equal(values.decoded(), -keys.decoded())
     for t in range(prefill, prefill + decode):
@@ -253,8 +270,8 @@ def fill(cache, rng, kv_heads, d, prefill: int, decode: int) -> np.ndarray:
 @njit
 def _store_rows_at(k, v, keys, key_scales, values, value_scales, slot):
     for g in range(k.shape[0]):
-        lk._store_row(k[g], keys, key_scales, slot, g)
-        lk._store_row(v[g], values, value_scales, slot, g)
+        lk._store_key(k[g], keys, key_scales, g, slot)
+        lk._store_value(v[g], values, value_scales, g, slot)
 
 
 def row_bytes(cache_type: str, kv_heads: int, d: int) -> int:
@@ -274,9 +291,9 @@ def test_growable_cache_grows_trims_and_counts_real_bytes(cache_type):
     np.testing.assert_array_equal(cache.values[: cache.length].decoded(), -encoded(x, cache_type)[2])
     assert cache.nbytes == 2 * GROW_STEP * row_bytes(cache_type, kv_heads, d)
     cache.trim(5)
-    keys, _ = cache.extend(x[5:7], -x[5:7])
-    assert len(keys) == 7 and cache.length == 7
-    np.testing.assert_array_equal(keys.decoded(), encoded(x[:7], cache_type)[2])
+    keys, _, first = cache.extend(x[5:7], -x[5:7])
+    assert first == 0 and len(keys) == 2 * GROW_STEP and cache.length == 7  # the buffers themselves
+    np.testing.assert_array_equal(keys[:7].decoded(), encoded(x[:7], cache_type)[2])
 
 
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
@@ -297,7 +314,8 @@ def test_ring_cache_wraps_and_trims(cache_type, prefill, decode):
     np.testing.assert_array_equal(cache.values[slots].decoded(), -expected, err_msg=f"seed {seed}")
     assert cache.nbytes == window * row_bytes(cache_type, kv_heads, d)
     more = rng.standard_normal((4, kv_heads, d)).astype(np.float32)
-    keys, _ = cache.extend(more, -more)  # held (window) then the 4 new rows, in temporal order
+    keys, _, first_returned = cache.extend(more, -more)  # held (window) then the 4 new rows, in temporal order
+    assert first_returned == first
     np.testing.assert_array_equal(keys.decoded(), encoded(np.concatenate([x[first:], more]), cache_type)[2])
     assert cache.can_trim(cache.length - 1) and not cache.can_trim(cache.length - window)
     cache.trim(cache.length - 1)
@@ -307,12 +325,17 @@ def test_ring_cache_wraps_and_trims(cache_type, prefill, decode):
 
 def test_rows_encode_and_bytes():
     x = np.float32([[[1.0, -2.0, 0.5]]])  # [1, 1, 3]
-    f32, f16, q8 = (Rows.encode(x, t) for t in ("f32", "f16", "q8"))
+    f32, f16, q8 = (Rows.encode(x, t, keys=False) for t in ("f32", "f16", "q8"))
     assert f32.codes.dtype == np.float32 and f16.codes.dtype == np.uint16 and q8.codes.dtype == np.int8
     assert (f32.nbytes, f16.nbytes, q8.nbytes) == (12, 6, 3 + 4)
     assert f16.scales is None and f32.scales is None and q8.scales.shape == (1, 1)
     np.testing.assert_array_equal(f16.decoded(), x)
-    np.testing.assert_array_equal(q8.codes, [[[64, -127, 32]]])
+    np.testing.assert_array_equal(q8.codes, [[[64, -127, 32]]])  # values [kv_heads, n, d]
+    two = np.float32([[[1.0, -2.0, 0.5]], [[4.0, 0.0, -1.0]]])  # [2, 1, 3]
+    keys = Rows.encode(two, "f32", keys=True)
+    assert keys.codes.shape == (1, 3, 2) and len(keys) == 2  # keys [kv_heads, d, n]
+    np.testing.assert_array_equal(keys.codes[0], two[:, 0].T)
+    np.testing.assert_array_equal(keys[1:].decoded(), two[1:])
 
 
 # --- the option ---------------------------------------------------------------------------------

@@ -43,14 +43,15 @@ def test_qk_norm_rope_store(heads, kv_heads, d, rotate):
     qn, kn = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
     angles = rng.random(d // 2).astype(np.float32) * 100
     cos, sin = np.cos(np.tile(angles, 2)), np.sin(np.tile(angles, 2))
-    caches = [np.full((9, kv_heads, d), np.nan, np.float32) for _ in range(4)]
+    # keys [kv_heads, d, 9], values [kv_heads, 9, d]: the kernels' layouts
+    caches = [np.full((kv_heads, d, 9) if i % 2 == 0 else (kv_heads, 9, d), np.nan, np.float32) for i in range(4)]
     q2, k2 = q.copy(), k.copy()
     lk.qk_norm_rope_store(q, k, v, qn, kn, cos, sin, 1e-5, rotate, caches[0], None, caches[1], None, 4)
     lk.qk_norm_rope_store_numpy(q2, k2, v, qn, kn, cos, sin, 1e-5, rotate, caches[2], None, caches[3], None, 4)
     np.testing.assert_allclose(q, q2, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_allclose(caches[0][4], caches[2][4], rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_array_equal(caches[1][4], v)
-    assert np.isnan(caches[0][3]).all()  # other rows untouched
+    np.testing.assert_allclose(caches[0][:, :, 4], caches[2][:, :, 4], rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(caches[1][:, 4], v)
+    assert np.isnan(np.delete(caches[0], 4, axis=2)).all() and np.isnan(np.delete(caches[1], 4, axis=1)).all()
 
 
 @pytest.mark.parametrize("heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window", [
@@ -69,7 +70,8 @@ def test_attention_prefill(heads, kv_heads, d, n_queries, first_query_pos, first
     keys = (rng.standard_normal((n_stored, kv_heads, d)) * 3).astype(np.float32)
     values = rng.standard_normal((n_stored, kv_heads, d)).astype(np.float32)
     out = np.full((n_queries, heads, d), np.nan, np.float32)
-    lk.attention_prefill(q, keys, None, values, None, first_query_pos, first_key_pos, window, 3, out)
+    (key_codes, _), (value_codes, _) = lk.key_layout(keys, None), lk.value_layout(values, None)
+    lk.attention_prefill(q, key_codes, None, value_codes, None, first_query_pos, first_key_pos, window, 3, out)
     expected = attention(q, keys, values, first_query_pos, first_key_pos, window or None)
     np.testing.assert_allclose(out.reshape(n_queries, -1), expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
@@ -101,7 +103,7 @@ def test_exp_nonpositive_matches_numpy():
 def test_attention_of_nan_queries_is_nan_not_an_exception():
     """NaN scores make every probability NaN; the normalisation's 1 / 0 must not raise."""
     q = np.full((3, 4, 16), np.nan, np.float32)
-    keys = np.ones((3, 2, 16), np.float32)
+    keys, values = np.ones((2, 16, 3), np.float32), np.ones((2, 3, 16), np.float32)  # the kernels' layouts
     out = np.zeros((3, 4, 16), np.float32)
-    lk.attention_prefill(q, keys, None, keys.copy(), None, 0, 0, 0, 2, out)
+    lk.attention_prefill(q, keys, None, values, None, 0, 0, 0, 2, out)
     assert np.isnan(out).all()

@@ -4,11 +4,12 @@ Each layer cache stores keys and values as `Rows` of its cache type and counts `
 number of tokens seen (the next absolute position). The types (`CODE_DTYPES`): "f16", the
 default, float16 kept as its uint16 bits; "f32", float32; "q8", int8 codes with one float32
 scale per row (per token and KV head, one head_dim vector: scale = max|x| / 127, code =
-rint(x * 127 / max|x|), see `kernels.quantize_rows_numpy`). The attention kernels read
-every type in place. `extend(k_new, v_new)` stores T new float32 tokens [T, kv_heads, head_dim]
-and returns the keys and values the new queries attend over, as `Rows` [S, ...] with
-contiguous buffers whose first row is absolute position `length_before + T - S` (the new
-tokens already in the cache's type, so prefill sees what decoding will).
+rint(x * 127 / max|x|), see `kernels.quantize_rows_numpy`), laid out as the attention kernels
+read them (`Rows`: keys key-transposed, values head-major), in place, in every type.
+`extend(k_new, v_new)` stores T new float32 tokens [T, kv_heads, head_dim] and returns the keys
+and values the new queries attend over, as `Rows` with contiguous buffers, and the absolute
+position of their index 0 (the new tokens already in the cache's type, so prefill sees what
+decoding will).
 
 - `GrowableCache` (full layers) grows in steps of at least 256 positions (an eighth of the
   capacity once that is larger), never to `max_position_embeddings` up front, and returns views
@@ -32,7 +33,7 @@ import numpy as np
 
 from .config import Exaone4Config
 from .errors import ContextOverflowError, TinyExaoneError
-from .layer_kernels import decode_rows_numpy, encode_rows_numpy
+from .layer_kernels import decode_rows_numpy, encode_rows_numpy, key_layout, value_layout
 from .options import check_option
 
 GROW_STEP = 256
@@ -41,34 +42,47 @@ CODE_DTYPES = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}  # cache type
 
 
 class Rows:
-    """Keys or values in a cache type: codes [n, kv_heads, head_dim] of CODE_DTYPES[type] and, for
-    "q8" only, scales [n, kv_heads] float32 (None otherwise); row (p, g) holds codes * scale.
-    Indexing the first axis gives the Rows of those positions (views for slices)."""
+    """Keys or values of cached positions in a cache type, in the layouts the attention kernels
+    read (layer_kernels.py): keys as codes [kv_heads, head_dim, n] (key-transposed: one row per
+    dimension over the positions), values as codes [kv_heads, n, head_dim]; "q8" adds scales
+    [kv_heads, n] float32 (None otherwise); position p of head g holds codes * scale. Codes are
+    of CODE_DTYPES[type]. `rows[index]` selects positions (views for slices), `rows[index] =
+    other` writes them, `decoded()` gives float32 [n, kv_heads, head_dim], positions first."""
 
-    def __init__(self, codes: np.ndarray, scales: np.ndarray | None):
-        self.codes = codes  # [n, kv_heads, head_dim]
-        self.scales = scales  # [n, kv_heads] or None
+    def __init__(self, codes: np.ndarray, scales: np.ndarray | None, keys: bool):
+        self.codes = codes  # keys [kv_heads, head_dim, n], values [kv_heads, n, head_dim]
+        self.scales = scales  # [kv_heads, n] or None
+        self.keys = keys
+        self._axis = 2 if keys else 1  # the codes' position axis
 
     @classmethod
-    def empty(cls, cache_type: str, n: int, kv_heads: int, head_dim: int) -> Rows:
-        return cls(np.empty((n, kv_heads, head_dim), CODE_DTYPES[cache_type]),
-                   np.empty((n, kv_heads), np.float32) if cache_type == "q8" else None)
+    def empty(cls, cache_type: str, n: int, kv_heads: int, head_dim: int, keys: bool) -> Rows:
+        shape = (kv_heads, head_dim, n) if keys else (kv_heads, n, head_dim)
+        return cls(np.empty(shape, CODE_DTYPES[cache_type]),
+                   np.empty((kv_heads, n), np.float32) if cache_type == "q8" else None, keys)
 
     @classmethod
-    def encode(cls, x: np.ndarray, cache_type: str) -> Rows:
+    def encode(cls, x: np.ndarray, cache_type: str, keys: bool) -> Rows:
         """float32 x [T, kv_heads, head_dim] in `cache_type` (what the decode kernel stores, bit for bit)."""
-        return cls(*encode_rows_numpy(x, CODE_DTYPES[cache_type]))
+        rows = encode_rows_numpy(x, CODE_DTYPES[cache_type])  # codes [T, kv_heads, head_dim], scales [T, kv_heads]
+        return cls(*(key_layout if keys else value_layout)(*rows), keys)
+
+    @property
+    def heads_and_dim(self) -> tuple[int, int]:
+        kv_heads, a, b = self.codes.shape
+        return (kv_heads, a) if self.keys else (kv_heads, b)
 
     def __len__(self) -> int:
-        return self.codes.shape[0]
+        return self.codes.shape[self._axis]
 
     def __getitem__(self, index) -> Rows:
-        return Rows(self.codes[index], None if self.scales is None else self.scales[index])
+        return Rows(self.codes[(slice(None),) * self._axis + (index,)],
+                    None if self.scales is None else self.scales[:, index], self.keys)
 
     def __setitem__(self, index, rows: Rows) -> None:
-        self.codes[index] = rows.codes
+        self.codes[(slice(None),) * self._axis + (index,)] = rows.codes
         if self.scales is not None:
-            self.scales[index] = rows.scales
+            self.scales[:, index] = rows.scales
 
     @property
     def nbytes(self) -> int:
@@ -76,12 +90,13 @@ class Rows:
 
     def decoded(self) -> np.ndarray:
         """The float32 values [n, kv_heads, head_dim] (for tests and NumPy twins; the kernels read codes)."""
-        return decode_rows_numpy(self.codes, self.scales)
+        codes = self.codes.transpose(2, 0, 1) if self.keys else self.codes.transpose(1, 0, 2)  # [n, kv_heads, head_dim]
+        return decode_rows_numpy(codes, None if self.scales is None else self.scales.T)
 
 
 def _grown(rows: Rows, cache_type: str, capacity: int, keep: int) -> Rows:
     """A copy of `rows` with `capacity` rows, the first `keep` rows preserved."""
-    grown = Rows.empty(cache_type, capacity, *rows.codes.shape[1:])
+    grown = Rows.empty(cache_type, capacity, *rows.heads_and_dim, rows.keys)
     grown[:keep] = rows[:keep]
     return grown
 
@@ -94,14 +109,14 @@ def _next_capacity(capacity: int, needed: int, limit: int | None = None) -> int:
 
 
 class _LayerCache:
-    """What both layer caches share: the cache type, `length`, the key and value `Rows`
-    [capacity, kv_heads, head_dim], their bytes and their growth."""
+    """What both layer caches share: the cache type, `length`, the key and value `Rows` of
+    `capacity` positions, their bytes and their growth."""
 
     def __init__(self, cache_type: str, kv_heads: int, head_dim: int):
         self.cache_type = cache_type
         self.length = 0
-        self.keys = Rows.empty(cache_type, 0, kv_heads, head_dim)  # [capacity, kv_heads, head_dim]
-        self.values = Rows.empty(cache_type, 0, kv_heads, head_dim)
+        self.keys = Rows.empty(cache_type, 0, kv_heads, head_dim, keys=True)  # [kv_heads, head_dim, capacity]
+        self.values = Rows.empty(cache_type, 0, kv_heads, head_dim, keys=False)  # [kv_heads, capacity, head_dim]
 
     @property
     def nbytes(self) -> int:
@@ -114,15 +129,16 @@ class _LayerCache:
 
 
 class GrowableCache(_LayerCache):
-    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows]:
-        """Append k_new, v_new [T, kv_heads, head_dim]; return all keys and values [length, ...]."""
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows, int]:
+        """Append k_new, v_new [T, kv_heads, head_dim]; return the buffers (positions 0 .. length - 1
+        at their own indices, then unused capacity) and 0, the position of index 0."""
         end = self.length + k_new.shape[0]
         if end > len(self.keys):
             self._grow(_next_capacity(len(self.keys), end))
-        self.keys[self.length : end] = Rows.encode(k_new, self.cache_type)
-        self.values[self.length : end] = Rows.encode(v_new, self.cache_type)
+        self.keys[self.length : end] = Rows.encode(k_new, self.cache_type, keys=True)
+        self.values[self.length : end] = Rows.encode(v_new, self.cache_type, keys=False)
         self.length = end
-        return self.keys[:end], self.values[:end]
+        return self.keys, self.values, 0
 
     def append_slot(self) -> int:
         """Make room for one more position; return the row it goes in (decode writes it)."""
@@ -157,9 +173,9 @@ class RingCache(_LayerCache):
         return max(0, self.length - self.window)
 
     def _held_then(self, held: Rows, new: Rows) -> Rows:
-        """The rows of the held positions in temporal order, then `new`: [held + T, kv_heads, head_dim]."""
+        """The held positions in temporal order, then `new`: held + T positions."""
         slots = np.arange(self.first_held, self.length) % self.window
-        joined = Rows.empty(self.cache_type, len(slots) + len(new), *new.codes.shape[1:])
+        joined = Rows.empty(self.cache_type, len(slots) + len(new), *new.heads_and_dim, new.keys)
         joined[: len(slots)] = held[slots]
         joined[len(slots) :] = new
         return joined
@@ -168,18 +184,19 @@ class RingCache(_LayerCache):
         if needed > len(self.keys):  # no slot has wrapped yet, so rows [0, length) are positions
             self._grow(_next_capacity(len(self.keys), needed, limit=self.window))
 
-    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows]:
-        """Store k_new, v_new [T, ...]; return held + new keys/values in temporal order."""
-        t = k_new.shape[0]
-        keys = self._held_then(self.keys, Rows.encode(k_new, self.cache_type))  # [held + T, kv_heads, head_dim]
-        values = self._held_then(self.values, Rows.encode(v_new, self.cache_type))
+    def extend(self, k_new: np.ndarray, v_new: np.ndarray) -> tuple[Rows, Rows, int]:
+        """Store k_new, v_new [T, ...]; return held + new keys and values in temporal order, and
+        the position of the first."""
+        t, first = k_new.shape[0], self.first_held
+        keys = self._held_then(self.keys, Rows.encode(k_new, self.cache_type, keys=True))  # held + T positions
+        values = self._held_then(self.values, Rows.encode(v_new, self.cache_type, keys=False))
         self._make_room(min(self.length + t, self.window))
         keep = min(t, self.window)
         slots = np.arange(self.length + t - keep, self.length + t) % self.window
         self.keys[slots] = keys[len(keys) - keep :]
         self.values[slots] = values[len(values) - keep :]
         self.length += t
-        return keys, values
+        return keys, values, first
 
     def append_slot(self) -> int:
         """Make room for one more position; return the row it goes in (decode writes it)."""

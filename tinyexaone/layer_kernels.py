@@ -4,31 +4,36 @@ A decode step (one new token) runs about ten of these per layer, so they exist t
 and NumPy call overhead, not arithmetic. Contract: inputs are float32, C-contiguous and of the
 documented shapes (the model builds them; nothing here validates), except the KV cache buffers.
 
-The KV cache buffers are (codes [capacity, KV, d], scales [capacity, KV] or None), in one of
-three types (cache.py names them): float32 codes and no scales ("f32"); float16 bits as uint16
-codes and no scales ("f16"; Numba has no float16 type, so `float_to_half` / `half_to_float`
-convert with LLVM's fptrunc / fpext); int8 codes with one float32 scale per row, value = code *
-scale ("q8"; `kernels.quantize_rows_numpy` states the rounding). Each kernel is written once: Numba
-specialises it per type through `_element`, `_row_scale` and `_store_row`. Twins:
-`encode_rows_numpy` and `decode_rows_numpy`.
+The KV cache buffers are (codes, scales or None) in the layouts the attention kernels read:
+keys as codes [KV, d, capacity] ("key-transposed": dimension i of KV head g is one row over the
+positions, so a query's scores over consecutive positions are one vectorised loop per
+dimension), values as codes [KV, capacity, d] (each KV head's rows contiguous); scales, where
+the type has them, are [KV, capacity]. Three types (cache.py names them): float32 codes and no
+scales ("f32"); float16 bits as uint16 codes and no scales ("f16"; Numba has no float16 type,
+so `float_to_half` / `half_to_float` convert with LLVM's fptrunc / fpext); int8 codes with one
+float32 scale per position and KV head, value = code * scale ("q8"; `kernels.quantize_rows_numpy`
+states the rounding). Each kernel is written once: Numba specialises it per type through
+`_element`, `_row_scale`, `_store_key` and `_store_value`. Twins: `encode_rows_numpy` and
+`decode_rows_numpy` (positions-first rows [..., d]), `key_layout` and `value_layout` (rows to
+the kernels' layouts).
 
 - `add_rms_norm(h, a, weight, eps)`: h += weight * a / sqrt(mean(a^2) + eps), row by row, in
   place (the reorder-norm residual update). Twin: `add_rms_norm_numpy`.
 - `silu_mul(gate, up, out)`: out = silu(gate) * up. Twin: `silu_mul_numpy`.
 - `qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values,
   value_scales, slot)`: per-head RMSNorm of q [H, d] (in place) and k [KV, d], RoPE
-  (split-half) on both when `rotate`, then k and v written into cache row `slot` in the
+  (split-half) on both when `rotate`, then k and v written into cache position `slot` in the
   cache's type. Twin: `qk_norm_rope_store_numpy`.
 - `attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores,
   out)`: one query per head over the n_keys cached positions first_pos .. first_pos + n_keys -
-  1, stored in row `position % modulo` of the cache buffers; GQA (head h reads KV head
-  h // (H/KV)), softmax in float32; out [H, d]. Parallel over KV heads
+  1, stored at index `position % modulo` of the cache buffers' position axis; GQA (head h reads
+  KV head h // (H/KV)), softmax in float32; out [H, d]. Parallel over KV heads
   (`attention_decode_serial`: on the calling thread, for short caches); `scores` [H, >= n_keys]
   is scratch. Twin: `attention_decode_numpy` over the decoded (float32) cache.
 - `attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos,
-  window, n_chunks, out)`: causal (and sliding-window) attention of T queries, parallel over
-  queries, each through the decode kernel's per-head step. Twin: `model.attention` (NumPy, BLAS
-  score matrices) over the decoded cache.
+  window, n_chunks, out)`: causal (and sliding-window) attention of T queries over buffers whose
+  index 0 is position first_key_pos, parallel over queries, each through the decode kernel's
+  per-head step. Twin: `model.attention` (NumPy, BLAS score matrices) over the decoded cache.
 - `exp_nonpositive(x)`: the exponential the softmaxes use (a vectorisable polynomial); twin
   np.exp.
 """
@@ -64,7 +69,7 @@ def float_to_half(typingctx, value):
 
 def encode_rows_numpy(x: np.ndarray, code_dtype) -> tuple[np.ndarray, np.ndarray | None]:
     """x [..., d] float32 -> (codes [..., d] of `code_dtype`, scales [...] for int8 else None): the
-    cache rows `_store_row` writes, bit for bit."""
+    cache rows `_store_key` and `_store_value` write, bit for bit."""
     if code_dtype == np.int8:
         return quantize_rows_numpy(x)
     if code_dtype == np.uint16:
@@ -82,54 +87,93 @@ def decode_rows_numpy(codes: np.ndarray, scales: np.ndarray | None) -> np.ndarra
     return codes
 
 
-def _element(codes, s, g, i):
-    """codes[s, g, i] as float32: the value itself (f32, f16), or the code (q8; times
+def key_layout(codes: np.ndarray, scales: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions-first key rows (codes [n, KV, d], scales [n, KV] or None) in the kernels' key
+    layout: codes [KV, d, n], scales [KV, n] (C-contiguous copies)."""
+    return (np.ascontiguousarray(codes.transpose(1, 2, 0)),
+            None if scales is None else np.ascontiguousarray(scales.T))
+
+
+def value_layout(codes: np.ndarray, scales: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions-first value rows in the kernels' value layout: codes [KV, n, d], scales [KV, n]."""
+    return (np.ascontiguousarray(codes.transpose(1, 0, 2)),
+            None if scales is None else np.ascontiguousarray(scales.T))
+
+
+def _element(codes, a, b, c):
+    """codes[a, b, c] as float32: the value itself (f32, f16), or the code (q8; times
     `_row_scale` it is the value)."""
 
 
 @overload(_element, inline="always")
-def _element_of(codes, s, g, i):
+def _element_of(codes, a, b, c):
     if codes.dtype == types.uint16:
-        return lambda codes, s, g, i: half_to_float(codes[s, g, i])
+        return lambda codes, a, b, c: half_to_float(codes[a, b, c])
     if codes.dtype == types.int8:
-        return lambda codes, s, g, i: np.float32(codes[s, g, i])
+        return lambda codes, a, b, c: np.float32(codes[a, b, c])
     if codes.dtype == types.float32:
-        return lambda codes, s, g, i: codes[s, g, i]
+        return lambda codes, a, b, c: codes[a, b, c]
     return None
 
 
-def _row_scale(scales, s, g):
-    """The scale of cache row (s, g): scales[s, g] (q8), or 1 where there are none (f32, f16)."""
+def _row_scale(scales, g, s):
+    """The scale of position s of KV head g: scales[g, s] (q8), or 1 where there are none (f32, f16)."""
 
 
 @overload(_row_scale, inline="always")
-def _row_scale_of(scales, s, g):
+def _row_scale_of(scales, g, s):
     if isinstance(scales, types.NoneType):
-        return lambda scales, s, g: np.float32(1.0)
-    return lambda scales, s, g: scales[s, g]
+        return lambda scales, g, s: np.float32(1.0)
+    return lambda scales, g, s: scales[g, s]
 
 
-def _store_row(x, codes, scales, s, g):
-    """Write x [d] float32 into cache row (s, g) in the buffers' type (`encode_rows_numpy`)."""
+def _store_value(x, codes, scales, g, s):
+    """Write x [d] float32 as position s of KV head g of values [KV, capacity, d] in the buffers'
+    type (`encode_rows_numpy`)."""
 
 
-@overload(_store_row, inline="always")
-def _store_row_of(x, codes, scales, s, g):
+@overload(_store_value, inline="always")
+def _store_value_of(x, codes, scales, g, s):
     if codes.dtype == types.int8:
-        def store(x, codes, scales, s, g):
-            scales[s, g] = quantize_row(x, codes[s, g])
+        def store(x, codes, scales, g, s):
+            scales[g, s] = quantize_row(x, codes[g, s])
     elif codes.dtype == types.uint16:
-        def store(x, codes, scales, s, g):
+        def store(x, codes, scales, g, s):
             for i in range(x.shape[0]):
-                codes[s, g, i] = float_to_half(x[i])
+                codes[g, s, i] = float_to_half(x[i])
     elif codes.dtype == types.float32:
-        def store(x, codes, scales, s, g):
+        def store(x, codes, scales, g, s):
             for i in range(x.shape[0]):
-                codes[s, g, i] = x[i]
+                codes[g, s, i] = x[i]
     else:
         return None
     return store
 
+
+def _store_key(x, codes, scales, g, s):
+    """Write x [d] float32 as position s of KV head g of keys [KV, d, capacity] in the buffers'
+    type (`encode_rows_numpy`)."""
+
+
+@overload(_store_key, inline="always")
+def _store_key_of(x, codes, scales, g, s):
+    if codes.dtype == types.int8:
+        def store(x, codes, scales, g, s):
+            row = np.empty(x.shape[0], np.int8)
+            scales[g, s] = quantize_row(x, row)
+            for i in range(x.shape[0]):
+                codes[g, i, s] = row[i]
+    elif codes.dtype == types.uint16:
+        def store(x, codes, scales, g, s):
+            for i in range(x.shape[0]):
+                codes[g, i, s] = float_to_half(x[i])
+    elif codes.dtype == types.float32:
+        def store(x, codes, scales, g, s):
+            for i in range(x.shape[0]):
+                codes[g, i, s] = x[i]
+    else:
+        return None
+    return store
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -175,8 +219,8 @@ def qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key
         _norm_rope_head(q[h], q_norm, cos, sin, eps, rotate, scratch)
     for g in range(k.shape[0]):
         _norm_rope_head(k[g], k_norm, cos, sin, eps, rotate, scratch)
-        _store_row(k[g], keys, key_scales, slot, g)
-        _store_row(v[g], values, value_scales, slot, g)
+        _store_key(k[g], keys, key_scales, g, slot)
+        _store_value(v[g], values, value_scales, g, slot)
 
 
 def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
@@ -190,10 +234,11 @@ def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, key
         for x in (q, k):
             rotated = np.concatenate([-x[:, half:], x[:, :half]], axis=-1)
             x[:] = x * cos + rotated * sin
-    for x, codes, scales in ((k, keys, key_scales), (v, values, value_scales)):
-        codes[slot], row_scales = encode_rows_numpy(x, codes.dtype)
+    for x, codes, scales, axis in ((k, keys, key_scales, 2), (v, values, value_scales, 1)):
+        row_codes, row_scales = encode_rows_numpy(x, codes.dtype)  # [KV, d], [KV]
+        codes[(slice(None),) * axis + (slot,)] = row_codes
         if scales is not None:
-            scales[slot] = row_scales
+            scales[:, slot] = row_scales
 
 
 @intrinsic
@@ -255,51 +300,83 @@ def silu_mul_numpy(gate, up, out) -> None:
     out[:] = gate * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * gate)) * up
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _four_slots(position, modulo):
-    """Cache rows of four consecutive keys from `position` (< 2 modulo), wrapping at modulo."""
-    s0 = position - modulo if position >= modulo else position
-    s1 = s0 + 1 - modulo if s0 + 1 >= modulo else s0 + 1
-    s2 = s1 + 1 - modulo if s1 + 1 >= modulo else s1 + 1
-    s3 = s2 + 1 - modulo if s2 + 1 >= modulo else s2 + 1
-    return s0, s1, s2, s3
+KEY_BLOCK = 256  # positions per pass of the scores: the group's score rows (4 KB for 4 heads) stay in L1
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _span_scores(q, keys, key_scales, g, heads, slot0, j0, count, scores):
+    """scores[h, j0 + j] = q[h] . key (slot0 + j) of KV head g, for j < count and h in heads.
+    With keys [KV, d, capacity], each dimension is one pass over consecutive positions for every
+    head of the group, so the loop vectorises over positions (no horizontal sums), and a block
+    of KEY_BLOCK positions is finished before the next, its score rows kept in L1."""
+    d = q.shape[1]
+    for b0 in range(0, count, KEY_BLOCK):
+        b1 = min(count, b0 + KEY_BLOCK)
+        for h in heads:
+            for j in range(b0, b1):
+                scores[h, np.uint64(j0 + j)] = np.float32(0.0)
+        for h in heads:
+            i = 0
+            while i + 4 <= d:  # four dimensions per pass: one load and store of the scores per four products
+                q0, q1, q2, q3 = q[h, i], q[h, i + 1], q[h, i + 2], q[h, i + 3]
+                for j in range(b0, b1):  # unsigned indices: no negative-index wrap, so the loop vectorises
+                    s = np.uint64(slot0 + j)
+                    scores[h, np.uint64(j0 + j)] += (q0 * _element(keys, g, i, s) + q1 * _element(keys, g, i + 1, s)) + (
+                        q2 * _element(keys, g, i + 2, s) + q3 * _element(keys, g, i + 3, s))
+                i += 4
+            while i < d:
+                qi = q[h, i]
+                for j in range(b0, b1):
+                    scores[h, np.uint64(j0 + j)] += qi * _element(keys, g, i, np.uint64(slot0 + j))
+                i += 1
+        for h in heads:
+            for j in range(b0, b1):
+                scores[h, np.uint64(j0 + j)] *= _row_scale(key_scales, g, np.uint64(slot0 + j))
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _span_values(values, value_scales, g, heads, slot0, j0, count, scores, out):
+    """out[h] += sum over j < count of scores[h, j0 + j] * value (slot0 + j) of KV head g, four
+    positions per pass over each output row."""
+    d = out.shape[1]
+    j = 0
+    while j + 4 <= count:
+        s = slot0 + j
+        c0, c1 = _row_scale(value_scales, g, s), _row_scale(value_scales, g, s + 1)
+        c2, c3 = _row_scale(value_scales, g, s + 2), _row_scale(value_scales, g, s + 3)
+        for h in heads:
+            p0, p1 = scores[h, j0 + j] * c0, scores[h, j0 + j + 1] * c1
+            p2, p3 = scores[h, j0 + j + 2] * c2, scores[h, j0 + j + 3] * c3
+            for i in range(d):
+                out[h, i] += (p0 * _element(values, g, s, i) + p1 * _element(values, g, s + 1, i)) + (
+                    p2 * _element(values, g, s + 2, i) + p3 * _element(values, g, s + 3, i))
+        j += 4
+    while j < count:
+        s = slot0 + j
+        c0 = _row_scale(value_scales, g, s)
+        for h in heads:
+            p0 = scores[h, j0 + j] * c0
+            for i in range(d):
+                out[h, i] += p0 * _element(values, g, s, i)
+        j += 1
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
                     scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
-    `attention_decode`), reading the cache in its own type: a score is q . codes times the key
-    row's scale, a value row enters as its codes times probability * scale. Keys go four at a
-    time: four independent dot products per head and four value rows per pass over the output
-    row. NaN scores (a corrupt model) give NaN outputs: error_model="numpy" makes 1 / 0 infinity
-    instead of a ZeroDivisionError."""
+    `attention_decode`), reading the cache in its own type: a score is q . codes times the key's
+    scale, a value row enters as its codes times probability * scale. The n_keys positions are
+    at most two runs of the buffers (the ring wraps once at most: n_keys <= modulo): keys 0 ..
+    n_first - 1 from index first_pos % modulo on, the rest from index 0. NaN scores (a corrupt
+    model) give NaN outputs: error_model="numpy" makes 1 / 0 infinity instead of a
+    ZeroDivisionError."""
     d = q.shape[1]
     heads = range(g * group, (g + 1) * group)
-    start = first_pos % modulo  # key j sits in slot start + j, wrapped once at most (n_keys <= modulo)
-    j = 0
-    while j < n_keys:
-        s0, s1, s2, s3 = _four_slots(start + j, modulo)
-        if j + 4 <= n_keys:
-            c0, c1 = _row_scale(key_scales, s0, g), _row_scale(key_scales, s1, g)
-            c2, c3 = _row_scale(key_scales, s2, g), _row_scale(key_scales, s3, g)
-            for h in heads:
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for i in range(d):
-                    a0 += q[h, i] * _element(keys, s0, g, i)
-                    a1 += q[h, i] * _element(keys, s1, g, i)
-                    a2 += q[h, i] * _element(keys, s2, g, i)
-                    a3 += q[h, i] * _element(keys, s3, g, i)
-                scores[h, j], scores[h, j + 1], scores[h, j + 2], scores[h, j + 3] = a0 * c0, a1 * c1, a2 * c2, a3 * c3
-            j += 4
-        else:
-            c0 = _row_scale(key_scales, s0, g)
-            for h in heads:
-                a0 = np.float32(0.0)
-                for i in range(d):
-                    a0 += q[h, i] * _element(keys, s0, g, i)
-                scores[h, j] = a0 * c0
-            j += 1
+    start = first_pos % modulo
+    n_first = min(n_keys, modulo - start)
+    _span_scores(q, keys, key_scales, g, heads, start, 0, n_first, scores)
+    _span_scores(q, keys, key_scales, g, heads, 0, n_first, n_keys - n_first, scores)
     for h in heads:
         best = np.float32(-np.inf)  # float32: a float64 max would make the exponentials float64
         for j in range(n_keys):
@@ -314,31 +391,13 @@ def _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys
             scores[h, j] *= inverse_total
         for i in range(d):
             out[h, i] = np.float32(0.0)
-    j = 0
-    while j < n_keys:
-        s0, s1, s2, s3 = _four_slots(start + j, modulo)
-        if j + 4 <= n_keys:
-            c0, c1 = _row_scale(value_scales, s0, g), _row_scale(value_scales, s1, g)
-            c2, c3 = _row_scale(value_scales, s2, g), _row_scale(value_scales, s3, g)
-            for h in heads:
-                p0, p1 = scores[h, j] * c0, scores[h, j + 1] * c1
-                p2, p3 = scores[h, j + 2] * c2, scores[h, j + 3] * c3
-                for i in range(d):
-                    out[h, i] += (p0 * _element(values, s0, g, i) + p1 * _element(values, s1, g, i)) + (
-                        p2 * _element(values, s2, g, i) + p3 * _element(values, s3, g, i))
-            j += 4
-        else:
-            c0 = _row_scale(value_scales, s0, g)
-            for h in heads:
-                p0 = scores[h, j] * c0
-                for i in range(d):
-                    out[h, i] += p0 * _element(values, s0, g, i)
-            j += 1
+    _span_values(values, value_scales, g, heads, start, 0, n_first, scores, out)
+    _span_values(values, value_scales, g, heads, 0, n_first, n_keys - n_first, scores, out)
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
-    kv_heads = keys.shape[1]
+    kv_heads = keys.shape[0]
     group = q.shape[0] // kv_heads
     scale = np.float32(1.0 / math.sqrt(q.shape[1]))
     for g in prange(kv_heads):
@@ -349,7 +408,7 @@ def attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_key
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def attention_decode_serial(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
     """`attention_decode` on the calling thread, for caches too small to repay a parallel launch."""
-    kv_heads = keys.shape[1]
+    kv_heads = keys.shape[0]
     group = q.shape[0] // kv_heads
     scale = np.float32(1.0 / math.sqrt(q.shape[1]))
     for g in range(kv_heads):
@@ -360,13 +419,13 @@ def attention_decode_serial(q, keys, key_scales, values, value_scales, first_pos
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, n_chunks,
                       out):
-    """Causal GQA attention for T queries at once; q [T, H, d], the cache buffers [S, KV, d] (and
-    scales [S, KV]) holding positions first_key_pos .. first_key_pos + S - 1; window 0 = none;
-    out [T, H, d]. Query t (position first_query_pos + t) runs `_attend_kv_head` over the keys it
+    """Causal GQA attention for T queries at once; q [T, H, d], the cache buffers (keys [KV, d, S],
+    values [KV, S, d], scales [KV, S]) holding positions first_key_pos .. at indices 0 .., at least
+    up to the last query's position; window 0 = none; out [T, H, d]. Query t (position first_query_pos + t) runs `_attend_kv_head` over the keys it
     sees; queries are dealt to n_chunks chunks round-robin, so each thread gets early (short) and
     late (long) rows alike."""
     n_queries, heads, d = q.shape
-    n_stored, kv_heads = keys.shape[0], keys.shape[1]
+    kv_heads, n_stored = keys.shape[0], keys.shape[2]
     group = heads // kv_heads
     scale = np.float32(1.0 / math.sqrt(d))
     for chunk in prange(n_chunks):

@@ -193,8 +193,7 @@ class Model:
         k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        keys, values = layer_cache.extend(k, v)  # Rows [S, kv_heads, d] each, ending at position start + T - 1
-        first_key_pos = start + t_len - len(keys)
+        keys, values, first_key_pos = layer_cache.extend(k, v)  # Rows from position first_key_pos, to start + T - 1 at least
         a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
         with COMPUTE_LOCK:  # the Numba twin of `attention` (above), over the cache's type
             attention_prefill(np.ascontiguousarray(q), keys.codes, keys.scales, values.codes, values.scales,
