@@ -127,53 +127,54 @@ def _row_scale_of(scales, g, s):
     return lambda scales, g, s: scales[g, s]
 
 
-def _store_value(x, codes, scales, g, s):
-    """Write x [d] float32 as position s of KV head g of values [KV, capacity, d] in the buffers'
-    type (`encode_rows_numpy`)."""
+def _encode_into(x, row):
+    """Write x [d] float32 into `row` [d] (a view of a cache buffer) in its type
+    (`encode_rows_numpy`); return the q8 scale, or 1 for the types without scales."""
 
 
-@overload(_store_value, inline="always")
-def _store_value_of(x, codes, scales, g, s):
-    if codes.dtype == types.int8:
-        def store(x, codes, scales, g, s):
-            scales[g, s] = quantize_row(x, codes[g, s])
-    elif codes.dtype == types.uint16:
-        def store(x, codes, scales, g, s):
+@overload(_encode_into, inline="always")
+def _encode_into_of(x, row):
+    if row.dtype == types.int8:
+        return lambda x, row: quantize_row(x, row)
+    if row.dtype == types.uint16:
+        def encode(x, row):
             for i in range(x.shape[0]):
-                codes[g, s, i] = float_to_half(x[i])
-    elif codes.dtype == types.float32:
-        def store(x, codes, scales, g, s):
+                row[i] = float_to_half(x[i])
+            return np.float32(1.0)
+    elif row.dtype == types.float32:
+        def encode(x, row):
             for i in range(x.shape[0]):
-                codes[g, s, i] = x[i]
+                row[i] = x[i]
+            return np.float32(1.0)
     else:
         return None
+    return encode
+
+
+def _set_scale(scales, g, s, scale):
+    """scales[g, s] = scale where the type has scales (q8)."""
+
+
+@overload(_set_scale, inline="always")
+def _set_scale_of(scales, g, s, scale):
+    if isinstance(scales, types.NoneType):
+        return lambda scales, g, s, scale: None
+
+    def store(scales, g, s, scale):
+        scales[g, s] = scale
     return store
 
 
+@njit(nogil=True, cache=True, inline="always")
 def _store_key(x, codes, scales, g, s):
-    """Write x [d] float32 as position s of KV head g of keys [KV, d, capacity] in the buffers'
-    type (`encode_rows_numpy`)."""
+    """Write x [d] float32 as position s of KV head g of keys [KV, d, capacity]."""
+    _set_scale(scales, g, s, _encode_into(x, codes[g, :, s]))
 
 
-@overload(_store_key, inline="always")
-def _store_key_of(x, codes, scales, g, s):
-    if codes.dtype == types.int8:
-        def store(x, codes, scales, g, s):
-            row = np.empty(x.shape[0], np.int8)
-            scales[g, s] = quantize_row(x, row)
-            for i in range(x.shape[0]):
-                codes[g, i, s] = row[i]
-    elif codes.dtype == types.uint16:
-        def store(x, codes, scales, g, s):
-            for i in range(x.shape[0]):
-                codes[g, i, s] = float_to_half(x[i])
-    elif codes.dtype == types.float32:
-        def store(x, codes, scales, g, s):
-            for i in range(x.shape[0]):
-                codes[g, i, s] = x[i]
-    else:
-        return None
-    return store
+@njit(nogil=True, cache=True, inline="always")
+def _store_value(x, codes, scales, g, s):
+    """Write x [d] float32 as position s of KV head g of values [KV, capacity, d]."""
+    _set_scale(scales, g, s, _encode_into(x, codes[g, s]))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
