@@ -220,7 +220,7 @@ def run_bench(path: Path, threads: int, quick: bool, cache_type: str, mmap: bool
     with tempfile.TemporaryDirectory(prefix="tinyexaone-numba-") as numba_cache:
         result["first_token_cold_s"] = time_first_token(path, threads, numba_cache, cache_type, mmap)
         result["first_token_warm_s"] = time_first_token(path, threads, numba_cache, cache_type, mmap)
-    for n in (3, 8):  # compile or load the kernels in this process: one-token and four-token tiles
+    for n in (3, 8, 16):  # compile or load the kernels in this process: 1- and 4-token tiles, AMX 16-token tiles
         time_prefill(model, n, rng, cache_type)
     time_decode(model, 1, 2, rng, cache_type)
     for n in prefill_sizes:
@@ -281,7 +281,7 @@ def print_table(result: dict) -> None:
         (f"decode vs PyTorch bf16 ({result['layers_compared']} layers)", "pytorch_bf16_ratio", "{:.1f}x faster"),
     ]
     click.echo(f"tinyexaone bench: {result['model']} ({result['threads']} threads)")
-    click.echo(f"  {'CPU / integer dot product path':<40} {result['kernel_cpu']} / {result['kernel_integer_dot']}")
+    click.echo(f"  {'CPU / integer dot / prefill path':<40} {result['kernel_cpu']} / {result['kernel_integer_dot']} / {result['kernel_prefill']}")
     for label, key, fmt in rows:
         value = result.get(key)
         click.echo(f"  {label:<40} {'n/a (not installed)' if value is None else fmt.format(value)}")

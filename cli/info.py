@@ -44,7 +44,7 @@ def _describe_config(config: Exaone4Config) -> None:
     click.echo(f"head        {'tied to the embedding' if config.tie_word_embeddings else 'separate lm_head'}")
     click.echo(f"context     {config.max_position_embeddings} positions")
     paths = kernel_paths()
-    click.echo(f"kernels     integer dot products: {paths['integer_dot']} path (CPU {paths['cpu']})")
+    click.echo(f"kernels     integer dot products: {paths['integer_dot']} path, prefill: {paths['prefill']} (CPU {paths['cpu']})")
 
 
 def _describe_directory(path: Path) -> None:

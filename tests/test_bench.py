@@ -28,11 +28,12 @@ def test_bench_runs_and_reports_every_figure(tmp_path, capsys):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert (tmp_path / "cache" / "bench" / "synthetic-tiny-int4-g32-e6-v4.tx").is_file()
     assert result["kernel_integer_dot"] in PATHS and result["kernel_cpu"]
+    assert result["kernel_prefill"] in ("amx",) + PATHS
     assert result["kv_cache_type"] == "f16" and result["prefill_floor_tokens"] == 64
     assert result["weights_place"].startswith("in memory")
     print_table(result)  # the table form of the same figures
     table = capsys.readouterr().out
-    for label in ("integer dot product path", "prefill 64 tokens", "prefill compute floor", "prefill 64 tokens, % of compute floor",
+    for label in ("integer dot / prefill path", "prefill 64 tokens", "prefill compute floor", "prefill 64 tokens, % of compute floor",
                   "decode, % of floor", "peak RSS"):
         assert label in table, label
 

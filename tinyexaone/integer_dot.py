@@ -51,6 +51,7 @@ NumPy twin is kernels.matmul_numpy.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from llvmlite import ir
@@ -76,10 +77,7 @@ def integer_dot_path() -> str:
     it include this file: Numba checks only the stamp of the file that defines a kernel
     (kernels.py), so after editing this IR in a checkout, touch kernels.py (an install replaces
     both files)."""
-    import numba
-    from llvmlite import binding
-
-    features = set((numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(","))
+    features = cpu_features()
     if {"+avx512vnni", "+avx512vl"} <= features or "+avxvnni" in features:
         native = "vnni"
     elif "+avx2" in features:
@@ -94,12 +92,26 @@ def integer_dot_path() -> str:
     return native
 
 
-def kernel_paths() -> dict[str, str]:
-    """What `tinyexaone bench` and `info` report: the CPU and the integer dot product path."""
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The CPU features Numba compiles for ("+avx2", ...): NUMBA_CPU_FEATURES when set, else
+    llvmlite's `get_host_cpu_features` (read once: it costs about half a millisecond)."""
     import numba
     from llvmlite import binding
 
-    return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path()}
+    return frozenset((numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(","))
+
+
+def kernel_paths() -> dict[str, str]:
+    """What `tinyexaone bench` and `info` report: the CPU, the integer dot product path (decode)
+    and the path of prefill's matrix products (amx.prefill_path)."""
+    import numba
+    from llvmlite import binding
+
+    from .amx import prefill_path
+
+    return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path(),
+            "prefill": prefill_path()}
 
 
 def _constant(vector_type, value):

@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import amx, kernels
 from .affine_fit import SUPER_BLOCK, fit_affine
 from .integer_dot import ROWS
 from .errors import TinyExaoneError
@@ -430,6 +430,8 @@ class FusedMatmul:
             for w, out in zip(self.weights, outs):
                 kernels.matmul_serial(w._codes, w._scale_bits, *inputs, out)
             return outs
+        if n_tokens >= amx.TILE_TOKENS and amx.prefill_path() == "amx":
+            return self._on_tiles(x, outs)
         with kernels.COMPUTE_LOCK:
             (kernels.quantize_activations_serial if n_tokens < 4 else kernels.quantize_activations)(x, *inputs)
             for group, codes, scale_bits, n_chunks in self.groups:
@@ -437,6 +439,21 @@ class FusedMatmul:
                     kernels.matmul(codes[0], scale_bits[0], *inputs, outs[group[0]], n_chunks)
                 else:
                     kernels.matmul_fused(codes, scale_bits, *inputs, tuple(outs[i] for i in group), n_chunks)
+        return outs
+
+
+    def _on_tiles(self, x: np.ndarray, outs):
+        """Prefill on AMX tiles (amx.py): x quantized into buffers padded with zero rows to a
+        multiple of the 16-token tile, then one launch per weight."""
+        n_tokens = x.shape[0]
+        padded = -(-n_tokens // amx.TILE_TOKENS) * amx.TILE_TOKENS
+        inputs = activation_buffers(padded, self.n_in)
+        for array in inputs:
+            array[n_tokens:] = 0
+        with kernels.COMPUTE_LOCK:
+            kernels.quantize_activations(x, *(array[:n_tokens] for array in inputs))
+            for w, out in zip(self.weights, outs):
+                amx.matmul_amx(w._codes, w._scale_bits, *inputs, out, kernels.chunk_count((w._codes.shape[0] + 1) // 2))
         return outs
 
 
