@@ -107,3 +107,35 @@ def test_attention_of_nan_queries_is_nan_not_an_exception():
     out = np.zeros((3, 4, 16), np.float32)
     lk.attention_prefill(q, keys, None, values, None, 0, 0, 0, 2, out)
     assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("rows, width", [(1, 7), (37, 130), (6, 2048)])
+def test_add_rms_norm_rows(rows, width):
+    rng, seed = fresh_rng()
+    h = rng.standard_normal((rows, width)).astype(np.float32)
+    a = (rng.standard_normal((rows, width)) * 30).astype(np.float32)
+    w = rng.standard_normal(width).astype(np.float32)
+    expected = h.copy()
+    lk.add_rms_norm_numpy(expected, a, w, 1e-5)
+    lk.add_rms_norm_rows(h, a, w, 1e-5)
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("tokens, heads, kv_heads, d, rotate", [(1, 8, 2, 16, True), (19, 5, 5, 12, False), (7, 6, 3, 10, True)])
+def test_qk_norm_rope_rows(tokens, heads, kv_heads, d, rotate):
+    """Prefill's QK-norm and RoPE against model.rms_norm and rope.apply_rope."""
+    from tinyexaone.model import rms_norm
+    from tinyexaone.rope import apply_rope
+
+    rng, seed = fresh_rng()
+    q = rng.standard_normal((tokens, heads, d)).astype(np.float32)
+    k = rng.standard_normal((tokens, kv_heads, d)).astype(np.float32)
+    qn, kn = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    angles = (rng.random((tokens, d // 2)) * 100).astype(np.float32)
+    cos, sin = np.cos(np.tile(angles, 2)), np.sin(np.tile(angles, 2))
+    expected_q, expected_k = rms_norm(q, qn, 1e-5), rms_norm(k, kn, 1e-5)
+    if rotate:
+        expected_q, expected_k = apply_rope(expected_q, cos, sin), apply_rope(expected_k, cos, sin)
+    lk.qk_norm_rope_rows(q, k, qn, kn, cos, sin, 1e-5, rotate)
+    np.testing.assert_allclose(q, expected_q, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(k, expected_k, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")

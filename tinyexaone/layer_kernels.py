@@ -19,6 +19,10 @@ the kernels' layouts).
 
 - `add_rms_norm(h, a, weight, eps)`: h += weight * a / sqrt(mean(a^2) + eps), row by row, in
   place (the reorder-norm residual update). Twin: `add_rms_norm_numpy`.
+  `add_rms_norm_rows` is the same with the rows in parallel (prefill).
+- `qk_norm_rope_rows(q, k, q_norm, k_norm, cos, sin, eps, rotate)`: prefill's q [T, H, d] and k
+  [T, KV, d] normed and rotated in place, row t by cos/sin [T, d], rows in parallel (the step of
+  `qk_norm_rope_store` below, without the store). Twin: `model.rms_norm` then `rope.apply_rope`.
 - `silu_mul(gate, up, out)`: out = silu(gate) * up. Twin: `silu_mul_numpy`.
 - `qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values,
   value_scales, slot)`: per-head RMSNorm of q [H, d] (in place) and k [KV, d], RoPE
@@ -177,16 +181,28 @@ def _store_value(x, codes, scales, g, s):
     _set_scale(scales, g, s, _encode_into(x, codes[g, s]))
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _add_rms_norm_row(h, a, weight, eps, t):
+    width = a.shape[1]
+    total = np.float32(0.0)
+    for i in range(width):
+        total += a[t, i] * a[t, i]
+    inv = np.float32(1.0) / np.sqrt(total / np.float32(width) + np.float32(eps))
+    for i in range(width):
+        h[t, i] += weight[i] * (a[t, i] * inv)
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def add_rms_norm(h, a, weight, eps):
-    rows, width = a.shape
-    for t in range(rows):
-        total = np.float32(0.0)
-        for i in range(width):
-            total += a[t, i] * a[t, i]
-        inv = np.float32(1.0) / np.sqrt(total / np.float32(width) + np.float32(eps))
-        for i in range(width):
-            h[t, i] += weight[i] * (a[t, i] * inv)
+    for t in range(a.shape[0]):
+        _add_rms_norm_row(h, a, weight, eps, t)
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
+def add_rms_norm_rows(h, a, weight, eps):
+    """`add_rms_norm` with the rows shared among the Numba threads (prefill)."""
+    for t in prange(a.shape[0]):
+        _add_rms_norm_row(h, a, weight, eps, t)
 
 
 def add_rms_norm_numpy(h, a, weight, eps) -> None:
@@ -222,6 +238,18 @@ def qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key
         _norm_rope_head(k[g], k_norm, cos, sin, eps, rotate, scratch)
         _store_key(k[g], keys, key_scales, g, slot)
         _store_value(v[g], values, value_scales, g, slot)
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
+def qk_norm_rope_rows(q, k, q_norm, k_norm, cos, sin, eps, rotate):
+    """Prefill's q [T, H, d] and k [T, KV, d], in place: `qk_norm_rope_store`'s per-head RMSNorm
+    and RoPE (by row t of cos, sin [T, d], when `rotate`), without the store; rows in parallel."""
+    for t in prange(q.shape[0]):
+        scratch = np.empty(q.shape[2], np.float32)
+        for h in range(q.shape[1]):
+            _norm_rope_head(q[t, h], q_norm, cos[t], sin[t], eps, rotate, scratch)
+        for g in range(k.shape[1]):
+            _norm_rope_head(k[t, g], k_norm, cos[t], sin[t], eps, rotate, scratch)
 
 
 def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,

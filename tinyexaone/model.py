@@ -14,9 +14,10 @@ transformers exactly (its `models/exaone4/modeling_exaone4.py`):
         h = h + RMSNorm(W_down (silu(W_gate h) * W_up h))
     logits = RMSNorm(h) E^T                          (or lm_head when untied)
 
-Several new tokens (prefill) take `_forward_hidden`: norms and RoPE in NumPy, attention and
-silu(gate) * up through their Numba twins in layer_kernels.py (`attention` below is the NumPy
-form the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
+Several new tokens (prefill) take `_forward_hidden`: q/k/v and gate/up each from one
+quantization of h, QK-norm + RoPE, attention, silu(gate) * up and the residual norms through
+the Numba twins in layer_kernels.py of `rms_norm`, `rope.apply_rope` and `attention` below (the
+NumPy forms the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
 through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one launch each,
 QK-norm + RoPE + cache write in one call, attention straight over the cache rows, in-place
 residual norms); the tests hold both paths to transformers. `forward_batch(token_ids, caches)`
@@ -44,10 +45,11 @@ from .config import Exaone4Config
 from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
 from .layer_kernels import (
-    add_rms_norm, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_store, silu_mul,
+    add_rms_norm, add_rms_norm_rows, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_rows,
+    qk_norm_rope_store, silu_mul,
 )
-from .quantized import activation_buffers, plan_matmuls
-from .rope import apply_rope, cos_sin, inverse_frequencies
+from .quantized import activation_buffers, matmul_fused, plan_matmuls
+from .rope import cos_sin, inverse_frequencies
 from .weights import LayerWeights, ModelWeights
 
 QUERY_BLOCK = 256  # queries per attention block in prefill: bounds the score matrix's memory
@@ -173,26 +175,26 @@ class Model:
         cfg, w = self.config, self.weights
         positions = np.arange(start, start + len(ids))  # [T]
         cos, sin = cos_sin(self.inv_freq, positions)  # [T, head_dim] each
-        h = w.embed_tokens.rows(ids)  # [T, hidden]
+        h = np.ascontiguousarray(w.embed_tokens.rows(ids), dtype=np.float32)  # [T, hidden]
         for i, layer in enumerate(w.layers):
-            rope = (cos, sin) if cfg.layer_uses_rope(i) else None
             window = cfg.sliding_window if cfg.layer_is_sliding(i) else None
-            a = self._attention_block(layer, h, cache.layers[i], start, rope, window)
-            h = h + rms_norm(a, layer.post_attention_layernorm, cfg.rms_norm_eps)
+            a = self._attention_block(layer, h, cache.layers[i], start, cos, sin, cfg.layer_uses_rope(i), window)
+            with COMPUTE_LOCK:
+                add_rms_norm_rows(h, a, layer.post_attention_layernorm, cfg.rms_norm_eps)  # h += RMSNorm(a)
             m = self._mlp_block(layer, h)
-            h = h + rms_norm(m, layer.post_feedforward_layernorm, cfg.rms_norm_eps)
+            with COMPUTE_LOCK:
+                add_rms_norm_rows(h, m, layer.post_feedforward_layernorm, cfg.rms_norm_eps)  # h += RMSNorm(m)
         return rms_norm(h, w.norm, cfg.rms_norm_eps)  # [T, hidden]
 
-    def _attention_block(self, layer: LayerWeights, h, layer_cache, start, rope, window) -> np.ndarray:
+    def _attention_block(self, layer: LayerWeights, h, layer_cache, start, cos, sin, rotate, window) -> np.ndarray:
         cfg = self.config
         t_len, d = h.shape[0], cfg.head_dim
-        q = layer.q_proj.matmul(h).reshape(t_len, cfg.num_attention_heads, d)  # [T, heads, d]
-        k = layer.k_proj.matmul(h).reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
-        v = layer.v_proj.matmul(h).reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
-        q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
-        k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # h quantized once
+        q = q.reshape(t_len, cfg.num_attention_heads, d)  # [T, heads, d]
+        k = k.reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
+        v = v.reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
+        with COMPUTE_LOCK:  # QK-norm, then RoPE unless a NoPE layer (the twins: rms_norm, apply_rope)
+            qk_norm_rope_rows(q, k, layer.q_norm, layer.k_norm, cos, sin, cfg.rms_norm_eps, rotate)
         keys, values, first_key_pos = layer_cache.extend(k, v)  # Rows from position first_key_pos, to start + T - 1 at least
         a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
         with COMPUTE_LOCK:  # the Numba twin of `attention` (above), over the cache's type
@@ -201,7 +203,7 @@ class Model:
         return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
-        gate, up = layer.gate_proj.matmul(h), layer.up_proj.matmul(h)  # [T, intermediate] each
+        gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [T, intermediate] each, h quantized once
         activated = np.empty_like(gate)  # a separate output: written over its input, the loop does not vectorise
         silu_mul(gate, up, activated)  # the Numba twin of `silu(gate) * up`
         return layer.down_proj.matmul(activated)  # [T, hidden]
