@@ -198,6 +198,9 @@ def test_attention_decode_reads_each_type(cache_type, heads, kv_heads, d, capaci
     (6, 3, 10, 9, 20, 0, 29, 0),      # continued after 20 cached tokens
     (4, 4, 64, 13, 40, 30, 23, 8),    # sliding window of 8
     (3, 1, 11, 6, 0, 0, 6, 2),        # odd head_dim, a window of 2
+    (10, 2, 32, 41, 0, 0, 41, 0),     # groups of 5: one query per 8-row tile, 3 rows unused
+    (6, 2, 48, 50, 7, 0, 57, 19),     # groups of 3 (two queries per tile) under a window of 19
+    (16, 2, 128, 70, 0, 0, 70, 0),    # head_dim 128, a partial last vector of positions
 ])
 def test_attention_prefill_reads_each_type(cache_type, heads, kv_heads, d, n_queries, first_query_pos,
                                            first_key_pos, n_stored, window):

@@ -51,6 +51,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .attention_tiles import ROWS, WIDTH, score_tile, value_tile
 from .kernels import FASTMATH, half_to_float, quantize_row, quantize_rows_numpy
 
 
@@ -282,6 +283,35 @@ def _bits_to_float(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def _float_to_bits(typingctx, value):
+    """The int32 bits of float32 `value` (a bit cast; vectorises)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _ordered(bits):
+    """float32 bits -> an int32 in the floats' order (negative values' magnitude bits flipped);
+    its own inverse. An integer maximum over these vectorises where a float one does not."""
+    return np.int32(bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _row_max(row, start, stop):
+    """max(row[start:stop]) of a float32 row (stop > start); NaNs take no part, the caller's
+    exponentials carry them."""
+    best = np.int32(-0x7FFFFFFF - 1)
+    for j in range(start, stop):
+        best = max(best, _ordered(_float_to_bits(row[j])))
+    return _bits_to_float(_ordered(np.int32(best)))
+
+
 LOG2_E = np.float32(1.4426950408889634)
 LN2_HIGH = np.float32(0.693359375)  # ln 2 split so that n * LN2_HIGH is exact for |n| < 2^9
 LN2_LOW = np.float32(-2.12194440e-4)
@@ -445,18 +475,108 @@ def attention_decode_serial(q, keys, key_scales, values, value_scales, first_pos
                         scale)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _attend_query_block(q, keys, key_scales, values, value_scales, t0, n_block, first_query_pos, first_key_pos,
+                        window, g, scale, q_rows, key_tail, scores, row_totals, out_rows, out):
+    """Queries t0 .. t0 + n_block - 1 and the heads of KV head g as the rows (query k, head h)
+    -> k * group + h of the tiles of attention_tiles.py: their scores over the union of the
+    keys they see (each row's softmax then covers only its own keys; the rest get probability
+    0), the values weighted by the unnormalised probabilities, each row divided by its total
+    at the end. q_rows [R, d] (rows past n_block * group stay zero), scores [R, >= the union
+    rounded up to 16], out_rows [R, d], R a multiple of 8."""
+    group, d = q.shape[1] // keys.shape[0], q.shape[2]
+    n_rows = n_block * group
+    last = first_query_pos + t0 + n_block - 1 - first_key_pos  # index of the block's last key
+    lowest = first_query_pos + t0 - first_key_pos  # the first query's own key
+    lowest = max(0, lowest - window + 1) if window > 0 else 0
+    n_keys = last - lowest + 1
+    for k in range(n_block):
+        for h in range(group):
+            for i in range(d):
+                q_rows[k * group + h, i] = q[t0 + k, g * group + h, i]
+    q_rows[n_rows:] = 0  # a short last block's unused rows
+    n_vectors = n_keys // WIDTH
+    tail = n_keys - WIDTH * n_vectors  # the last partial vector of positions, copied into key_tail
+    for i in range(d):
+        for j in range(tail):
+            key_tail[0, i, j] = keys[g, i, lowest + WIDTH * n_vectors + j]
+    for r0 in range(0, q_rows.shape[0], ROWS):
+        score_tile(q_rows, r0, keys, g, lowest, n_vectors, scores, 0)
+        if tail:
+            score_tile(q_rows, r0, key_tail, 0, 0, 1, scores, WIDTH * n_vectors)
+    for r in range(n_rows):
+        if key_scales is not None:  # q8: the codes' products times each key's scale
+            for j in range(n_keys):
+                scores[r, j] *= key_scales[g, lowest + j]
+    for r in range(n_rows):
+        own = first_query_pos + t0 + r // group - first_key_pos  # this row's query's own key
+        first = max(lowest, own - window + 1) if window > 0 else lowest
+        seen, stop = first - lowest, own - lowest + 1  # the row's keys: seen .. stop - 1
+        row = scores[r, seen:stop]  # a view from 0: a loop from a variable start does not vectorise
+        best = _row_max(row, 0, row.shape[0])
+        total = np.float32(0.0)
+        for j in range(row.shape[0]):
+            p = exp_nonpositive((row[j] - best) * scale)
+            total += p
+            row[j] = p
+        scores[r, :seen] = 0
+        scores[r, stop:n_keys] = 0
+        if value_scales is not None:  # q8: each value row's scale joins its probability
+            for j in range(seen, stop):
+                scores[r, j] *= value_scales[g, lowest + j]
+        row_totals[r] = total
+    for r0 in range(0, q_rows.shape[0], ROWS):
+        value_tile(scores, r0, values, g, lowest, n_keys, out_rows)
+    for r in range(n_rows):
+        inverse_total = np.float32(1.0) / row_totals[r]
+        for i in range(d):
+            out[t0 + r // group, g * group + r % group, i] = out_rows[r, i] * inverse_total
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _attend_blocks(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, chunk, n_chunks,
+                   scale, out):
+    """attention_prefill's tiled path for the query blocks chunk, chunk + n_chunks, ... (a
+    function of its own: inside the parallel loop's body the softmax loops do not vectorise)."""
+    n_queries, heads, d = q.shape
+    kv_heads, n_stored = keys.shape[0], keys.shape[2]
+    group = heads // kv_heads
+    per_block = max(1, ROWS // group)
+    n_rows = (per_block * group + ROWS - 1) // ROWS * ROWS
+    n_blocks = (n_queries + per_block - 1) // per_block
+    q_rows = np.zeros((n_rows, d), np.float32)
+    scores = np.zeros((n_rows, (n_stored + WIDTH - 1) // WIDTH * WIDTH), np.float32)
+    row_totals = np.empty(n_rows, np.float32)
+    key_tail = np.zeros((1, d, WIDTH), keys.dtype)
+    out_rows = np.empty((n_rows, d), np.float32)
+    for g in range(kv_heads):  # one KV head's keys and values at a time: they stay in L2
+        for block in range(chunk, n_blocks, n_chunks):
+            t0 = block * per_block
+            _attend_query_block(q, keys, key_scales, values, value_scales, t0, min(per_block, n_queries - t0),
+                                first_query_pos, first_key_pos, window, g, scale, q_rows, key_tail, scores,
+                                row_totals, out_rows, out)
+
+
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, n_chunks,
                       out):
     """Causal GQA attention for T queries at once; q [T, H, d], the cache buffers (keys [KV, d, S],
     values [KV, S, d], scales [KV, S]) holding positions first_key_pos .. at indices 0 .., at least
-    up to the last query's position; window 0 = none; out [T, H, d]. Query t (position first_query_pos + t) runs `_attend_kv_head` over the keys it
-    sees; queries are dealt to n_chunks chunks round-robin, so each thread gets early (short) and
-    late (long) rows alike."""
+    up to the last query's position; window 0 = none; out [T, H, d]. Where d is a multiple of 16,
+    blocks of consecutive queries (8 // group of them, at least one) go through the register
+    tiles of attention_tiles.py (`_attend_query_block`); otherwise query t (position
+    first_query_pos + t) runs the decode kernel's `_attend_kv_head` over the keys it sees.
+    Queries (or blocks) are dealt to n_chunks chunks round-robin, so each thread gets early
+    (short) and late (long) rows alike."""
     n_queries, heads, d = q.shape
     kv_heads, n_stored = keys.shape[0], keys.shape[2]
     group = heads // kv_heads
     scale = np.float32(1.0 / math.sqrt(d))
+    if d % WIDTH == 0:
+        for chunk in prange(n_chunks):
+            _attend_blocks(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos, window, chunk,
+                           n_chunks, scale, out)
+        return
     for chunk in prange(n_chunks):
         scores = np.empty((heads, n_stored), np.float32)
         for t in range(chunk, n_queries, n_chunks):
