@@ -139,3 +139,14 @@ def test_qk_norm_rope_rows(tokens, heads, kv_heads, d, rotate):
     lk.qk_norm_rope_rows(q, k, qn, kn, cos, sin, 1e-5, rotate)
     np.testing.assert_allclose(q, expected_q, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
     np.testing.assert_allclose(k, expected_k, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("rows, width", [(1, 9), (23, 333)])
+def test_silu_mul_rows(rows, width):
+    rng, seed = fresh_rng()
+    gate = (rng.standard_normal((rows, width)) * 20).astype(np.float32)
+    up = rng.standard_normal((rows, width)).astype(np.float32)
+    out, expected = np.full_like(gate, np.nan), np.full_like(gate, np.nan)
+    lk.silu_mul_rows(gate, up, out)
+    lk.silu_mul_numpy(gate, up, expected)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")

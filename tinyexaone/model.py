@@ -46,7 +46,7 @@ from .errors import TinyExaoneError
 from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
 from .layer_kernels import (
     add_rms_norm, add_rms_norm_rows, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_rows,
-    qk_norm_rope_store, silu_mul,
+    qk_norm_rope_store, silu_mul, silu_mul_rows,
 )
 from .quantized import activation_buffers, matmul_fused, plan_matmuls
 from .rope import cos_sin, inverse_frequencies
@@ -205,7 +205,8 @@ class Model:
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [T, intermediate] each, h quantized once
         activated = np.empty_like(gate)  # a separate output: written over its input, the loop does not vectorise
-        silu_mul(gate, up, activated)  # the Numba twin of `silu(gate) * up`
+        with COMPUTE_LOCK:
+            silu_mul_rows(gate, up, activated)  # the Numba twin of `silu(gate) * up`
         return layer.down_proj.matmul(activated)  # [T, hidden]
 
     def _decode_hidden(self, ids: np.ndarray, caches: list[KVCache], positions: list[int]) -> np.ndarray:
