@@ -8,7 +8,8 @@ in huge pages, or with `--mmap` in the file's memory map); time to first token o
 with an empty Numba cache (cold, compiles every kernel) and with the cache filled (warm); prefill
 tok/s for 64, 512 and 2,048 tokens; decode tok/s for 128 tokens from an empty context and after
 512 and 4,096 tokens; peak RSS at the 512-token context; the KV cache type (`--cache-type`, f16
-by default, used by every run); the CPU and the integer dot product path; the memory-bandwidth
+by default, used by every run); the CPU, the integer dot product path and prefill's (amx where
+AMX tiles run it); the memory-bandwidth
 floor measured in the same run (a large NumPy read), which gives decode's achieved GB/s and %
 of the floor; and the compute floor of prefill (NumPy BLAS float32 multiply-adds per second over
 the layers' multiply-adds per token). As ratios in
