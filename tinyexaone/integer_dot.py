@@ -41,12 +41,15 @@ x_scale (d sub_0 float(S_0) + d sub_1 float(S_1));
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
-consecutive groups, contiguous), and each block asks for the cache lines PREFETCH_BYTES (8 KB)
-ahead of it: the hardware prefetcher alone keeps too few lines in flight. Decode of the
-synthetic 1.2B int4 file on Zen 4, five alternating pairs of `python tools/profile_decode.py
-FILE --threads 2 --tokens 64` (each variant with its own NUMBA_CACHE_DIR): 49.5-50.2 tok/s
-without, 55.7-57.0 with 8 KB (4 KB and 16 KB were slower than 8 KB on one large matrix). The
-NumPy twin is kernels.matmul_numpy.
+consecutive groups, contiguous), and each block asks for the cache lines PREFETCH_BLOCKS (64)
+blocks ahead of it (8 KB for int4, 12 KB for int6, 16 KB for int8): the hardware prefetcher
+alone keeps too few lines in flight. Decode of the synthetic 1.2B int4 file on Zen 4, five
+alternating pairs of `python tools/profile_decode.py FILE --threads 2 --tokens 64` (each
+variant with its own NUMBA_CACHE_DIR): 49.5-50.2 tok/s without, 55.7-57.0 with 8 KB (4 KB and
+16 KB were slower than 8 KB on one large matrix). The int8 file on an Intel Xeon with AMX (2
+vCPUs), two alternating pairs of the same command: 15.9 and 15.7 tok/s with 8 KB ahead (head
+12.5 and 11.8 ms), 17.1 and 17.5 with 16 KB (head 8.6 and 8.4 ms). The NumPy twin is
+kernels.matmul_numpy.
 """
 
 from __future__ import annotations
@@ -305,18 +308,18 @@ def _sub_scale_steps(builder, scale_pointer, block_in_super):
     return steps
 
 
-PREFETCH_BYTES = 8192  # how far ahead of a block its row group's weight bytes are asked for
+PREFETCH_BLOCKS = 64  # how many blocks ahead a block's row-group weight bytes are asked for
 
 
 def _prefetch_ahead(builder, chunk_pointer, block_bytes):
-    """Ask for the cache lines PREFETCH_BYTES past this block (llvm.prefetch: a hint that never
+    """Ask for the cache lines PREFETCH_BLOCKS blocks past this one (llvm.prefetch: a hint that never
     faults, so past the array's end is harmless): a thread's weight bytes are one sequential
     stream, and the hardware prefetcher alone keeps too few of its lines in flight."""
     raw = builder.bitcast(chunk_pointer, I8.as_pointer())
     prefetch = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [raw.type, I32, I32, I32]), "llvm.prefetch.p0i8")
     for line in range(0, block_bytes, 64):  # read, high locality, data cache
-        builder.call(prefetch, [builder.gep(raw, [ir.Constant(I32, PREFETCH_BYTES + line)]), ir.Constant(I32, 0),
+        builder.call(prefetch, [builder.gep(raw, [ir.Constant(I32, PREFETCH_BLOCKS * block_bytes + line)]), ir.Constant(I32, 0),
                                 ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
