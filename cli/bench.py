@@ -201,7 +201,7 @@ def run_bench(path: Path, threads: int, quick: bool, cache_type: str, mmap: bool
     import numba
 
     from tinyexaone.benchmarks import blas_rate, read_bandwidth
-    from tinyexaone.integer_dot import kernel_paths
+    from tinyexaone.amx import kernel_paths
     from tinyexaone.loading import open_model
 
     numba.set_num_threads(threads)

@@ -23,7 +23,7 @@ from tinyexaone.compact import open_compact, verify_data
 from tinyexaone.config import Exaone4Config, load_config
 from tinyexaone.errors import TinyExaoneError
 from tinyexaone.gguf_source import EXACT, GgufSource, is_gguf
-from tinyexaone.integer_dot import kernel_paths
+from tinyexaone.amx import kernel_paths
 from tinyexaone.safetensors_file import DTYPES
 from tinyexaone.tensors import EMBEDDING, model_tensors
 

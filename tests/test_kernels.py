@@ -303,7 +303,7 @@ def test_avx2_path_matches_numpy_twin_on_a_vnni_cpu(tmp_path):
 def test_the_path_follows_the_cpu_numba_compiles_for(tmp_path):
     """With NUMBA_CPU_NAME/NUMBA_CPU_FEATURES (a portable cache), the path follows those features,
     not the host's: x86 intrinsics must never be emitted for a target without them."""
-    probe = "from tinyexaone.integer_dot import kernel_paths; print(kernel_paths())"
+    probe = "from tinyexaone.amx import kernel_paths; print(kernel_paths())"
     for features, path in (("+sse2,-avx2", "generic"), ("+avx2,+fma", "avx2"), ("+avx2,+avxvnni", "vnni")):
         env = dict(os.environ, NUMBA_CPU_NAME="x86-64", NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)

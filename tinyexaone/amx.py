@@ -74,6 +74,16 @@ def prefill_path() -> str:
     return path
 
 
+def kernel_paths() -> dict[str, str]:
+    """What `tinyexaone bench` and `info` report: the CPU, the integer dot product path (decode,
+    integer_dot.integer_dot_path) and the path of prefill's matrix products (`prefill_path`)."""
+    import numba
+    from llvmlite import binding
+
+    return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path(),
+            "prefill": prefill_path()}
+
+
 def _kind(codes, scale_bits):
     """(bits, affine) of a matrix from its Numba array types (integer_dot's rule), or None."""
     bits = {types.uint8: 4, types.int8: 8}.get(getattr(codes, "dtype", None))

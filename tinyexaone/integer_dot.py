@@ -105,18 +105,6 @@ def cpu_features() -> frozenset[str]:
     return frozenset((numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(","))
 
 
-def kernel_paths() -> dict[str, str]:
-    """What `tinyexaone bench` and `info` report: the CPU, the integer dot product path (decode)
-    and the path of prefill's matrix products (amx.prefill_path)."""
-    import numba
-    from llvmlite import binding
-
-    from .amx import prefill_path
-
-    return {"cpu": numba.config.CPU_NAME or binding.get_host_cpu_name(), "integer_dot": integer_dot_path(),
-            "prefill": prefill_path()}
-
-
 def _constant(vector_type, value):
     return ir.Constant(vector_type, [value] * vector_type.count)
 
