@@ -11,25 +11,27 @@ def fresh_rng():
     return np.random.default_rng(seed), seed
 
 
-@pytest.mark.parametrize("rows, width", [(1, 7), (3, 130), (5, 2048)])
-def test_add_rms_norm(rows, width):
+@pytest.mark.parametrize("kernel", [lk.add_rms_norm, lk.add_rms_norm_rows])
+@pytest.mark.parametrize("rows, width", [(1, 7), (37, 130), (5, 2048)])
+def test_add_rms_norm(kernel, rows, width):
     rng, seed = fresh_rng()
     h = rng.standard_normal((rows, width)).astype(np.float32)
     a = (rng.standard_normal((rows, width)) * 30).astype(np.float32)
     w = rng.standard_normal(width).astype(np.float32)
     expected = h.copy()
     lk.add_rms_norm_numpy(expected, a, w, 1e-5)
-    lk.add_rms_norm(h, a, w, 1e-5)
+    kernel(h, a, w, 1e-5)
     np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("rows, width", [(1, 9), (4, 333)])
-def test_silu_mul(rows, width):
+@pytest.mark.parametrize("kernel", [lk.silu_mul, lk.silu_mul_rows])
+@pytest.mark.parametrize("rows, width", [(1, 9), (23, 333)])
+def test_silu_mul(kernel, rows, width):
     rng, seed = fresh_rng()
     gate = (rng.standard_normal((rows, width)) * 20).astype(np.float32)
     up = rng.standard_normal((rows, width)).astype(np.float32)
     out, expected = np.full_like(gate, np.nan), np.full_like(gate, np.nan)
-    lk.silu_mul(gate, up, out)
+    kernel(gate, up, out)
     lk.silu_mul_numpy(gate, up, expected)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
@@ -109,18 +111,6 @@ def test_attention_of_nan_queries_is_nan_not_an_exception():
     assert np.isnan(out).all()
 
 
-@pytest.mark.parametrize("rows, width", [(1, 7), (37, 130), (6, 2048)])
-def test_add_rms_norm_rows(rows, width):
-    rng, seed = fresh_rng()
-    h = rng.standard_normal((rows, width)).astype(np.float32)
-    a = (rng.standard_normal((rows, width)) * 30).astype(np.float32)
-    w = rng.standard_normal(width).astype(np.float32)
-    expected = h.copy()
-    lk.add_rms_norm_numpy(expected, a, w, 1e-5)
-    lk.add_rms_norm_rows(h, a, w, 1e-5)
-    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-
-
 @pytest.mark.parametrize("tokens, heads, kv_heads, d, rotate", [(1, 8, 2, 16, True), (19, 5, 5, 12, False), (7, 6, 3, 10, True)])
 def test_qk_norm_rope_rows(tokens, heads, kv_heads, d, rotate):
     """Prefill's QK-norm and RoPE against model.rms_norm and rope.apply_rope."""
@@ -139,14 +129,3 @@ def test_qk_norm_rope_rows(tokens, heads, kv_heads, d, rotate):
     lk.qk_norm_rope_rows(q, k, qn, kn, cos, sin, 1e-5, rotate)
     np.testing.assert_allclose(q, expected_q, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
     np.testing.assert_allclose(k, expected_k, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-
-
-@pytest.mark.parametrize("rows, width", [(1, 9), (23, 333)])
-def test_silu_mul_rows(rows, width):
-    rng, seed = fresh_rng()
-    gate = (rng.standard_normal((rows, width)) * 20).astype(np.float32)
-    up = rng.standard_normal((rows, width)).astype(np.float32)
-    out, expected = np.full_like(gate, np.nan), np.full_like(gate, np.nan)
-    lk.silu_mul_rows(gate, up, out)
-    lk.silu_mul_numpy(gate, up, expected)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")

@@ -441,7 +441,6 @@ class FusedMatmul:
                     kernels.matmul_fused(codes, scale_bits, *inputs, tuple(outs[i] for i in group), n_chunks)
         return outs
 
-
     def _on_tiles(self, x: np.ndarray, outs):
         """Prefill on AMX tiles (amx.py): x quantized into buffers padded with zero rows to a
         multiple of the 16-token tile, then one launch per weight."""
