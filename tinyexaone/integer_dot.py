@@ -41,14 +41,15 @@ x_scale (d sub_0 float(S_0) + d sub_1 float(S_1));
 - "generic": portable vector IR on signed codes (16-bit products, pairwise sums), the path of
   every other CPU and the reference the tests run everywhere.
 A thread reads its rows' bytes as one sequential stream (the layout keeps a group's blocks, and
-consecutive groups, contiguous), and each block asks for the cache lines PREFETCH_BLOCKS (64)
-blocks ahead of it (8 KB for int4, 12 KB for int6, 16 KB for int8): the hardware prefetcher
-alone keeps too few lines in flight. Decode of the synthetic 1.2B int4 file on Zen 4, five
-alternating pairs of `python tools/profile_decode.py FILE --threads 2 --tokens 64` (each
-variant with its own NUMBA_CACHE_DIR): 49.5-50.2 tok/s without, 55.7-57.0 with 8 KB (4 KB and
-16 KB were slower than 8 KB on one large matrix). The int8 file on an Intel Xeon with AMX (2
-vCPUs), two alternating pairs of the same command: 15.9 and 15.7 tok/s with 8 KB ahead (head
-12.5 and 11.8 ms), 17.1 and 17.5 with 16 KB (head 8.6 and 8.4 ms). The NumPy twin is
+consecutive groups, contiguous), and each block asks for the cache lines PREFETCH_BLOCKS (128)
+blocks ahead of it (16 KB for int4, 24 KB for int6, 32 KB for int8) into L2 (PREFETCH_LOCALITY
+2, prefetcht1): the hardware prefetcher alone keeps too few lines in flight. `python tools/bench_prefetch.py --bits B --threads 2
+--rounds 2 --variants 64:3,128:2` (the 4 decode products of 30 layers at the 1.2B shape, best
+of 12 passes per process) on an Intel Xeon with AMX: int8 25.9 and 25.2 GB/s with 64 blocks into
+L1, 28.3 and 28.1 with 128 into L2; int4 25.5 and 25.2 against 27.8 and 28.0 (locality 0, the
+non-temporal hint, fell to 10 GB/s). On an AMD Zen 3 (avx2), whose bandwidth drifts more: int8
+17.9 and 20.7 against 22.6 and 23.5 GB/s; int4, five pairs, 128 into L2 ahead in three and behind in
+two (16.9 to 22.3 GB/s against 18.6 to 21.7); at one thread 16.0 and 15.2 against 14.7 and 14.9. The NumPy twin is
 kernels.matmul_numpy.
 """
 
@@ -296,7 +297,8 @@ def _sub_scale_steps(builder, scale_pointer, block_in_super):
     return steps
 
 
-PREFETCH_BLOCKS = 64  # how many blocks ahead a block's row-group weight bytes are asked for
+PREFETCH_BLOCKS = 128  # how many blocks ahead a block's row-group weight bytes are asked for
+PREFETCH_LOCALITY = 2  # llvm.prefetch locality: 2 is prefetcht1 on x86 (into L2, not L1)
 
 
 def _prefetch_ahead(builder, chunk_pointer, block_bytes):
@@ -306,9 +308,9 @@ def _prefetch_ahead(builder, chunk_pointer, block_bytes):
     raw = builder.bitcast(chunk_pointer, I8.as_pointer())
     prefetch = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [raw.type, I32, I32, I32]), "llvm.prefetch.p0i8")
-    for line in range(0, block_bytes, 64):  # read, high locality, data cache
+    for line in range(0, block_bytes, 64):  # read, PREFETCH_LOCALITY, data cache
         builder.call(prefetch, [builder.gep(raw, [ir.Constant(I32, PREFETCH_BLOCKS * block_bytes + line)]), ir.Constant(I32, 0),
-                                ir.Constant(I32, 3), ir.Constant(I32, 1)])
+                                ir.Constant(I32, PREFETCH_LOCALITY), ir.Constant(I32, 1)])
 
 
 def _tile_dot(n_tokens: int):
