@@ -1,4 +1,5 @@
-"""`Model.forward_batch` (several sequences, one decode step) against one-token `forward` per sequence.
+"""`Model.forward_batch` (several sequences, one decode step) against one-token `forward` per
+sequence, and `Model.forward_many` (decode steps and prefill chunks together) against `forward`.
 
 Sequences of different lengths, cache types and layer kinds (sliding and full) decode together;
 each row must equal what that sequence alone gets, and the caches must end exactly as they
@@ -92,4 +93,51 @@ def test_bad_batches_change_nothing(model):
     model.forward([1, 2], full)
     with pytest.raises(ContextOverflowError):
         model.forward_batch([1, 2], [cache, full])
+    assert (cache.length, other.length, full.length) == (3, 2, 2)
+
+
+@pytest.mark.parametrize("cache_type", ["f16", "q8"])
+def test_forward_many_entries_equal_separate_forwards(model, cache_type):
+    """Decode steps and prefill chunks of several sequences in one pass (the server's mixed
+    rounds): each entry is what that sequence's own `forward` gives, for the last token or every
+    one, and the caches end alike (the next step agrees)."""
+    rng = np.random.default_rng()
+    vocab = model.config.vocab_size
+    prompts = [rng.integers(0, vocab, size=int(n)) for n in rng.integers(1, 30, size=5)]
+    alone = [_prefilled(model, p, cache_type) for p in prompts]
+    together = [_prefilled(model, p, cache_type) for p in prompts]
+    for step in range(2):
+        new = [rng.integers(0, vocab, size=int(n)) for n in [1, rng.integers(2, 20), 1, 9, 1]]  # past the ring of 6
+        last_only = [bool(flag) for flag in rng.integers(0, 2, size=len(new))]
+        expected = [model.forward(ids, c, last_only=only) for ids, c, only in zip(new, alone, last_only)]
+        got = model.forward_many(new, together, last_only=last_only)
+        for g, e, ids, only in zip(got, expected, new, last_only):
+            assert g.shape == e.shape == (1 if only else len(ids), vocab)
+            if quantized(model):
+                np.testing.assert_array_equal(g, e)
+            else:
+                np.testing.assert_allclose(g, e, rtol=3e-3, atol=3e-3 * np.abs(e).max())
+        assert [c.length for c in together] == [c.length for c in alone]
+    probe = rng.integers(0, vocab)
+    after_many = model.forward_batch([probe] * len(prompts), together)
+    after_alone = np.concatenate([model.forward([probe], c) for c in alone])
+    if quantized(model):
+        np.testing.assert_array_equal(after_many, after_alone)
+    else:
+        np.testing.assert_allclose(after_many, after_alone, rtol=3e-3, atol=3e-3 * np.abs(after_alone).max())
+
+
+def test_bad_forward_many_changes_nothing(model):
+    cache = _prefilled(model, [1, 2, 3], "f16")
+    other = _prefilled(model, [4, 5], "f16")
+    with pytest.raises(TinyExaoneError, match="distinct cache"):
+        model.forward_many([[1, 2], [3]], [cache, cache])
+    with pytest.raises(TinyExaoneError, match="outside the vocabulary"):
+        model.forward_many([[1, 2], [model.config.vocab_size]], [cache, other])
+    with pytest.raises(TinyExaoneError, match="one type"):
+        model.forward_many([[1, 2], [3]], [cache, _prefilled(model, [4], "q8")])
+    full = model.new_cache(max_tokens=4)
+    model.forward([1, 2], full)
+    with pytest.raises(ContextOverflowError):
+        model.forward_many([[1, 2, 3], [4]], [full, cache])
     assert (cache.length, other.length, full.length) == (3, 2, 2)

@@ -171,28 +171,6 @@ def encoded_kv(keys: np.ndarray, values: np.ndarray, cache_type: str):
 
 
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
-@pytest.mark.parametrize("heads, kv_heads, d, capacity, first, n, modulo", [
-    (8, 2, 16, 300, 0, 257, 300),   # growable: rows are positions
-    (6, 3, 10, 7, 11, 7, 7),        # ring: positions 11..17 in slots pos % 7
-    (6, 3, 10, 7, 12, 5, 7),        # ring not yet full of visible keys: slots 5, 6, 0, 1, 2
-    (4, 4, 64, 33, 0, 1, 33),       # a single key
-    (5, 1, 13, 40, 3, 37, 40),      # odd sizes, one KV head for five query heads
-])
-def test_attention_decode_reads_each_type(cache_type, heads, kv_heads, d, capacity, first, n, modulo):
-    rng, seed = fresh_rng()
-    q = rng.standard_normal((heads, d)).astype(np.float32)
-    buffers, keys_f, values_f = encoded_kv((rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32),
-                                           rng.standard_normal((capacity, kv_heads, d)).astype(np.float32), cache_type)
-    out, serial, expected = (np.full((heads, d), np.nan, np.float32) for _ in range(3))
-    scores = np.full((heads, capacity), np.nan, np.float32)
-    lk.attention_decode(q, *buffers, first, n, modulo, scores, out)
-    lk.attention_decode_serial(q, *buffers, first, n, modulo, scores, serial)
-    lk.attention_decode_numpy(q, keys_f, values_f, first, n, modulo, scores, expected)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_allclose(serial, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-
-
-@pytest.mark.parametrize("cache_type", CACHE_TYPES)
 @pytest.mark.parametrize("heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window", [
     (8, 2, 16, 37, 0, 0, 37, 0),      # a fresh prompt
     (6, 3, 10, 9, 20, 0, 29, 0),      # continued after 20 cached tokens
@@ -225,32 +203,64 @@ def other_positions(codes, slot, keys) -> np.ndarray:
     return np.delete(codes, slot, axis=2 if keys else 1)
 
 
+def decode_table(sequences) -> np.ndarray:
+    """decode_attention's table [B, TABLE_COLUMNS] for (key codes, key scales, value codes, value
+    scales, first, n, modulo) per sequence; the new token's slot is its last visible key's."""
+    rows = []
+    for key_codes, key_scales, value_codes, value_scales, first, n, modulo in sequences:
+        rows.append((key_codes.ctypes.data, 0 if key_scales is None else key_scales.ctypes.data, value_codes.ctypes.data,
+                     0 if value_scales is None else value_scales.ctypes.data, key_codes.shape[2],
+                     (first + n - 1) % modulo, first, n, modulo))
+    return np.array(rows, np.int64)
+
+
+@pytest.mark.parametrize("kernel", [lk.decode_attention, lk.decode_attention_serial])
 @pytest.mark.parametrize("cache_type", CACHE_TYPES)
-def test_qk_norm_rope_store_writes_each_type(cache_type):
-    """The fused step stores k and v in row `slot` in the cache's type: the rows of its NumPy twin
-    (keys up to the two norms' float32 rounding: one float16 ulp, one q8 step), no other row."""
+@pytest.mark.parametrize("heads, kv_heads, d, rotate, sequences", [
+    (8, 2, 16, True, [(300, 0, 257, 300), (40, 0, 3, 40)]),  # growable caches (rows are positions), two lengths
+    (6, 3, 10, True, [(7, 11, 7, 7), (7, 12, 5, 7), (9, 0, 1, 9)]),  # a full ring (positions 11..17 at p % 7),
+    # a ring not yet full of visible keys (slots 5, 6, 0, 1, 2), a single key
+    (5, 1, 14, False, [(40, 3, 37, 40)]),  # NoPE, one KV head for five query heads, odd sizes
+])
+def test_decode_attention_is_its_twins_per_sequence(kernel, cache_type, heads, kv_heads, d, rotate, sequences):
+    """One launch for B sequences, each its own buffers of its own capacity: per sequence, q normed
+    and rotated as `qk_norm_rope_store_numpy` does, k and v stored in the new token's slot as it
+    stores them (keys up to the two norms' float32 rounding: one float16 ulp, one q8 step) and in
+    no other row, and the output `attention_decode_numpy` over the cache the kernel left."""
     rng, seed = fresh_rng()
-    heads, kv_heads, d, slot = 6, 3, 14, 2
-    q, k, v = (rng.standard_normal((n, d)).astype(np.float32) for n in (heads, kv_heads, kv_heads))
+    dtype, batch = CODE_DTYPES[cache_type], len(sequences)
+    q, k, v = (rng.standard_normal((batch, n, d)).astype(np.float32) for n in (heads, kv_heads, kv_heads))
     qn, kn = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
-    angles = np.tile(rng.random(d // 2).astype(np.float32) * 100, 2)
-    cos, sin = np.cos(angles), np.sin(angles)
-    dtype = CODE_DTYPES[cache_type]
-    ours = [*poisoned_buffers(dtype, 5, kv_heads, d, True), *poisoned_buffers(dtype, 5, kv_heads, d, False)]
-    twin = [*poisoned_buffers(dtype, 5, kv_heads, d, True), *poisoned_buffers(dtype, 5, kv_heads, d, False)]
-    q2, k2 = q.copy(), k.copy()
-    lk.qk_norm_rope_store(q, k, v, qn, kn, cos, sin, 1e-5, True, *ours, slot)
-    lk.qk_norm_rope_store_numpy(q2, k2, v, qn, kn, cos, sin, 1e-5, True, *twin, slot)
-    np.testing.assert_allclose(q, q2, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+    angles = np.tile(rng.random((batch, d // 2)).astype(np.float32) * 100, 2)
+    cos, sin = np.cos(angles), np.sin(angles)  # [B, d]
+    buffers, twins = [], []
+    for capacity, first, n, modulo in sequences:
+        held, _, _ = encoded_kv((rng.standard_normal((capacity, kv_heads, d)) * 3).astype(np.float32),
+                                rng.standard_normal((capacity, kv_heads, d)).astype(np.float32), cache_type)
+        buffers.append([array if array is None else array.copy() for array in held])
+        twins.append([array if array is None else array.copy() for array in held])
+    table = decode_table([(*buf, first, n, modulo) for buf, (_, first, n, modulo) in zip(buffers, sequences)])
+    scores = np.full((batch, heads, max(n for _, _, n, _ in sequences) + 3), np.nan, np.float32)
+    out = np.full((batch, heads, d), np.nan, np.float32)
+    q_twin, k_twin = q.copy(), k.copy()
+    kernel(q, k, v, qn, kn, cos, sin, 1e-5, rotate, *buffers[0], table, scores, out)
     rtol = 2.0**-10 if cache_type == "f16" else 1e-5
-    for keys, codes, scales, codes2, scales2 in ((True, *ours[:2], *twin[:2]), (False, *ours[2:], *twin[2:])):
-        got, want = decoded_position(codes, scales, slot, keys), decoded_position(codes2, scales2, slot, keys)  # [kv_heads, d]
-        step = 0 if scales2 is None else 1.001 * scales2[:, slot][:, None]
-        assert (np.abs(got - want) <= step + rtol * np.abs(want) + 1e-6).all(), f"seed {seed}"
-        others = other_positions(codes, slot, keys)
-        assert (np.isnan(others) if dtype == np.float32 else others == 0x55).all()
-        assert scales is None or np.isnan(np.delete(scales, slot, axis=1)).all()
-    np.testing.assert_array_equal(ours[2][:, slot].view(np.uint8), twin[2][:, slot].view(np.uint8))  # v: the same bits
+    for b, (capacity, first, n, modulo) in enumerate(sequences):
+        slot = (first + n - 1) % modulo
+        lk.qk_norm_rope_store_numpy(q_twin[b], k_twin[b], v[b], qn, kn, cos[b], sin[b], 1e-5, rotate, *twins[b], slot)
+        np.testing.assert_allclose(q[b], q_twin[b], rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
+        ours, twin = buffers[b], twins[b]
+        for keys, codes, scales, codes2, scales2 in ((True, *ours[:2], *twin[:2]), (False, *ours[2:], *twin[2:])):
+            got, want = decoded_position(codes, scales, slot, keys), decoded_position(codes2, scales2, slot, keys)
+            step = 0 if scales2 is None else 1.001 * scales2[:, slot][:, None]
+            assert (np.abs(got - want) <= step + rtol * np.abs(want) + 1e-6).all(), f"seed {seed}"
+            np.testing.assert_array_equal(other_positions(codes, slot, keys), other_positions(codes2, slot, keys))
+        np.testing.assert_array_equal(ours[2][:, slot].view(np.uint8), twin[2][:, slot].view(np.uint8))  # v: the same bits
+        keys_f = lk.decode_rows_numpy(np.moveaxis(ours[0], 2, 0), None if ours[1] is None else ours[1].T)  # [capacity, KV, d]
+        values_f = lk.decode_rows_numpy(np.moveaxis(ours[2], 1, 0), None if ours[3] is None else ours[3].T)
+        expected = np.full((heads, d), np.nan, np.float32)
+        lk.attention_decode_numpy(q_twin[b], keys_f, values_f, first, n, modulo, None, expected)
+        np.testing.assert_allclose(out[b], expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
 
 def fill(cache, rng, kv_heads, d, prefill: int, decode: int) -> np.ndarray:

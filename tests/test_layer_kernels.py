@@ -36,26 +36,6 @@ def test_silu_mul(kernel, rows, width):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("heads, kv_heads, d, rotate", [(8, 2, 16, True), (5, 5, 12, False), (6, 3, 10, True)])
-def test_qk_norm_rope_store(heads, kv_heads, d, rotate):
-    rng, seed = fresh_rng()
-    q = rng.standard_normal((heads, d)).astype(np.float32)
-    k = rng.standard_normal((kv_heads, d)).astype(np.float32)
-    v = rng.standard_normal((kv_heads, d)).astype(np.float32)
-    qn, kn = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
-    angles = rng.random(d // 2).astype(np.float32) * 100
-    cos, sin = np.cos(np.tile(angles, 2)), np.sin(np.tile(angles, 2))
-    # keys [kv_heads, d, 9], values [kv_heads, 9, d]: the kernels' layouts
-    caches = [np.full((kv_heads, d, 9) if i % 2 == 0 else (kv_heads, 9, d), np.nan, np.float32) for i in range(4)]
-    q2, k2 = q.copy(), k.copy()
-    lk.qk_norm_rope_store(q, k, v, qn, kn, cos, sin, 1e-5, rotate, caches[0], None, caches[1], None, 4)
-    lk.qk_norm_rope_store_numpy(q2, k2, v, qn, kn, cos, sin, 1e-5, rotate, caches[2], None, caches[3], None, 4)
-    np.testing.assert_allclose(q, q2, rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_allclose(caches[0][:, :, 4], caches[2][:, :, 4], rtol=1e-5, atol=1e-5, err_msg=f"seed {seed}")
-    np.testing.assert_array_equal(caches[1][:, 4], v)
-    assert np.isnan(np.delete(caches[0], 4, axis=2)).all() and np.isnan(np.delete(caches[1], 4, axis=1)).all()
-
-
 @pytest.mark.parametrize("heads, kv_heads, d, n_queries, first_query_pos, first_key_pos, n_stored, window", [
     (8, 2, 16, 37, 0, 0, 37, 0),      # a fresh prompt: queries and keys are the same positions
     (6, 3, 10, 9, 20, 0, 29, 0),      # a prompt continued after 20 cached tokens

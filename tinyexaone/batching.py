@@ -5,15 +5,16 @@
 `Model` with the same `config`, `new_cache` and `forward(ids, cache, last_only)`, so the whole
 generation stack (generation.Run, chat.ChatTurn: sampling, stop strings, parsing) runs unchanged
 on the caller's thread while its forward passes are queued here. The compute thread takes,
-each round, every pending one-token step and runs them together through `Model.forward_batch`
-(each weight read once per round, not once per sequence), then at most one pending multi-token
-step (a prefill chunk, at most generation.PREFILL_CHUNK tokens), so a long prompt delays the
-other sequences by one chunk at a time, never by its whole prefill. Before a round it waits,
-at most `gather_s`, until every registered sequence has a step pending; with one sequence it
-never waits. A failed batch is retried one step at a time, so an error reaches only the step
-that caused it. `close()` stops the thread; steps still pending, and later ones, raise
-`TinyExaoneError`. Numba's thread count is per thread: the compute thread takes the one of the
-thread that made the scheduler.
+each round, every pending one-token step and the pending multi-token steps (prefill chunks,
+at most generation.PREFILL_CHUNK tokens each) up to PREFILL_TOKENS prompt tokens in all (at
+least one), and runs them as one forward pass: `Model.forward_batch` when all are one-token
+steps, else `Model.forward_many`, so each weight is read once per round, not once per
+sequence, and a long prompt delays the other sequences by one chunk at a time, never by its
+whole prefill. Before a round it waits, at most `gather_s`, until every registered sequence
+has a step pending; with one sequence it never waits. A failed round is retried one step at a
+time, so an error reaches only the step that caused it. `close()` stops the thread; steps still
+pending, and later ones, raise `TinyExaoneError`. Numba's thread count is per thread: the
+compute thread takes the one of the thread that made the scheduler.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .errors import TinyExaoneError
 
 GATHER_S = 0.02  # longest wait for the other sequences' next tokens before a round runs without them
 MAX_BATCH = 16  # one-token steps per round
+PREFILL_TOKENS = 256  # prompt tokens per round beyond a first chunk: bounds how long a round keeps the decodes waiting
 
 
 class _Step:
@@ -134,8 +136,11 @@ class StepScheduler:
             if self._closed:
                 return None
             batch, self._decodes = self._decodes[: self.max_batch], self._decodes[self.max_batch :]
-            prefill = self._prefills.popleft() if self._prefills else None
-            return batch, prefill
+            prefills: list[_Step] = []
+            while self._prefills and (not prefills or sum(len(s.ids) for s in prefills) + len(self._prefills[0].ids)
+                                      <= PREFILL_TOKENS):
+                prefills.append(self._prefills.popleft())
+            return batch, prefills
 
     def _loop(self) -> None:
         import numba
@@ -145,26 +150,30 @@ class StepScheduler:
             work = self._next_round()
             if work is None:
                 return
-            batch, prefill = work
-            if batch:
-                self._run_batch(batch)
-            if prefill is not None:
-                self._run_one(prefill)
+            self._run_round(*work)
 
-    def _run_batch(self, batch: list[_Step]) -> None:
-        self.rounds += 1
+    def _run_round(self, batch: list[_Step], prefills: list[_Step]) -> None:
+        """One forward pass for every step of the round; if it fails, each step alone, so an
+        error reaches only the step that caused it."""
+        steps = batch + prefills
+        self.rounds += bool(batch)
         self.batched_steps += len(batch)
-        if len(batch) == 1:
-            self._run_one(batch[0])
+        if len(steps) == 1:
+            self._run_one(steps[0])
             return
         try:
-            logits = self.model.forward_batch(np.concatenate([s.ids for s in batch]), [s.cache for s in batch])
+            if prefills:
+                logits = self.model.forward_many([s.ids for s in steps], [s.cache for s in steps],
+                                                 last_only=[s.last_only for s in steps])
+            else:
+                logits = self.model.forward_batch(np.concatenate([s.ids for s in batch]), [s.cache for s in batch])
+                logits = [logits[b : b + 1] for b in range(len(batch))]
         except Exception:  # noqa: BLE001 -- find the step that failed: each alone gets its own outcome
-            for step in batch:
+            for step in steps:
                 self._run_one(step)
             return
-        for b, step in enumerate(batch):
-            step.finish(logits[b : b + 1])
+        for step, step_logits in zip(steps, logits):
+            step.finish(step_logits)
 
     def _run_one(self, step: _Step) -> None:
         try:

@@ -24,16 +24,20 @@ decoding will).
 `KVCache` bundles one cache per layer, enforces `max_tokens` (the model's
 `max_position_embeddings` or a smaller context size), and reports `length`, `cache_type` and
 `nbytes` (the real bytes of every buffer); `new_kv_cache(config, max_tokens, cache_type)` builds
-the right kind of cache for every layer and allocates nothing.
+the right kind of cache for every layer and allocates nothing. `decode_slots(caches)` makes
+room for one decode token in each of several caches and tells the batched decode kernel where
+(`layer_kernels.decode_attention`).
 """
 
 from __future__ import annotations
+
+from functools import cached_property
 
 import numpy as np
 
 from .config import Exaone4Config
 from .errors import ContextOverflowError, TinyExaoneError
-from .layer_kernels import decode_rows_numpy, encode_rows_numpy, key_layout, value_layout
+from .layer_kernels import TABLE_COLUMNS, decode_rows_numpy, encode_rows_numpy, key_layout, value_layout
 from .options import check_option
 
 GROW_STEP = 256
@@ -66,6 +70,12 @@ class Rows:
         """float32 x [T, kv_heads, head_dim] in `cache_type` (what the decode kernel stores, bit for bit)."""
         rows = encode_rows_numpy(x, CODE_DTYPES[cache_type])  # codes [T, kv_heads, head_dim], scales [T, kv_heads]
         return cls(*(key_layout if keys else value_layout)(*rows), keys)
+
+    @cached_property
+    def addresses(self) -> tuple[int, int]:
+        """The data addresses of codes and scales (0 where there are none), for a kernel that
+        reaches several sequences' buffers in one call (layer_kernels.decode_attention)."""
+        return self.codes.ctypes.data, 0 if self.scales is None else self.scales.ctypes.data
 
     @property
     def heads_and_dim(self) -> tuple[int, int]:
@@ -277,6 +287,21 @@ class KVCache:
                 tuple(max(need, 2 * have) for have, need in zip(buffer.shape, shape)) if buffer is not None else shape,
                 np.float32)
         return buffer
+
+
+def decode_slots(caches: list[KVCache]) -> np.ndarray:
+    """Make room for one new token in every layer of each cache (all of one cache type) and
+    return where it goes: int64 [layers, B, TABLE_COLUMNS], row [i, b] the table row of
+    layer_kernels.decode_attention for layer i of caches[b] (its buffers' addresses and
+    capacity, the new token's slot, and the positions it attends to). The lengths have grown by
+    one; the addresses hold until a buffer next grows."""
+    rows = []
+    for i in range(len(caches[0].layers)):
+        for cache in caches:
+            layer = cache.layers[i]
+            slot = layer.append_slot()
+            rows.append((*layer.keys.addresses, *layer.values.addresses, len(layer.keys), slot, *layer.visible()))
+    return np.array(rows, np.int64).reshape(len(caches[0].layers), len(caches), TABLE_COLUMNS)
 
 
 def cache_layout(config: Exaone4Config) -> tuple:

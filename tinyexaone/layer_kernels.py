@@ -22,18 +22,24 @@ the kernels' layouts).
   `add_rms_norm_rows` is the same with the rows in parallel (prefill), as is `silu_mul_rows`.
 - `qk_norm_rope_rows(q, k, q_norm, k_norm, cos, sin, eps, rotate)`: prefill's q [T, H, d] and k
   [T, KV, d] normed and rotated in place, row t by cos/sin [T, d], rows in parallel (the step of
-  `qk_norm_rope_store` below, without the store). Twin: `model.rms_norm` then `rope.apply_rope`.
+  `decode_attention` below, without the store). Twin: `model.rms_norm` then `rope.apply_rope`.
 - `silu_mul(gate, up, out)`: out = silu(gate) * up. Twin: `silu_mul_numpy`.
-- `qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values,
-  value_scales, slot)`: per-head RMSNorm of q [H, d] (in place) and k [KV, d], RoPE
-  (split-half) on both when `rotate`, then k and v written into cache position `slot` in the
-  cache's type. Twin: `qk_norm_rope_store_numpy`.
-- `attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores,
-  out)`: one query per head over the n_keys cached positions first_pos .. first_pos + n_keys -
-  1, stored at index `position % modulo` of the cache buffers' position axis; GQA (head h reads
-  KV head h // (H/KV)), softmax in float32; out [H, d]. Parallel over KV heads
-  (`attention_decode_serial`: on the calling thread, for short caches); `scores` [H, >= n_keys]
-  is scratch. Twin: `attention_decode_numpy` over the decoded (float32) cache.
+- `decode_attention(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values,
+  value_scales, table, scores, out)`: one new token of each of B sequences, each with its own
+  cache, in one launch. For sequence b: per-head RMSNorm of q[b] [H, d] (in place) and k[b]
+  [KV, d], RoPE (split-half, by cos[b], sin[b] [d]) on both when `rotate`, k[b] and v[b]
+  written into cache slot table[b, SLOT] in the cache's type, then one query per head over the
+  table[b, N_KEYS] cached positions table[b, FIRST_POS] .. + N_KEYS - 1, stored at index
+  `position % table[b, MODULO]` of the buffers' position axis; GQA (head h reads KV head
+  h // (H/KV)), softmax in float32; out[b] [H, d]. Sequence b's buffers are found through
+  table[b] (int64 [B, TABLE_COLUMNS]): the data addresses of its key codes [KV, d, CAPACITY],
+  key scales [KV, CAPACITY], value codes [KV, CAPACITY, d] and value scales (0 where the type
+  has none), and their CAPACITY. keys, key_scales, values and value_scales are one sequence's
+  buffers, read only for their types: every sequence's must be of those types, and the caller
+  keeps the buffers alive for the call (cache.decode_slots builds the table from the caches).
+  Parallel over (sequence, KV head) pairs (`decode_attention_serial`: on the calling thread,
+  for short caches); `scores` [B, H, >= max N_KEYS] is scratch. Twins: `qk_norm_rope_store_numpy`
+  then `attention_decode_numpy` (over the decoded, float32, cache) per sequence.
 - `attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos, first_key_pos,
   window, n_chunks, out)`: causal (and sliding-window) attention of T queries over buffers whose
   index 0 is position first_key_pos, parallel over queries, each through the decode kernel's
@@ -48,7 +54,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import carray, njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .attention_tiles import ROWS, WIDTH, score_tile, value_tile
@@ -182,8 +188,10 @@ def _store_value(x, codes, scales, g, s):
     _set_scale(scales, g, s, _encode_into(x, codes[g, s]))
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _add_rms_norm_row(h, a, weight, eps, t):
+    """Row t of `add_rms_norm`: one compiled function for the serial and row-parallel kernels, so
+    both round alike, bit for bit."""
     width = a.shape[1]
     total = np.float32(0.0)
     for i in range(width):
@@ -229,21 +237,9 @@ def _norm_rope_head(x, weight, cos, sin, eps, rotate, scratch):
             x[i] = scratch[i]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
-                       slot):
-    scratch = np.empty(q.shape[1], np.float32)
-    for h in range(q.shape[0]):
-        _norm_rope_head(q[h], q_norm, cos, sin, eps, rotate, scratch)
-    for g in range(k.shape[0]):
-        _norm_rope_head(k[g], k_norm, cos, sin, eps, rotate, scratch)
-        _store_key(k[g], keys, key_scales, g, slot)
-        _store_value(v[g], values, value_scales, g, slot)
-
-
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
 def qk_norm_rope_rows(q, k, q_norm, k_norm, cos, sin, eps, rotate):
-    """Prefill's q [T, H, d] and k [T, KV, d], in place: `qk_norm_rope_store`'s per-head RMSNorm
+    """Prefill's q [T, H, d] and k [T, KV, d], in place: `decode_attention`'s per-head RMSNorm
     and RoPE (by row t of cos, sin [T, d], when `rotate`), without the store; rows in parallel."""
     for t in prange(q.shape[0]):
         scratch = np.empty(q.shape[2], np.float32)
@@ -255,6 +251,9 @@ def qk_norm_rope_rows(q, k, q_norm, k_norm, cos, sin, eps, rotate):
 
 def qk_norm_rope_store_numpy(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
                              slot) -> None:
+    """One sequence's norm, rotation and store of `decode_attention`: q [H, d] and k [KV, d] in
+    place, then k and v [KV, d] into cache slot `slot` of the buffers."""
+
     def norm(x, w):
         return w * (x / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + np.float32(eps)))
 
@@ -435,7 +434,7 @@ def _span_values(values, value_scales, g, heads, slot0, j0, count, scores, out):
 def _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
                     scale):
     """Heads g * group .. (g + 1) * group - 1 of q [H, d] over the keys of KV head g (see
-    `attention_decode`), reading the cache in its own type: a score is q . codes times the key's
+    `decode_attention`), reading the cache in its own type: a score is q . codes times the key's
     scale, a value row enters as its codes times probability * scale. The n_keys positions are
     at most two runs of the buffers (the ring wraps once at most: n_keys <= modulo): keys 0 ..
     n_first - 1 from index first_pos % modulo on, the rest from index 0. NaN scores (a corrupt
@@ -465,25 +464,74 @@ def _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys
     _span_values(values, value_scales, g, heads, 0, n_first, n_keys - n_first, scores, out)
 
 
+# The columns of decode_attention's table, one row per sequence.
+KEY_CODES, KEY_SCALES, VALUE_CODES, VALUE_SCALES, CAPACITY, SLOT, FIRST_POS, N_KEYS, MODULO = range(9)
+TABLE_COLUMNS = 9
+
+
+@intrinsic
+def _pointer_at(typingctx, address, like):
+    """A pointer to elements of `like`'s dtype at the int64 `address` (LLVM inttoptr)."""
+    if address != types.int64 or not isinstance(like, types.Array):
+        return None
+    pointer = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address, like), codegen
+
+
+def _buffer_at(address, like, shape):
+    """The C-contiguous array of `shape` and `like`'s dtype at `address`; None where `like` is None."""
+
+
+@overload(_buffer_at, inline="always")
+def _buffer_at_of(address, like, shape):
+    if isinstance(like, types.NoneType):
+        return lambda address, like, shape: None
+    return lambda address, like, shape: carray(_pointer_at(address, like), shape)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _decode_task(task, q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales, table,
+                 scores, out):
+    """KV head g of sequence b (task = b * KV + g) of `decode_attention`: one compiled function for
+    the parallel and serial kernels, so both round alike, bit for bit."""
+    kv_heads, d = k.shape[1], k.shape[2]
+    group = q.shape[1] // kv_heads
+    b, g = task // kv_heads, task % kv_heads
+    row = table[b]
+    capacity = row[CAPACITY]
+    seq_keys = _buffer_at(row[KEY_CODES], keys, (kv_heads, d, capacity))  # [KV, d, capacity]
+    seq_key_scales = _buffer_at(row[KEY_SCALES], key_scales, (kv_heads, capacity))  # [KV, capacity] or None
+    seq_values = _buffer_at(row[VALUE_CODES], values, (kv_heads, capacity, d))  # [KV, capacity, d]
+    seq_value_scales = _buffer_at(row[VALUE_SCALES], value_scales, (kv_heads, capacity))
+    scratch = np.empty(d, np.float32)
+    for h in range(g * group, (g + 1) * group):
+        _norm_rope_head(q[b, h], q_norm, cos[b], sin[b], eps, rotate, scratch)
+    _norm_rope_head(k[b, g], k_norm, cos[b], sin[b], eps, rotate, scratch)
+    _store_key(k[b, g], seq_keys, seq_key_scales, g, row[SLOT])
+    _store_value(v[b, g], seq_values, seq_value_scales, g, row[SLOT])
+    _attend_kv_head(q[b], seq_keys, seq_key_scales, seq_values, seq_value_scales, row[FIRST_POS], row[N_KEYS],
+                    row[MODULO], scores[b], out[b], g, group, np.float32(1.0 / math.sqrt(d)))
+
+
 @njit(parallel=True, nogil=True, cache=True, fastmath=FASTMATH)
-def attention_decode(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
-    kv_heads = keys.shape[0]
-    group = q.shape[0] // kv_heads
-    scale = np.float32(1.0 / math.sqrt(q.shape[1]))
-    for g in prange(kv_heads):
-        _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
-                        scale)
+def decode_attention(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales, table,
+                     scores, out):
+    for task in prange(k.shape[0] * k.shape[1]):
+        _decode_task(task, q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
+                     table, scores, out)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def attention_decode_serial(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out):
-    """`attention_decode` on the calling thread, for caches too small to repay a parallel launch."""
-    kv_heads = keys.shape[0]
-    group = q.shape[0] // kv_heads
-    scale = np.float32(1.0 / math.sqrt(q.shape[1]))
-    for g in range(kv_heads):
-        _attend_kv_head(q, keys, key_scales, values, value_scales, first_pos, n_keys, modulo, scores, out, g, group,
-                        scale)
+def decode_attention_serial(q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
+                            table, scores, out):
+    """`decode_attention` on the calling thread, for caches too small to repay a parallel launch."""
+    for task in range(k.shape[0] * k.shape[1]):
+        _decode_task(task, q, k, v, q_norm, k_norm, cos, sin, eps, rotate, keys, key_scales, values, value_scales,
+                     table, scores, out)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -599,7 +647,8 @@ def attention_prefill(q, keys, key_scales, values, value_scales, first_query_pos
 
 
 def attention_decode_numpy(q, keys, values, first_pos, n_keys, modulo, scores, out) -> None:
-    """`attention_decode` over float32 keys and values [capacity, KV, d] (a decoded cache)."""
+    """One sequence's attention step of `decode_attention` over float32 keys and values [capacity,
+    KV, d] (a decoded cache)."""
     slots = (first_pos + np.arange(n_keys)) % modulo
     group = q.shape[0] // keys.shape[1]
     k = np.repeat(keys[slots], group, axis=1)  # [n, H, d]

@@ -19,11 +19,11 @@ quantization of h, QK-norm + RoPE, attention, silu(gate) * up and the residual n
 the Numba twins in layer_kernels.py of `rms_norm`, `rope.apply_rope` and `attention` below (the
 NumPy forms the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
 through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one launch each,
-QK-norm + RoPE + cache write in one call, attention straight over the cache rows, in-place
-residual norms); the tests hold both paths to transformers. `forward_batch(token_ids, caches)`
+QK-norm + RoPE + cache write + attention straight over the cache rows in one launch for every
+sequence of the step, in-place residual norms); the tests hold both paths to transformers. `forward_batch(token_ids, caches)`
 decodes one token for each of several sequences in that same step: the matrices multiply all
 B tokens at once (each weight byte read once per step, not once per sequence), attention runs
-per sequence over its own cache; one-token `forward` is its B = 1 case.
+each sequence over its own cache, all in one launch; one-token `forward` is its B = 1 case.
 
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()` (keys and
 values in float16 by default, or "f32" / "q8"; the kernels read each type in place, and prefill
@@ -40,19 +40,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cache import DEFAULT_CACHE_TYPE, KVCache, cache_layout, new_kv_cache
+from .cache import DEFAULT_CACHE_TYPE, KVCache, cache_layout, decode_slots, new_kv_cache
 from .config import Exaone4Config
 from .errors import TinyExaoneError
-from .kernels import COMPUTE_LOCK, SERIAL_BELOW, chunk_count
+from .kernels import COMPUTE_LOCK, chunk_count
 from .layer_kernels import (
-    add_rms_norm, add_rms_norm_rows, attention_decode, attention_decode_serial, attention_prefill, qk_norm_rope_rows,
-    qk_norm_rope_store, silu_mul, silu_mul_rows,
+    N_KEYS,
+    add_rms_norm, add_rms_norm_rows, attention_prefill, decode_attention, decode_attention_serial, qk_norm_rope_rows,
+    silu_mul, silu_mul_rows,
 )
 from .quantized import activation_buffers, matmul_fused, plan_matmuls
 from .rope import cos_sin, inverse_frequencies
 from .weights import LayerWeights, ModelWeights
 
 QUERY_BLOCK = 256  # queries per attention block in prefill: bounds the score matrix's memory
+ATTENTION_SERIAL_BELOW = 1 << 14  # keys x heads x head_dim of a decode step's attention (all sequences) below
+# which it runs on the calling thread: at the 1.2B shape (2,048 per key) 2 threads win from 9 keys on
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -150,8 +153,8 @@ class Model:
 
     def forward_batch(self, token_ids, caches) -> np.ndarray:
         """Logits [B, vocab] for one new token of each of B sequences: token_ids[b] continues
-        caches[b] (B distinct caches). The matrices read each weight once for all B tokens;
-        attention runs per sequence over its own cache. Row b equals forward([token_ids[b]], caches[b])
+        caches[b] (B distinct caches of one cache type). The matrices read each weight once for all
+        B tokens; attention runs, in one launch per layer, each sequence over its own cache. Row b equals forward([token_ids[b]], caches[b])
         (bit for bit with quantized weights; float BLAS may round a B-row product differently)."""
         ids = self._token_array(token_ids)
         caches = list(caches)
@@ -161,6 +164,8 @@ class Model:
         for cache in caches:
             self._check_cache(cache)
             cache.check_room(1)
+        if len({cache.cache_type for cache in caches}) > 1:
+            raise TinyExaoneError(f"forward_batch needs caches of one type, got {sorted({c.cache_type for c in caches})}")
         self.weights.check_files()
         starts = [cache.length for cache in caches]
         try:
@@ -170,6 +175,90 @@ class Model:
                 _roll_back(cache, start)
             raise
         return self.weights.lm_head.matmul(hidden)  # [B, vocab]
+
+    def forward_many(self, token_ids, caches, last_only=True) -> list[np.ndarray]:
+        """Logits for the new tokens of several sequences in one pass: token_ids[i] (T_i >= 1 ids)
+        continues caches[i] (distinct caches of one cache type); entry i is [1, vocab] for its last
+        token when `last_only` (a bool, or one per sequence) says so, else [T_i, vocab]. The matrices multiply every sequence's tokens at
+        once; one-token sequences attend as in `forward_batch`, longer ones as in a prefill, each
+        over its own cache. Entry i equals forward(token_ids[i], caches[i], last_only) bit for bit
+        with quantized weights (float BLAS, and AMX tiles over 16 or more tokens, may round a
+        many-row product differently)."""
+        segments = [self._token_array(ids) for ids in token_ids]
+        caches = list(caches)
+        if len(caches) != len(segments) or len({id(c) for c in caches}) != len(caches):
+            raise TinyExaoneError(f"forward_many needs one distinct cache per sequence: {len(segments)} sequences, "
+                                  f"{len({id(c) for c in caches})} distinct caches of {len(caches)}")
+        for ids, cache in zip(segments, caches):
+            self._check_cache(cache)
+            cache.check_room(len(ids))
+        if len({cache.cache_type for cache in caches}) > 1:
+            raise TinyExaoneError(f"forward_many needs caches of one type, got {sorted({c.cache_type for c in caches})}")
+        self.weights.check_files()
+        starts = [cache.length for cache in caches]
+        try:
+            hidden = self._many_hidden(segments, caches, starts)  # [sum T_i, hidden]
+        except BaseException:
+            for cache, start in zip(caches, starts):
+                _roll_back(cache, start)
+            raise
+        ends = np.cumsum([len(ids) for ids in segments])  # [S]
+        last = [last_only] * len(segments) if isinstance(last_only, bool) else list(last_only)
+        wanted = [np.arange(end - 1, end) if only else np.arange(end - len(ids), end)
+                  for ids, end, only in zip(segments, ends, last)]
+        logits = self.weights.lm_head.matmul(hidden[np.concatenate(wanted)])  # [rows wanted, vocab]
+        return np.split(logits, np.cumsum([len(rows) for rows in wanted])[:-1])
+
+    def _many_hidden(self, segments: list[np.ndarray], caches: list[KVCache], starts: list[int]) -> np.ndarray:
+        """The final-normed hidden states [N, hidden] of every new token of `forward_many`, the
+        sequences' tokens one after another. The one-token sequences (rows `decode_rows`) share one
+        decode_attention launch per layer; each longer one attends as a prefill."""
+        cfg, w = self.config, self.weights
+        heads, kv_heads, d, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+        lengths = [len(ids) for ids in segments]
+        first_rows = np.cumsum([0] + lengths[:-1])  # [S]: each sequence's first row
+        n_rows = sum(lengths)
+        positions = np.concatenate([np.arange(start, start + n) for start, n in zip(starts, lengths)])  # [N]
+        cos, sin = cos_sin(self.inv_freq, positions)  # [N, head_dim] each
+        h = np.ascontiguousarray(w.embed_tokens.rows(np.concatenate(segments)), dtype=np.float32)  # [N, hidden]
+        decoding = [s for s, n in enumerate(lengths) if n == 1]
+        prefilling = [s for s, n in enumerate(lengths) if n > 1]
+        decode_rows = first_rows[decoding]  # [D]
+        if decoding:
+            slots = decode_slots([caches[s] for s in decoding])  # [layers, D, TABLE_COLUMNS]
+            scores = np.empty((len(decoding), heads, int(slots[:, :, N_KEYS].max())), np.float32)  # [D, heads, keys]
+            serial = int(slots[:, :, N_KEYS].sum(axis=1).max()) * heads * d < ATTENTION_SERIAL_BELOW
+            decode_cos, decode_sin = cos[decode_rows], sin[decode_rows]  # [D, head_dim] each
+        for i, layer in enumerate(w.layers):
+            window = cfg.sliding_window if cfg.layer_is_sliding(i) else None
+            q, k, v = matmul_fused([layer.q_proj, layer.k_proj, layer.v_proj], h)  # h quantized once
+            q = q.reshape(n_rows, heads, d)  # [N, heads, d]
+            k = k.reshape(n_rows, kv_heads, d)  # [N, kv_heads, d]
+            v = v.reshape(n_rows, kv_heads, d)
+            a = np.empty((n_rows, heads, d), np.float32)  # [N, heads, d]
+            if decoding:
+                attended = np.empty((len(decoding), heads, d), np.float32)  # [D, heads, d]
+                keys, values = caches[decoding[0]].layers[i].keys, caches[decoding[0]].layers[i].values
+                args = (q[decode_rows], k[decode_rows], v[decode_rows], layer.q_norm, layer.k_norm, decode_cos, decode_sin,
+                        eps, cfg.layer_uses_rope(i), keys.codes, keys.scales, values.codes, values.scales, slots[i],
+                        scores, attended)
+                if serial:
+                    decode_attention_serial(*args)
+                else:
+                    with COMPUTE_LOCK:
+                        decode_attention(*args)
+                a[decode_rows] = attended
+            for s in prefilling:
+                rows = slice(first_rows[s], first_rows[s] + lengths[s])
+                a[rows] = self._prefill_attention(layer, q[rows], k[rows], v[rows], caches[s].layers[i], starts[s],
+                                                  cos[rows], sin[rows], cfg.layer_uses_rope(i), window)
+            o = layer.o_proj.matmul(a.reshape(n_rows, -1))  # [N, hidden]
+            with COMPUTE_LOCK:
+                add_rms_norm_rows(h, o, layer.post_attention_layernorm, eps)  # h += RMSNorm(o)
+            m = self._mlp_block(layer, h)
+            with COMPUTE_LOCK:
+                add_rms_norm_rows(h, m, layer.post_feedforward_layernorm, eps)  # h += RMSNorm(m)
+        return rms_norm(h, w.norm, eps)  # [N, hidden]
 
     def _forward_hidden(self, ids: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         cfg, w = self.config, self.weights
@@ -193,14 +282,21 @@ class Model:
         q = q.reshape(t_len, cfg.num_attention_heads, d)  # [T, heads, d]
         k = k.reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
         v = v.reshape(t_len, cfg.num_key_value_heads, d)  # [T, kv_heads, d]
+        a = self._prefill_attention(layer, q, k, v, layer_cache, start, cos, sin, rotate, window)  # [T, heads, d]
+        return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
+
+    def _prefill_attention(self, layer: LayerWeights, q, k, v, layer_cache, start, cos, sin, rotate, window) -> np.ndarray:
+        """Attention [T, heads, d] of T new tokens from position `start`, q [T, heads, d] and k, v
+        [T, kv_heads, d] C-contiguous (q and k are normed and rotated in place); k, v are stored."""
+        cfg = self.config
         with COMPUTE_LOCK:  # QK-norm, then RoPE unless a NoPE layer (the twins: rms_norm, apply_rope)
             qk_norm_rope_rows(q, k, layer.q_norm, layer.k_norm, cos, sin, cfg.rms_norm_eps, rotate)
         keys, values, first_key_pos = layer_cache.extend(k, v)  # Rows from position first_key_pos, to start + T - 1 at least
-        a = np.empty((t_len, cfg.num_attention_heads, d), np.float32)  # [T, heads, d]
+        a = np.empty(q.shape, np.float32)  # [T, heads, d]
         with COMPUTE_LOCK:  # the Numba twin of `attention` (above), over the cache's type
-            attention_prefill(np.ascontiguousarray(q), keys.codes, keys.scales, values.codes, values.scales,
-                              start, first_key_pos, window or 0, chunk_count(t_len), a)
-        return layer.o_proj.matmul(a.reshape(t_len, -1))  # [T, hidden]
+            attention_prefill(q, keys.codes, keys.scales, values.codes, values.scales, start, first_key_pos, window or 0,
+                              chunk_count(q.shape[0]), a)
+        return a
 
     def _mlp_block(self, layer: LayerWeights, h) -> np.ndarray:
         gate, up = matmul_fused([layer.gate_proj, layer.up_proj], h)  # [T, intermediate] each, h quantized once
@@ -218,23 +314,20 @@ class Model:
         h = np.ascontiguousarray(w.embed_tokens.rows(ids), dtype=np.float32)  # [B, hidden]
         # work buffers kept with the first sequence, one set per batch size: no allocation per token
         buf = caches[0].keep(f"decode-{batch}", lambda: _DecodeBuffers(cfg, batch))
+        slots = decode_slots(caches)  # [layers, B, TABLE_COLUMNS]: where each new token goes, what it sees
+        scores = caches[0].scratch(f"scores-{batch}", (batch, heads, int(slots[:, :, N_KEYS].max())))  # [B, heads, >= keys]
+        serial = int(slots[:, :, N_KEYS].sum(axis=1).max()) * heads * d < ATTENTION_SERIAL_BELOW
         for i, (layer, matmuls) in enumerate(zip(w.layers, self.decode_matmuls)):
             q, k, v = matmuls.qkv(h, buf.qkv, buf.hidden_inputs)  # [B, heads*d], [B, kv*d] x2
             q, k, v = q.reshape(batch, heads, d), k.reshape(batch, kv_heads, d), v.reshape(batch, kv_heads, d)
-            for b, cache in enumerate(caches):
-                layer_cache = cache.layers[i]
-                slot = layer_cache.append_slot()
-                keys, values = layer_cache.keys, layer_cache.values
-                buffers = keys.codes, keys.scales, values.codes, values.scales  # in the cache's type
-                qk_norm_rope_store(q[b], k[b], v[b], layer.q_norm, layer.k_norm, cos[b], sin[b], eps,
-                                   cfg.layer_uses_rope(i), *buffers, slot)
-                first, n_keys, modulo = layer_cache.visible()
-                scores = cache.scratch("scores", (heads, n_keys))  # [heads, >= n_keys]
-                if n_keys * heads * d < SERIAL_BELOW:
-                    attention_decode_serial(q[b], *buffers, first, n_keys, modulo, scores, buf.attended[b])
-                else:
-                    with COMPUTE_LOCK:
-                        attention_decode(q[b], *buffers, first, n_keys, modulo, scores, buf.attended[b])
+            keys, values = caches[0].layers[i].keys, caches[0].layers[i].values  # their types, for every sequence's
+            args = (q, k, v, layer.q_norm, layer.k_norm, cos, sin, eps, cfg.layer_uses_rope(i), keys.codes, keys.scales,
+                    values.codes, values.scales, slots[i], scores, buf.attended)
+            if serial:
+                decode_attention_serial(*args)
+            else:
+                with COMPUTE_LOCK:
+                    decode_attention(*args)
             (o,) = matmuls.o(buf.attended.reshape(batch, heads * d), buf.o, buf.attended_inputs)  # [B, hidden]
             add_rms_norm(h, o, layer.post_attention_layernorm, eps)
             gate, up = matmuls.gate_up(h, buf.gate_up, buf.hidden_inputs)  # [B, intermediate] each
