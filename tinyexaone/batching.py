@@ -11,7 +11,8 @@ least one), and runs them as one forward pass: `Model.forward_batch` when all ar
 steps, else `Model.forward_many`, so each weight is read once per round, not once per
 sequence, and a long prompt delays the other sequences by one chunk at a time, never by its
 whole prefill. Before a round it waits, at most `gather_s`, until every registered sequence
-has a step pending; with one sequence it never waits. A failed round is retried one step at a
+has a step pending (so prompts that arrive together prefill together, and a decode step does
+not miss the round of another's prefill); with one sequence it never waits. A failed round is retried one step at a
 time, so an error reaches only the step that caused it. `close()` stops the thread; steps still
 pending, and later ones, raise `TinyExaoneError`. Numba's thread count is per thread: the
 compute thread takes the one of the thread that made the scheduler.
@@ -127,7 +128,7 @@ class StepScheduler:
             while not (self._decodes or self._prefills or self._closed):
                 self._cond.wait()
             deadline = monotonic() + self.gather_s
-            while (not self._closed and self._decodes and len(self._decodes) < self.max_batch
+            while (not self._closed and len(self._decodes) < self.max_batch
                    and len(self._decodes) + len(self._prefills) < self._sequences):
                 left = deadline - monotonic()
                 if left <= 0:
