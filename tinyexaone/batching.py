@@ -12,10 +12,10 @@ steps, else `Model.forward_many`, so each weight is read once per round, not onc
 sequence, and a long prompt delays the other sequences by one chunk at a time, never by its
 whole prefill. Before a round it waits, at most `gather_s`, until every registered sequence
 has a step pending (so prompts that arrive together prefill together, and a decode step does
-not miss the round of another's prefill); with one sequence it never waits. A failed round is retried one step at a
-time, so an error reaches only the step that caused it. `close()` stops the thread; steps still
-pending, and later ones, raise `TinyExaoneError`. Numba's thread count is per thread: the
-compute thread takes the one of the thread that made the scheduler.
+not miss the round of another's prefill); with one sequence it never waits. A failed round is
+retried one step at a time, so an error reaches only the step that caused it. `close()` stops
+the thread; steps still pending, and later ones, raise `TinyExaoneError`. Numba's thread count
+is per thread: the compute thread takes the one of the thread that made the scheduler.
 """
 
 from __future__ import annotations

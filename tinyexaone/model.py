@@ -20,10 +20,12 @@ the Numba twins in layer_kernels.py of `rms_norm`, `rope.apply_rope` and `attent
 NumPy forms the tests hold them to). One new token (decode) takes `_decode_hidden`, the same math
 through the fused Numba steps of layer_kernels.py (q/k/v and gate/up in one launch each,
 QK-norm + RoPE + cache write + attention straight over the cache rows in one launch for every
-sequence of the step, in-place residual norms); the tests hold both paths to transformers. `forward_batch(token_ids, caches)`
-decodes one token for each of several sequences in that same step: the matrices multiply all
+sequence of the step, in-place residual norms); the tests hold both paths to transformers.
+`forward_batch(token_ids, caches)` decodes one token for each of several sequences in that same step: the matrices multiply all
 B tokens at once (each weight byte read once per step, not once per sequence), attention runs
 each sequence over its own cache, all in one launch; one-token `forward` is its B = 1 case.
+`forward_many(token_ids, caches)` runs new tokens of several sequences, any number each, in one
+pass: one-token sequences as in `forward_batch`, longer ones as prefills.
 
 A Model holds no per-sequence state: each sequence owns a `KVCache` from `new_cache()` (keys and
 values in float16 by default, or "f32" / "q8"; the kernels read each type in place, and prefill
@@ -141,12 +143,7 @@ class Model:
         cache.check_room(len(ids))
         if len(ids) == 1:
             return self.forward_batch(ids, [cache])
-        start = cache.length
-        try:
-            hidden = self._forward_hidden(ids, cache, start)
-        except BaseException:
-            _roll_back(cache, start)
-            raise
+        hidden = self._rolled_back_on_failure([cache], lambda starts: self._forward_hidden(ids, cache, starts[0]))
         if last_only:
             hidden = hidden[-1:]
         return self.weights.lm_head.matmul(hidden)  # [T or 1, vocab]
@@ -154,60 +151,80 @@ class Model:
     def forward_batch(self, token_ids, caches) -> np.ndarray:
         """Logits [B, vocab] for one new token of each of B sequences: token_ids[b] continues
         caches[b] (B distinct caches of one cache type). The matrices read each weight once for all
-        B tokens; attention runs, in one launch per layer, each sequence over its own cache. Row b equals forward([token_ids[b]], caches[b])
-        (bit for bit with quantized weights; float BLAS may round a B-row product differently)."""
+        B tokens; attention runs, in one launch per layer, each sequence over its own cache. Row b
+        equals forward([token_ids[b]], caches[b]) (bit for bit with quantized weights; float BLAS
+        may round a B-row product differently)."""
         ids = self._token_array(token_ids)
-        caches = list(caches)
-        if len(caches) != len(ids) or len({id(c) for c in caches}) != len(caches):
-            raise TinyExaoneError(f"forward_batch needs one distinct cache per token: {len(ids)} tokens, "
-                                  f"{len({id(c) for c in caches})} distinct caches of {len(caches)}")
-        for cache in caches:
-            self._check_cache(cache)
-            cache.check_room(1)
-        if len({cache.cache_type for cache in caches}) > 1:
-            raise TinyExaoneError(f"forward_batch needs caches of one type, got {sorted({c.cache_type for c in caches})}")
-        self.weights.check_files()
-        starts = [cache.length for cache in caches]
-        try:
-            hidden = self._decode_hidden(ids, caches, starts)
-        except BaseException:
-            for cache, start in zip(caches, starts):
-                _roll_back(cache, start)
-            raise
+        caches = self._checked_caches("forward_batch", [1] * len(ids), caches)
+        hidden = self._rolled_back_on_failure(caches, lambda starts: self._decode_hidden(ids, caches, starts))
         return self.weights.lm_head.matmul(hidden)  # [B, vocab]
 
     def forward_many(self, token_ids, caches, last_only=True) -> list[np.ndarray]:
         """Logits for the new tokens of several sequences in one pass: token_ids[i] (T_i >= 1 ids)
         continues caches[i] (distinct caches of one cache type); entry i is [1, vocab] for its last
-        token when `last_only` (a bool, or one per sequence) says so, else [T_i, vocab]. The matrices multiply every sequence's tokens at
-        once; one-token sequences attend as in `forward_batch`, longer ones as in a prefill, each
-        over its own cache. Entry i equals forward(token_ids[i], caches[i], last_only) bit for bit
+        token when `last_only` (a bool, or one per sequence) says so, else [T_i, vocab]. The
+        matrices multiply every sequence's tokens at once; one-token sequences attend as in
+        `forward_batch`, longer ones as in a prefill, each over its own cache. Entry i equals forward(token_ids[i], caches[i], last_only) bit for bit
         with quantized weights (float BLAS, and AMX tiles over 16 or more tokens, may round a
         many-row product differently)."""
         segments = [self._token_array(ids) for ids in token_ids]
-        caches = list(caches)
-        if len(caches) != len(segments) or len({id(c) for c in caches}) != len(caches):
-            raise TinyExaoneError(f"forward_many needs one distinct cache per sequence: {len(segments)} sequences, "
-                                  f"{len({id(c) for c in caches})} distinct caches of {len(caches)}")
-        for ids, cache in zip(segments, caches):
-            self._check_cache(cache)
-            cache.check_room(len(ids))
-        if len({cache.cache_type for cache in caches}) > 1:
-            raise TinyExaoneError(f"forward_many needs caches of one type, got {sorted({c.cache_type for c in caches})}")
-        self.weights.check_files()
-        starts = [cache.length for cache in caches]
-        try:
-            hidden = self._many_hidden(segments, caches, starts)  # [sum T_i, hidden]
-        except BaseException:
-            for cache, start in zip(caches, starts):
-                _roll_back(cache, start)
-            raise
+        caches = self._checked_caches("forward_many", [len(ids) for ids in segments], caches)
+        hidden = self._rolled_back_on_failure(caches, lambda starts: self._many_hidden(segments, caches, starts))  # [N, hidden]
         ends = np.cumsum([len(ids) for ids in segments])  # [S]
         last = [last_only] * len(segments) if isinstance(last_only, bool) else list(last_only)
         wanted = [np.arange(end - 1, end) if only else np.arange(end - len(ids), end)
                   for ids, end, only in zip(segments, ends, last)]
         logits = self.weights.lm_head.matmul(hidden[np.concatenate(wanted)])  # [rows wanted, vocab]
         return np.split(logits, np.cumsum([len(rows) for rows in wanted])[:-1])
+
+    def _checked_caches(self, caller: str, new_tokens: list[int], caches) -> list[KVCache]:
+        """caches as a list, after checking that there is one distinct cache of this model per
+        sequence, all of one type, each with room for its new tokens (and the weight files)."""
+        caches = list(caches)
+        if len(caches) != len(new_tokens) or len({id(c) for c in caches}) != len(caches):
+            raise TinyExaoneError(f"{caller} needs one distinct cache per sequence: {len(new_tokens)} sequences, "
+                                  f"{len({id(c) for c in caches})} distinct caches of {len(caches)}")
+        for n, cache in zip(new_tokens, caches):
+            self._check_cache(cache)
+            cache.check_room(n)
+        if len({cache.cache_type for cache in caches}) > 1:
+            raise TinyExaoneError(f"{caller} needs caches of one type, got {sorted({c.cache_type for c in caches})}")
+        self.weights.check_files()
+        return caches
+
+    @staticmethod
+    def _rolled_back_on_failure(caches: list[KVCache], hidden_of) -> np.ndarray:
+        """hidden_of(the caches' lengths); if it fails or is interrupted, every cache back to its length."""
+        starts = [cache.length for cache in caches]
+        try:
+            return hidden_of(starts)
+        except BaseException:
+            for cache, start in zip(caches, starts):
+                _roll_back(cache, start)
+            raise
+
+    def _decode_plan(self, caches: list[KVCache]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A new token's room in every layer of each cache, for `_decode_attention`: the table
+        (cache.decode_slots), score scratch [B, heads, >= keys] kept with the first cache, and
+        whether the attention is small enough for the calling thread."""
+        heads, d = self.config.num_attention_heads, self.config.head_dim
+        slots = decode_slots(caches)  # [layers, B, TABLE_COLUMNS]
+        scores = caches[0].scratch(f"scores-{len(caches)}", (len(caches), heads, int(slots[:, :, N_KEYS].max())))
+        serial = int(slots[:, :, N_KEYS].sum(axis=1).max()) * heads * d < ATTENTION_SERIAL_BELOW
+        return slots, scores, serial
+
+    def _decode_attention(self, i: int, layer: LayerWeights, q, k, v, cos, sin, caches, plan, out) -> None:
+        """Layer i's decode_attention for one new token of each cache: q [B, heads, d], k, v
+        [B, kv_heads, d], cos, sin [B, head_dim], `plan` from `_decode_plan`; writes out [B, heads, d]."""
+        slots, scores, serial = plan
+        keys, values = caches[0].layers[i].keys, caches[0].layers[i].values  # their types, for every sequence's
+        args = (q, k, v, layer.q_norm, layer.k_norm, cos, sin, self.config.rms_norm_eps, self.config.layer_uses_rope(i),
+                keys.codes, keys.scales, values.codes, values.scales, slots[i], scores, out)
+        if serial:
+            decode_attention_serial(*args)
+        else:
+            with COMPUTE_LOCK:
+                decode_attention(*args)
 
     def _many_hidden(self, segments: list[np.ndarray], caches: list[KVCache], starts: list[int]) -> np.ndarray:
         """The final-normed hidden states [N, hidden] of every new token of `forward_many`, the
@@ -225,9 +242,8 @@ class Model:
         prefilling = [s for s, n in enumerate(lengths) if n > 1]
         decode_rows = first_rows[decoding]  # [D]
         if decoding:
-            slots = decode_slots([caches[s] for s in decoding])  # [layers, D, TABLE_COLUMNS]
-            scores = np.empty((len(decoding), heads, int(slots[:, :, N_KEYS].max())), np.float32)  # [D, heads, keys]
-            serial = int(slots[:, :, N_KEYS].sum(axis=1).max()) * heads * d < ATTENTION_SERIAL_BELOW
+            decode_caches = [caches[s] for s in decoding]
+            plan = self._decode_plan(decode_caches)
             decode_cos, decode_sin = cos[decode_rows], sin[decode_rows]  # [D, head_dim] each
         for i, layer in enumerate(w.layers):
             window = cfg.sliding_window if cfg.layer_is_sliding(i) else None
@@ -238,15 +254,8 @@ class Model:
             a = np.empty((n_rows, heads, d), np.float32)  # [N, heads, d]
             if decoding:
                 attended = np.empty((len(decoding), heads, d), np.float32)  # [D, heads, d]
-                keys, values = caches[decoding[0]].layers[i].keys, caches[decoding[0]].layers[i].values
-                args = (q[decode_rows], k[decode_rows], v[decode_rows], layer.q_norm, layer.k_norm, decode_cos, decode_sin,
-                        eps, cfg.layer_uses_rope(i), keys.codes, keys.scales, values.codes, values.scales, slots[i],
-                        scores, attended)
-                if serial:
-                    decode_attention_serial(*args)
-                else:
-                    with COMPUTE_LOCK:
-                        decode_attention(*args)
+                self._decode_attention(i, layer, q[decode_rows], k[decode_rows], v[decode_rows], decode_cos, decode_sin,
+                                       decode_caches, plan, attended)
                 a[decode_rows] = attended
             for s in prefilling:
                 rows = slice(first_rows[s], first_rows[s] + lengths[s])
@@ -314,20 +323,11 @@ class Model:
         h = np.ascontiguousarray(w.embed_tokens.rows(ids), dtype=np.float32)  # [B, hidden]
         # work buffers kept with the first sequence, one set per batch size: no allocation per token
         buf = caches[0].keep(f"decode-{batch}", lambda: _DecodeBuffers(cfg, batch))
-        slots = decode_slots(caches)  # [layers, B, TABLE_COLUMNS]: where each new token goes, what it sees
-        scores = caches[0].scratch(f"scores-{batch}", (batch, heads, int(slots[:, :, N_KEYS].max())))  # [B, heads, >= keys]
-        serial = int(slots[:, :, N_KEYS].sum(axis=1).max()) * heads * d < ATTENTION_SERIAL_BELOW
+        plan = self._decode_plan(caches)  # where each new token goes, what it sees
         for i, (layer, matmuls) in enumerate(zip(w.layers, self.decode_matmuls)):
             q, k, v = matmuls.qkv(h, buf.qkv, buf.hidden_inputs)  # [B, heads*d], [B, kv*d] x2
             q, k, v = q.reshape(batch, heads, d), k.reshape(batch, kv_heads, d), v.reshape(batch, kv_heads, d)
-            keys, values = caches[0].layers[i].keys, caches[0].layers[i].values  # their types, for every sequence's
-            args = (q, k, v, layer.q_norm, layer.k_norm, cos, sin, eps, cfg.layer_uses_rope(i), keys.codes, keys.scales,
-                    values.codes, values.scales, slots[i], scores, buf.attended)
-            if serial:
-                decode_attention_serial(*args)
-            else:
-                with COMPUTE_LOCK:
-                    decode_attention(*args)
+            self._decode_attention(i, layer, q, k, v, cos, sin, caches, plan, buf.attended)
             (o,) = matmuls.o(buf.attended.reshape(batch, heads * d), buf.o, buf.attended_inputs)  # [B, hidden]
             add_rms_norm(h, o, layer.post_attention_layernorm, eps)
             gate, up = matmuls.gate_up(h, buf.gate_up, buf.hidden_inputs)  # [B, intermediate] each
