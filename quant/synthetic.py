@@ -5,7 +5,9 @@ valid compact file (same plan, quantization record and writer as `convert.py`; w
 the layer matrices whose input size allows it are int4k, and an int6 head int6k) whose quantized matrices hold random
 codes and float16 scales around 0.01 (int4k: `benchmarks.random_affine_scales`), and whose norm weights are
 1 + N(0, 0.1^2). It streams row slices, so memory stays near one slice even for the real 1.2B
-shape (an 800 MB file), and it writes under a temporary name that is renamed when complete.
+shape (an 800 MB file), and it writes under a temporary name that is renamed when complete and
+synced to disk (so the kernel's writeback of 800 MB of dirty pages does not run during the
+benchmark that follows).
 Meant for speed measurements (`tinyexaone bench`), not for quality.
 """
 
@@ -90,6 +92,8 @@ def write_synthetic_compact(out, config: dict, bits: int = 4, group_size: int = 
                 for key, (dtype, shape) in expected_arrays(tensor_bits, group, shapes[name], affine=tensor_affine).items():
                     writer.add_stacked(spec["arrays"][key], list(_random_array(rng, key, dtype, shape, tensor_affine)))
             writer.finish()
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it is timed: no writeback competes with the benchmark
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
