@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,27 +97,39 @@ def _read_float32(entry: TensorEntry, first: int, count: int) -> np.ndarray:
     return widen_bf16(raw) if entry.dtype == "BF16" else raw.astype(np.float32)
 
 
+def _error_sums(qw, w: np.ndarray) -> tuple[float, float]:
+    """(sum of squared error, sum of squared weights) of one quantized slice, in float64 (NumPy,
+    which releases the GIL: it runs on the helper thread while the next slice is fitted)."""
+    diff = qw.dequantize() - w  # [rows, in]
+    return (float(np.einsum("ij,ij->", diff, diff, dtype=np.float64)),
+            float(np.einsum("ij,ij->", w, w, dtype=np.float64)))
+
+
 def _quantize_matrix(entry: TensorEntry, bits: int, group_size: int, affine: bool = False,
                      weights: np.ndarray | None = None) -> tuple[dict[str, list[np.ndarray]], float]:
     """The stored arrays of `entry` (int`bits`, or int4k with `affine`), as row-slice parts per
     array name, and its relative error; `weights` [in] weight each input column's error in the
-    fit (calibration)."""
+    fit (calibration). A slice's error is measured on one helper thread while the main thread
+    reads and fits the next slice (at most one slice waits, so memory stays near two slices)."""
     out_dim, in_dim = entry.shape
     rows_per_slice = max(1, SLICE_ELEMENTS // in_dim // ROWS) * ROWS  # whole row groups: slices stack
     parts: dict[str, list[np.ndarray]] = {}
-    error_sq = weight_sq = 0.0
-    for first in range(0, out_dim, rows_per_slice):
-        rows = min(rows_per_slice, out_dim - first)
-        w = _read_float32(entry, first * in_dim, rows * in_dim).reshape(rows, in_dim)  # [rows, in]
-        try:
-            qw = quantize(w, bits, group_size, weights, affine)
-        except TinyExaoneError as exc:
-            raise TinyExaoneError(f"tensor '{entry.name}': {exc}") from None
-        diff = qw.dequantize() - w  # [rows, in]
-        error_sq += float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
-        weight_sq += float(np.einsum("ij,ij->", w, w, dtype=np.float64))
-        for key, array in qw.arrays.items():
-            parts.setdefault(key, []).append(array)
+    sums = [0.0, 0.0]  # squared error, squared weights
+    pending = None
+    with ThreadPoolExecutor(1) as measuring:
+        for first in range(0, out_dim, rows_per_slice):
+            rows = min(rows_per_slice, out_dim - first)
+            w = _read_float32(entry, first * in_dim, rows * in_dim).reshape(rows, in_dim)  # [rows, in]
+            try:
+                qw = quantize(w, bits, group_size, weights, affine)
+            except TinyExaoneError as exc:
+                raise TinyExaoneError(f"tensor '{entry.name}': {exc}") from None
+            if pending is not None:
+                sums = [a + b for a, b in zip(sums, pending.result())]
+            pending = measuring.submit(_error_sums, qw, w)
+            for key, array in qw.arrays.items():
+                parts.setdefault(key, []).append(array)
+        error_sq, weight_sq = [a + b for a, b in zip(sums, pending.result())]
     relative = math.sqrt(error_sq / weight_sq) if weight_sq > 0 else (0.0 if error_sq == 0 else math.inf)
     return parts, relative
 
